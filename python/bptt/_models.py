@@ -1,0 +1,254 @@
+"""The recurrent models: ``RNN``, ``LSTM`` and ``GRU``.
+
+Python holds only the API shape: parameters (NumPy arrays under PyTorch's names), argument
+checks and the call into the Rust core, which runs with the GIL released.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from ._checks import float_array, lengths_array, model_dtype, positive_int
+
+_owners = itertools.count(1)
+
+
+class Gradients:
+    """Everything ``backward`` returns.
+
+    Attributes
+    ----------
+    dx : ndarray
+        ``dL/dx``, same shape as ``x``.
+    dstate : ndarray or tuple of ndarray
+        ``dL/dh0`` (RNN, GRU) or ``(dL/dh0, dL/dc0)`` (LSTM), shaped like the state.
+    params : dict[str, ndarray]
+        Gradients of every parameter, same keys and shapes as ``state_dict()``.
+    dh_norm : ndarray, shape (num_layers * D, T)
+        ``dh_norm[l * D + d, t]`` is the L2 norm, over batch and hidden units, of the total
+        gradient ``dL/dh_t`` of layer ``l``, direction ``d`` at time index ``t``: what
+        arrives from the output (or the layer above) plus what flows back from the step
+        processed after ``t``. At padded steps (``lengths``) only the carried part remains.
+        Its decay towards early ``t`` is what vanishing gradients look like.
+    """
+
+    __slots__ = ("dx", "dstate", "params", "dh_norm")
+
+    def __init__(self, dx: np.ndarray, dstate: Any, params: dict[str, np.ndarray],
+                 dh_norm: np.ndarray) -> None:
+        self.dx = dx
+        self.dstate = dstate
+        self.params = params
+        self.dh_norm = dh_norm
+
+    def __repr__(self) -> str:
+        return (f"Gradients(dx{self.dx.shape}, params={len(self.params)} arrays, "
+                f"dh_norm{self.dh_norm.shape})")
+
+
+class _Recurrent:
+    """Shared implementation of the three models (see ``RNN``, ``LSTM``, ``GRU``)."""
+
+    _cell = "lstm"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
+                 bias: bool = True, batch_first: bool = False, bidirectional: bool = False,
+                 dtype: Any = np.float32, seed: int | None = None) -> None:
+        self.input_size = positive_int("input_size", input_size)
+        self.hidden_size = positive_int("hidden_size", hidden_size)
+        self.num_layers = positive_int("num_layers", num_layers)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        self.dtype = model_dtype(dtype)
+        self._spec = _core.Spec(self._cell, self.input_size, self.hidden_size, self.num_layers,
+                                self.bidirectional, self.bias, self.batch_first,
+                                self.dtype.name)
+        self._owner = next(_owners)
+        self._names = self._param_names()
+        self._params = self._init_params(seed)
+        self._weights = [self._params[k] for k in self._names]
+
+    # ----------------------------------------------------------------- parameters
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def _gates(self) -> int:
+        return {"lstm": 4, "gru": 3}.get(self._cell, 1)
+
+    def _param_names(self) -> list[str]:
+        names = []
+        for layer in range(self.num_layers):
+            for d in range(self.num_directions):
+                sfx = f"l{layer}" + ("_reverse" if d else "")
+                names += [f"weight_ih_{sfx}", f"weight_hh_{sfx}"]
+                if self.bias:
+                    names += [f"bias_ih_{sfx}", f"bias_hh_{sfx}"]
+        return names
+
+    def _param_shapes(self) -> dict[str, tuple[int, ...]]:
+        gh = self._gates * self.hidden_size
+        shapes = {}
+        for name in self._names:
+            layer = int(name.split("_l")[1].split("_")[0])
+            width = self.input_size if layer == 0 else self.num_directions * self.hidden_size
+            if name.startswith("weight_ih"):
+                shapes[name] = (gh, width)
+            elif name.startswith("weight_hh"):
+                shapes[name] = (gh, self.hidden_size)
+            else:
+                shapes[name] = (gh,)
+        return shapes
+
+    def _init_params(self, seed: int | None) -> dict[str, np.ndarray]:
+        # PyTorch's initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)).
+        rng = np.random.default_rng(seed)
+        k = 1.0 / math.sqrt(self.hidden_size)
+        return {name: rng.uniform(-k, k, size=shape).astype(self.dtype)
+                for name, shape in self._param_shapes().items()}
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The live parameter arrays (PyTorch's names). Update them in place
+        (``p[...] = ...``, ``p -= lr * g``); rebinding a key of this dict has no effect."""
+        return dict(self._params)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters under PyTorch's names, shapes and gate order."""
+        return {k: v.copy() for k, v in self._params.items()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Copies ``state_dict`` into the parameters. Keys must be exactly those of
+        ``state_dict()``; arrays must have the same shapes (any float dtype; converted).
+        PyTorch tensors converted with ``.numpy()`` load as they are."""
+        keys = set(state_dict)
+        missing = [k for k in self._names if k not in keys]
+        unknown = sorted(keys - set(self._names))
+        if missing or unknown:
+            raise ValueError(f"state_dict: missing keys {missing}, unknown keys {unknown}")
+        shapes = self._param_shapes()
+        new = {}
+        for name in self._names:
+            arr = np.asarray(state_dict[name])
+            if arr.dtype.kind != "f":
+                raise TypeError(f"{name}: expected a floating-point array, got dtype {arr.dtype}")
+            if arr.shape != shapes[name]:
+                raise ValueError(f"{name}: expected shape {shapes[name]}, got {arr.shape}")
+            new[name] = arr
+        for name, arr in new.items():
+            np.copyto(self._params[name], arr, casting="unsafe")
+
+    # ----------------------------------------------------------------- running
+    def _seq(self, name: str, value: Any, width: int) -> np.ndarray:
+        text = f"(B, T, {width})" if self.batch_first else f"(T, B, {width})"
+        return float_array(name, value, self.dtype, 3, text)
+
+    def _state_args(self, name: str, state: Any) -> tuple[Any, Any]:
+        if state is None:
+            return None, None
+        text = f"({self.num_layers * self.num_directions}, B, {self.hidden_size})"
+        if self._cell == "lstm":
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise ValueError(f"{name}: expected a tuple (h, c) for an LSTM, got "
+                                 f"{type(state).__name__}")
+            return (float_array(f"{name}[0]", state[0], self.dtype, 3, text),
+                    float_array(f"{name}[1]", state[1], self.dtype, 3, text))
+        if isinstance(state, (tuple, list)):
+            raise ValueError(f"{name}: expected a single array h, got {type(state).__name__}")
+        return float_array(name, state, self.dtype, 3, text), None
+
+    def _run(self, x: Any, state: Any, lengths: Any, keep_tape: bool) -> tuple[Any, ...]:
+        x = self._seq("x", x, self.input_size)
+        h0, c0 = self._state_args("state", state)
+        lens = None if lengths is None else lengths_array(lengths)
+        out, h, c, tape = _core.forward(self._spec, self._weights, x, h0, c0, lens,
+                                        keep_tape, self._owner)
+        return out, (h if c is None else (h, c)), tape
+
+    def __call__(self, x: Any, state: Any = None, lengths: Any = None) -> tuple[np.ndarray, Any]:
+        """Inference: ``out, state = m(x, state=None, lengths=None)``; keeps no tape.
+
+        ``x`` is (T, B, input_size), or (B, T, input_size) with ``batch_first``; ``state``
+        is h (RNN, GRU) or (h, c) (LSTM), each (num_layers * D, B, hidden_size), None for
+        zeros; ``lengths`` (B,) integers in [1, T]: sequence b is processed as if it had
+        only its first ``lengths[b]`` steps (its output beyond them is zero).
+        """
+        out, st, _ = self._run(x, state, lengths, keep_tape=False)
+        return out, st
+
+    def forward(self, x: Any, state: Any = None,
+                lengths: Any = None) -> tuple[np.ndarray, Any, _core.Tape]:
+        """Training forward: ``out, state, tape``; ``tape`` feeds ``backward``.
+
+        Same arguments as calling the model. The tape (``tape.nbytes`` bytes) is owned by
+        Rust and belongs to this model: giving it to another model is a ``ValueError``.
+        ``backward`` uses the parameters as they are then; do not update them in between.
+        """
+        return self._run(x, state, lengths, keep_tape=True)
+
+    def backward(self, tape: _core.Tape, d_out: Any, d_state: Any = None) -> Gradients:
+        """Full backpropagation through time over the whole sequence of ``tape``.
+
+        ``d_out`` is ``dL/dout`` (shape of ``out``); ``d_state`` is ``dL/d(final state)``
+        (structure of the state; None for zeros). Returns ``Gradients``.
+        """
+        if not isinstance(tape, _core.Tape):
+            raise TypeError(f"tape: expected a Tape returned by forward(), got "
+                            f"{type(tape).__name__}")
+        d_out = self._seq("d_out", d_out, self.num_directions * self.hidden_size)
+        dh, dc = self._state_args("d_state", d_state)
+        dx, dh0, dc0, grads, dh_norm = _core.backward(self._spec, self._weights, tape, d_out,
+                                                      dh, dc, self._owner)
+        params = dict(zip(self._names, grads))
+        return Gradients(dx, dh0 if dc0 is None else (dh0, dc0), params, dh_norm)
+
+    def __repr__(self) -> str:
+        extra = "" if self._cell not in ("rnn_tanh", "rnn_relu") else (
+            f", nonlinearity={self._cell[4:]!r}")
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
+                f"num_layers={self.num_layers}{extra}, bias={self.bias}, "
+                f"batch_first={self.batch_first}, bidirectional={self.bidirectional}, "
+                f"dtype={self.dtype.name})")
+
+
+class LSTM(_Recurrent):
+    """Long short-term memory, PyTorch's equations and weight layout (gates i, f, g, o).
+
+    ``LSTM(input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
+    bidirectional=False, dtype=np.float32, seed=None)``; the state is ``(h, c)``.
+    """
+
+    _cell = "lstm"
+
+
+class GRU(_Recurrent):
+    """Gated recurrent unit, PyTorch's equations and layout (gates r, z, n; ``b_hn`` inside
+    the reset product). Same constructor as ``LSTM``; the state is ``h``."""
+
+    _cell = "gru"
+
+
+class RNN(_Recurrent):
+    """Elman RNN ``h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)``, ``act`` = tanh or relu.
+
+    Same constructor as ``LSTM`` plus ``nonlinearity="tanh"`` or ``"relu"``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 bidirectional: bool = False, dtype: Any = np.float32,
+                 seed: int | None = None) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        self._cell = f"rnn_{nonlinearity}"
+        super().__init__(input_size, hidden_size, num_layers, bias=bias,
+                         batch_first=batch_first, bidirectional=bidirectional, dtype=dtype,
+                         seed=seed)

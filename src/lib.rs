@@ -1,0 +1,23 @@
+//! bptt: forward pass and full backpropagation through time (BPTT) for vanilla RNNs
+//! (tanh, ReLU), LSTMs and GRUs, multi-layer and bidirectional, `f32` and `f64`.
+//!
+//! The core (everything but `python`) knows nothing of Python: [`sequence::forward`] runs a
+//! stack of layers over a sequence and can keep a [`sequence::Tape`];
+//! [`sequence::backward`] turns the tape and `∂L/∂out` into every gradient. The optional
+//! `python` feature compiles the PyO3 bindings, the only code that names Python.
+
+pub mod cell;
+pub mod error;
+pub mod float;
+pub mod linalg;
+pub mod model;
+pub mod sequence;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use cell::CellKind;
+pub use error::{Error, Result};
+pub use float::Float;
+pub use model::{Config, Grads, LayerGrads, LayerWeights, State, StateView};
+pub use sequence::{backward, forward, Tape};

@@ -1,0 +1,263 @@
+//! Configuration, parameters, states and gradients of a stack of recurrent layers.
+//!
+//! Parameters follow PyTorch: for layer `l` and direction `d` (`d = 1` is the reverse
+//! direction, suffix `_reverse`), `W_ih: [G·H, I_l]`, `W_hh: [G·H, H]`, `b_ih, b_hh: [G·H]`,
+//! with `I_0 = input_size` and `I_l = D·H` above, `D = 2` when bidirectional.
+//! States are `[L·D, B, H]`, indexed `l·D + d`.
+
+use crate::cell::CellKind;
+use crate::error::{fmt_shape, Error, Result};
+use crate::float::Float;
+use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3};
+
+/// The fixed shape of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Config {
+    pub kind: CellKind,
+    pub input_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub bidirectional: bool,
+    pub bias: bool,
+    /// `x`, `out`, `d_out` and `dx` are `[B, T, ·]` instead of `[T, B, ·]`.
+    pub batch_first: bool,
+}
+
+impl Config {
+    /// Checks the sizes.
+    ///
+    /// # Errors
+    /// [`Error::Value`] when a size is zero.
+    pub fn validate(&self) -> Result<()> {
+        for (arg, v) in [
+            ("input_size", self.input_size),
+            ("hidden_size", self.hidden_size),
+            ("num_layers", self.num_layers),
+        ] {
+            if v == 0 {
+                return Err(Error::value(arg, "expected a positive integer, got 0"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of directions `D`.
+    pub fn num_directions(&self) -> usize {
+        if self.bidirectional {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Rows of `W_ih` and `W_hh`: `G·H`.
+    pub fn gate_size(&self) -> usize {
+        self.kind.gates() * self.hidden_size
+    }
+
+    /// Input width of layer `l`.
+    pub fn layer_input_size(&self, layer: usize) -> usize {
+        if layer == 0 {
+            self.input_size
+        } else {
+            self.num_directions() * self.hidden_size
+        }
+    }
+
+    /// Width of the output: `D·H`.
+    pub fn output_size(&self) -> usize {
+        self.num_directions() * self.hidden_size
+    }
+
+    /// Number of layer-directions `L·D`.
+    pub fn num_stacks(&self) -> usize {
+        self.num_layers * self.num_directions()
+    }
+
+    /// PyTorch's name suffix of layer-direction `k = l·D + d`: `l0`, `l0_reverse`, ...
+    pub fn suffix(&self, k: usize) -> String {
+        let d = self.num_directions();
+        let rev = if k % d == 1 { "_reverse" } else { "" };
+        format!("l{}{}", k / d, rev)
+    }
+
+    /// The expected state shape `[L·D, B, H]`.
+    pub fn state_shape(&self, batch: usize) -> [usize; 3] {
+        [self.num_stacks(), batch, self.hidden_size]
+    }
+
+    /// The shape of a sequence tensor of width `width` in the user's layout, symbolic in
+    /// `T` and `B` (for messages).
+    pub(crate) fn seq_shape_text(&self, width: usize) -> String {
+        if self.batch_first {
+            format!("(B, T, {width})")
+        } else {
+            format!("(T, B, {width})")
+        }
+    }
+
+    /// `(T, B)` of a sequence tensor in the user's layout.
+    pub(crate) fn seq_dims(&self, shape: &[usize]) -> (usize, usize) {
+        if self.batch_first {
+            (shape[1], shape[0])
+        } else {
+            (shape[0], shape[1])
+        }
+    }
+}
+
+/// Borrowed parameters of one layer-direction.
+#[derive(Debug, Clone)]
+pub struct LayerWeights<'a, T> {
+    pub w_ih: ArrayView2<'a, T>,
+    pub w_hh: ArrayView2<'a, T>,
+    pub b_ih: Option<ArrayView1<'a, T>>,
+    pub b_hh: Option<ArrayView1<'a, T>>,
+}
+
+/// Checks that `weights` holds `L·D` layer-directions of the shapes `cfg` implies.
+///
+/// # Errors
+/// [`Error::Shape`] / [`Error::Value`] naming the PyTorch key at fault.
+pub fn check_weights<T>(cfg: &Config, weights: &[LayerWeights<'_, T>]) -> Result<()> {
+    if weights.len() != cfg.num_stacks() {
+        return Err(Error::value(
+            "weights",
+            format!(
+                "expected {} layer-directions, got {}",
+                cfg.num_stacks(),
+                weights.len()
+            ),
+        ));
+    }
+    let gh = cfg.gate_size();
+    for (k, w) in weights.iter().enumerate() {
+        let sfx = cfg.suffix(k);
+        let li = cfg.layer_input_size(k / cfg.num_directions());
+        let expect2 = |name: &str, a: &ArrayView2<'_, T>, rows: usize, cols: usize| {
+            if a.dim() != (rows, cols) {
+                Err(Error::shape(
+                    format!("{name}_{sfx}"),
+                    fmt_shape(&[rows, cols]),
+                    a.shape(),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        expect2("weight_ih", &w.w_ih, gh, li)?;
+        expect2("weight_hh", &w.w_hh, gh, cfg.hidden_size)?;
+        for (name, b) in [("bias_ih", &w.b_ih), ("bias_hh", &w.b_hh)] {
+            match (cfg.bias, b) {
+                (true, Some(b)) if b.len() == gh => {}
+                (true, Some(b)) => {
+                    return Err(Error::shape(
+                        format!("{name}_{sfx}"),
+                        fmt_shape(&[gh]),
+                        b.shape(),
+                    ))
+                }
+                (true, None) => {
+                    return Err(Error::value(
+                        format!("{name}_{sfx}"),
+                        "missing (model has bias=True)",
+                    ))
+                }
+                (false, Some(_)) => {
+                    return Err(Error::value(
+                        format!("{name}_{sfx}"),
+                        "unexpected (model has bias=False)",
+                    ))
+                }
+                (false, None) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Borrowed recurrent state: `h: [L·D, B, H]`, and `c` of the same shape for the LSTM.
+#[derive(Debug, Clone)]
+pub struct StateView<'a, T> {
+    pub h: ArrayView3<'a, T>,
+    pub c: Option<ArrayView3<'a, T>>,
+}
+
+/// Owned recurrent state: `h: [L·D, B, H]`, and `c` of the same shape for the LSTM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct State<T> {
+    pub h: Array3<T>,
+    pub c: Option<Array3<T>>,
+}
+
+impl<T: Float> State<T> {
+    pub(crate) fn zeros(cfg: &Config, batch: usize) -> Self {
+        let shape = cfg.state_shape(batch);
+        State {
+            h: Array3::zeros(shape),
+            c: cfg.kind.has_cell_state().then(|| Array3::zeros(shape)),
+        }
+    }
+}
+
+/// Checks a state against `cfg` and the batch size; `arg` is `"state"` or `"d_state"`.
+pub(crate) fn check_state<T>(
+    cfg: &Config,
+    batch: usize,
+    state: &StateView<'_, T>,
+    arg: &str,
+) -> Result<()> {
+    let shape = cfg.state_shape(batch);
+    let lstm = cfg.kind.has_cell_state();
+    let name = |i: usize| {
+        if lstm {
+            format!("{arg}[{i}]")
+        } else {
+            arg.to_string()
+        }
+    };
+    if state.h.shape() != shape {
+        return Err(Error::shape(name(0), fmt_shape(&shape), state.h.shape()));
+    }
+    match (&state.c, lstm) {
+        (Some(c), true) if c.shape() != shape => {
+            Err(Error::shape(name(1), fmt_shape(&shape), c.shape()))
+        }
+        (Some(_), true) => Ok(()),
+        (None, true) => Err(Error::value(
+            arg,
+            "expected a tuple (h, c) for an LSTM, got no c",
+        )),
+        (Some(_), false) => Err(Error::value(
+            arg,
+            format!(
+                "expected a single array h for {}, got (h, c)",
+                cfg.kind.name()
+            ),
+        )),
+        (None, false) => Ok(()),
+    }
+}
+
+/// Gradients of one layer-direction's parameters (same shapes as [`LayerWeights`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerGrads<T> {
+    pub w_ih: Array2<T>,
+    pub w_hh: Array2<T>,
+    pub b_ih: Option<Array1<T>>,
+    pub b_hh: Option<Array1<T>>,
+}
+
+/// Everything backward returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grads<T> {
+    /// `∂L/∂x`, in the layout of `x`.
+    pub dx: Array3<T>,
+    /// `∂L/∂h0` (and `∂L/∂c0`).
+    pub dstate: State<T>,
+    /// Parameter gradients per layer-direction `l·D + d`.
+    pub params: Vec<LayerGrads<T>>,
+    /// `[L·D, T]`: the L2 norm over batch and hidden units of the total `∂L/∂h_t` of each
+    /// layer-direction at each time index `t`.
+    pub dh_norm: Array2<T>,
+}

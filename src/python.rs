@@ -1,0 +1,468 @@
+//! The PyO3 bindings: the only file that knows Python exists.
+//!
+//! Every call does extract → detach → wrap: read-only views of the NumPy arrays are taken
+//! with the GIL held, the core runs with the GIL released, and its owned results move into
+//! NumPy without a copy. Core errors become `ValueError`; an array of the wrong dtype
+//! becomes `TypeError`.
+
+use crate::model::{Config, LayerWeights, StateView};
+use crate::sequence::{self, Tape};
+use crate::{CellKind, Error, Float};
+use numpy::{
+    Element, IntoPyArray, PyArray2, PyArray3, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3,
+    PyUntypedArrayMethods,
+};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple};
+
+fn value_error(e: Error) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
+/// Human name of an array's dtype for messages.
+fn dtype_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.getattr("dtype")
+        .and_then(|d| d.str().map(|s| s.to_string()))
+        .unwrap_or_else(|_| {
+            obj.get_type()
+                .name()
+                .map_or_else(|_| "?".into(), |n| n.to_string())
+        })
+}
+
+fn extract_array<'py, A: FromPyObjectOwned<'py>, T: Float>(
+    obj: &Bound<'py, PyAny>,
+    arg: &str,
+    ndim: usize,
+) -> PyResult<A> {
+    if let Ok(u) = obj.cast::<numpy::PyUntypedArray>() {
+        if u.ndim() != ndim {
+            return Err(PyValueError::new_err(format!(
+                "{arg}: expected a {ndim}-d array, got {} dimension(s) with shape {:?}",
+                u.ndim(),
+                u.shape()
+            )));
+        }
+    }
+    obj.extract::<A>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{arg}: expected a {ndim}-d numpy array of dtype {}, got dtype {}",
+            T::NAME,
+            dtype_name(obj)
+        ))
+    })
+}
+
+/// The fixed configuration of a model, validated once.
+#[pyclass(frozen, module = "bptt._core", name = "Spec")]
+#[derive(Debug)]
+pub struct Spec {
+    config: Config,
+    double: bool,
+}
+
+#[pymethods]
+impl Spec {
+    #[new]
+    #[pyo3(signature = (kind, input_size, hidden_size, num_layers, bidirectional, bias, batch_first, dtype))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        kind: &str,
+        input_size: usize,
+        hidden_size: usize,
+        num_layers: usize,
+        bidirectional: bool,
+        bias: bool,
+        batch_first: bool,
+        dtype: &str,
+    ) -> PyResult<Self> {
+        let config = Config {
+            kind: CellKind::parse(kind).map_err(value_error)?,
+            input_size,
+            hidden_size,
+            num_layers,
+            bidirectional,
+            bias,
+            batch_first,
+        };
+        config.validate().map_err(value_error)?;
+        let double = match dtype {
+            "float32" => false,
+            "float64" => true,
+            other => {
+                return Err(PyTypeError::new_err(format!(
+                    "dtype: expected float32 or float64, got {other}"
+                )))
+            }
+        };
+        Ok(Spec { config, double })
+    }
+
+    /// The cell name: `rnn_tanh`, `rnn_relu`, `lstm` or `gru`.
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.config.kind.name()
+    }
+
+    /// `"float32"` or `"float64"`.
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        if self.double {
+            "float64"
+        } else {
+            "float32"
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Spec({:?}, dtype={})", self.config, self.dtype())
+    }
+}
+
+enum AnyTape {
+    F32(Tape<f32>),
+    F64(Tape<f64>),
+}
+
+/// What `forward` kept for `backward`; opaque, owned by Rust.
+#[pyclass(frozen, module = "bptt._core", name = "Tape")]
+pub struct PyTape {
+    inner: AnyTape,
+    owner: u64,
+}
+
+#[pymethods]
+impl PyTape {
+    /// Bytes held by the tape.
+    #[getter]
+    fn nbytes(&self) -> usize {
+        match &self.inner {
+            AnyTape::F32(t) => t.nbytes(),
+            AnyTape::F64(t) => t.nbytes(),
+        }
+    }
+
+    /// Number of time steps `T` of the forward pass that made the tape.
+    #[getter]
+    fn seq_len(&self) -> usize {
+        self.dims().0
+    }
+
+    /// Batch size `B` of the forward pass that made the tape.
+    #[getter]
+    fn batch_size(&self) -> usize {
+        self.dims().1
+    }
+
+    fn __repr__(&self) -> String {
+        let (t, b) = self.dims();
+        format!("Tape(T={t}, B={b}, nbytes={})", self.nbytes())
+    }
+}
+
+impl PyTape {
+    fn dims(&self) -> (usize, usize) {
+        match &self.inner {
+            AnyTape::F32(t) => t.dims(),
+            AnyTape::F64(t) => t.dims(),
+        }
+    }
+}
+
+/// Read-only views of the flat weight list `[w_ih, w_hh, (b_ih, b_hh)]` per layer-direction.
+struct WeightArrays<'py, T: Element> {
+    mats: Vec<(PyReadonlyArray2<'py, T>, PyReadonlyArray2<'py, T>)>,
+    biases: Vec<Option<(PyReadonlyArray1<'py, T>, PyReadonlyArray1<'py, T>)>>,
+}
+
+impl<'py, T: Float + Element> WeightArrays<'py, T> {
+    fn extract(cfg: &Config, weights: &Bound<'py, PyList>) -> PyResult<Self> {
+        let per = if cfg.bias { 4 } else { 2 };
+        let n = cfg.num_stacks();
+        if weights.len() != per * n {
+            return Err(PyValueError::new_err(format!(
+                "weights: expected {} arrays, got {}",
+                per * n,
+                weights.len()
+            )));
+        }
+        let mut mats = Vec::with_capacity(n);
+        let mut biases = Vec::with_capacity(n);
+        for k in 0..n {
+            let sfx = cfg.suffix(k);
+            let item = |i: usize| weights.get_item(per * k + i);
+            mats.push((
+                extract_array::<_, T>(&item(0)?, &format!("weight_ih_{sfx}"), 2)?,
+                extract_array::<_, T>(&item(1)?, &format!("weight_hh_{sfx}"), 2)?,
+            ));
+            biases.push(if cfg.bias {
+                Some((
+                    extract_array::<_, T>(&item(2)?, &format!("bias_ih_{sfx}"), 1)?,
+                    extract_array::<_, T>(&item(3)?, &format!("bias_hh_{sfx}"), 1)?,
+                ))
+            } else {
+                None
+            });
+        }
+        Ok(WeightArrays { mats, biases })
+    }
+
+    fn views(&self) -> Vec<LayerWeights<'_, T>> {
+        self.mats
+            .iter()
+            .zip(&self.biases)
+            .map(|((w_ih, w_hh), b)| LayerWeights {
+                w_ih: w_ih.as_array(),
+                w_hh: w_hh.as_array(),
+                b_ih: b.as_ref().map(|b| b.0.as_array()),
+                b_hh: b.as_ref().map(|b| b.1.as_array()),
+            })
+            .collect()
+    }
+}
+
+fn extract_state<'py, T: Float + Element>(
+    cfg: &Config,
+    h: Option<&Bound<'py, PyAny>>,
+    c: Option<&Bound<'py, PyAny>>,
+    arg: &str,
+) -> PyResult<Option<(PyReadonlyArray3<'py, T>, Option<PyReadonlyArray3<'py, T>>)>> {
+    let lstm = cfg.kind.has_cell_state();
+    let name = |i: usize| {
+        if lstm {
+            format!("{arg}[{i}]")
+        } else {
+            arg.to_string()
+        }
+    };
+    let Some(h) = h else { return Ok(None) };
+    let h = extract_array::<_, T>(h, &name(0), 3)?;
+    let c = c
+        .map(|c| extract_array::<_, T>(c, &name(1), 3))
+        .transpose()?;
+    Ok(Some((h, c)))
+}
+
+fn state_view<'a, T: Element>(
+    s: &'a Option<(PyReadonlyArray3<'_, T>, Option<PyReadonlyArray3<'_, T>>)>,
+) -> Option<StateView<'a, T>> {
+    s.as_ref().map(|(h, c)| StateView {
+        h: h.as_array(),
+        c: c.as_ref().map(|c| c.as_array()),
+    })
+}
+
+trait TapeDtype: Float + Element {
+    fn wrap(t: Tape<Self>) -> AnyTape;
+    fn unwrap(t: &AnyTape) -> Option<&Tape<Self>>;
+}
+
+impl TapeDtype for f32 {
+    fn wrap(t: Tape<f32>) -> AnyTape {
+        AnyTape::F32(t)
+    }
+    fn unwrap(t: &AnyTape) -> Option<&Tape<f32>> {
+        match t {
+            AnyTape::F32(t) => Some(t),
+            AnyTape::F64(_) => None,
+        }
+    }
+}
+
+impl TapeDtype for f64 {
+    fn wrap(t: Tape<f64>) -> AnyTape {
+        AnyTape::F64(t)
+    }
+    fn unwrap(t: &AnyTape) -> Option<&Tape<f64>> {
+        match t {
+            AnyTape::F64(t) => Some(t),
+            AnyTape::F32(_) => None,
+        }
+    }
+}
+
+fn lengths_vec(lengths: Option<PyReadonlyArray1<'_, i64>>) -> PyResult<Option<Vec<usize>>> {
+    let Some(l) = lengths else { return Ok(None) };
+    l.as_array()
+        .iter()
+        .enumerate()
+        .map(|(b, &v)| {
+            usize::try_from(v).map_err(|_| {
+                PyValueError::new_err(format!(
+                    "lengths: expected every length >= 1, got lengths[{b}] = {v}"
+                ))
+            })
+        })
+        .collect::<PyResult<Vec<_>>>()
+        .map(Some)
+}
+
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn forward_typed<'py, T: TapeDtype>(
+    py: Python<'py>,
+    spec: &Spec,
+    weights: &Bound<'py, PyList>,
+    x: &Bound<'py, PyAny>,
+    h0: Option<&Bound<'py, PyAny>>,
+    c0: Option<&Bound<'py, PyAny>>,
+    lengths: Option<Vec<usize>>,
+    keep_tape: bool,
+    owner: u64,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let cfg = spec.config;
+    let w = WeightArrays::<T>::extract(&cfg, weights)?;
+    let x = extract_array::<PyReadonlyArray3<'py, T>, T>(x, "x", 3)?;
+    let state = extract_state::<T>(&cfg, h0, c0, "state")?;
+    let (out, fin, tape) = {
+        let wv = w.views();
+        let xv = x.as_array();
+        let sv = state_view(&state);
+        py.detach(move || sequence::forward(&cfg, &wv, xv, sv, lengths.as_deref(), keep_tape))
+            .map_err(value_error)?
+    };
+    let out = out.into_pyarray(py);
+    let h = fin.h.into_pyarray(py);
+    let c = fin.c.map(|c| c.into_pyarray(py));
+    let tape = tape
+        .map(|t| {
+            Bound::new(
+                py,
+                PyTape {
+                    inner: T::wrap(t),
+                    owner,
+                },
+            )
+        })
+        .transpose()?;
+    (out, h, c, tape).into_pyobject(py)
+}
+
+/// Runs the layer stack over `x`; returns `(out, h_n, c_n or None, tape or None)`.
+///
+/// All arrays must already have the spec's dtype (the Python layer converts); the GIL is
+/// released while the core runs. `lengths` is an int64 array `(B,)` or None.
+#[pyfunction]
+#[pyo3(signature = (spec, weights, x, h0=None, c0=None, lengths=None, keep_tape=false, owner=0))]
+#[allow(clippy::too_many_arguments)]
+fn forward<'py>(
+    py: Python<'py>,
+    spec: &Spec,
+    weights: &Bound<'py, PyList>,
+    x: &Bound<'py, PyAny>,
+    h0: Option<&Bound<'py, PyAny>>,
+    c0: Option<&Bound<'py, PyAny>>,
+    lengths: Option<&Bound<'py, PyAny>>,
+    keep_tape: bool,
+    owner: u64,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let lengths = lengths
+        .map(|l| {
+            l.extract::<PyReadonlyArray1<'py, i64>>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "lengths: expected a 1-d numpy array of dtype int64, got {}",
+                    dtype_name(l)
+                ))
+            })
+        })
+        .transpose()?;
+    let lengths = lengths_vec(lengths)?;
+    if spec.double {
+        forward_typed::<f64>(py, spec, weights, x, h0, c0, lengths, keep_tape, owner)
+    } else {
+        forward_typed::<f32>(py, spec, weights, x, h0, c0, lengths, keep_tape, owner)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_typed<'py, T: TapeDtype>(
+    py: Python<'py>,
+    spec: &Spec,
+    weights: &Bound<'py, PyList>,
+    tape: &PyTape,
+    d_out: &Bound<'py, PyAny>,
+    dh: Option<&Bound<'py, PyAny>>,
+    dc: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let cfg = spec.config;
+    let Some(core_tape) = T::unwrap(&tape.inner) else {
+        return Err(PyValueError::new_err(format!(
+            "tape: was made by a model of another dtype, not {}",
+            T::NAME
+        )));
+    };
+    let w = WeightArrays::<T>::extract(&cfg, weights)?;
+    let d_out = extract_array::<PyReadonlyArray3<'py, T>, T>(d_out, "d_out", 3)?;
+    let d_state = extract_state::<T>(&cfg, dh, dc, "d_state")?;
+    let grads = {
+        let wv = w.views();
+        let dv = d_out.as_array();
+        let sv = state_view(&d_state);
+        py.detach(move || sequence::backward(&cfg, &wv, core_tape, dv, sv))
+            .map_err(value_error)?
+    };
+    let params = PyList::empty(py);
+    for g in grads.params {
+        params.append(g.w_ih.into_pyarray(py))?;
+        params.append(g.w_hh.into_pyarray(py))?;
+        if let (Some(bi), Some(bh)) = (g.b_ih, g.b_hh) {
+            params.append(bi.into_pyarray(py))?;
+            params.append(bh.into_pyarray(py))?;
+        }
+    }
+    let dx: Bound<'py, PyArray3<T>> = grads.dx.into_pyarray(py);
+    let dh0 = grads.dstate.h.into_pyarray(py);
+    let dc0 = grads.dstate.c.map(|c| c.into_pyarray(py));
+    let norm: Bound<'py, PyArray2<T>> = grads.dh_norm.into_pyarray(py);
+    (dx, dh0, dc0, params, norm).into_pyobject(py)
+}
+
+/// Full BPTT; returns `(dx, dh0, dc0 or None, [param grads in weights' order], dh_norm)`.
+///
+/// `owner` must be the value given to the `forward` call that made `tape`.
+#[pyfunction]
+#[pyo3(signature = (spec, weights, tape, d_out, dh=None, dc=None, owner=0))]
+#[allow(clippy::too_many_arguments)]
+fn backward<'py>(
+    py: Python<'py>,
+    spec: &Spec,
+    weights: &Bound<'py, PyList>,
+    tape: &Bound<'py, PyAny>,
+    d_out: &Bound<'py, PyAny>,
+    dh: Option<&Bound<'py, PyAny>>,
+    dc: Option<&Bound<'py, PyAny>>,
+    owner: u64,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let tape = tape.cast::<PyTape>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "tape: expected a Tape returned by forward(), got {}",
+            tape.get_type()
+                .name()
+                .map_or_else(|_| "?".into(), |n| n.to_string())
+        ))
+    })?;
+    let tape = tape.get();
+    if tape.owner != owner {
+        return Err(PyValueError::new_err(
+            "tape: was made by another model; a tape can only be used with the model whose forward() made it",
+        ));
+    }
+    if spec.double {
+        backward_typed::<f64>(py, spec, weights, tape, d_out, dh, dc)
+    } else {
+        backward_typed::<f32>(py, spec, weights, tape, d_out, dh, dc)
+    }
+}
+
+/// The compiled core of bptt.
+#[pymodule]
+mod _core {
+    #[pymodule_export]
+    use super::{backward, forward, PyTape, Spec};
+
+    #[pymodule_init]
+    fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
+        use pyo3::types::PyModuleMethods;
+        m.add("__version__", env!("CARGO_PKG_VERSION"))
+    }
+}
