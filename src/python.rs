@@ -222,12 +222,15 @@ impl<'py, T: Float + Element> WeightArrays<'py, T> {
     }
 }
 
+/// `h` and, for the LSTM, `c`.
+type StateArrays<'py, T> = (PyReadonlyArray3<'py, T>, Option<PyReadonlyArray3<'py, T>>);
+
 fn extract_state<'py, T: Float + Element>(
     cfg: &Config,
     h: Option<&Bound<'py, PyAny>>,
     c: Option<&Bound<'py, PyAny>>,
     arg: &str,
-) -> PyResult<Option<(PyReadonlyArray3<'py, T>, Option<PyReadonlyArray3<'py, T>>)>> {
+) -> PyResult<Option<StateArrays<'py, T>>> {
     let lstm = cfg.kind.has_cell_state();
     let name = |i: usize| {
         if lstm {
@@ -244,9 +247,7 @@ fn extract_state<'py, T: Float + Element>(
     Ok(Some((h, c)))
 }
 
-fn state_view<'a, T: Element>(
-    s: &'a Option<(PyReadonlyArray3<'_, T>, Option<PyReadonlyArray3<'_, T>>)>,
-) -> Option<StateView<'a, T>> {
+fn state_view<'a, T: Element>(s: &'a Option<StateArrays<'_, T>>) -> Option<StateView<'a, T>> {
     s.as_ref().map(|(h, c)| StateView {
         h: h.as_array(),
         c: c.as_ref().map(|c| c.as_array()),

@@ -201,6 +201,13 @@ pub fn forward<T: Float>(
     let hidden = cfg.hidden_size;
     let mut final_state = State::zeros(cfg, batch);
     let mut input = to_time_major(cfg, &x);
+    if let Some(lengths) = lengths {
+        // Padding never reaches the arithmetic, so even NaN padding cannot leak into the
+        // weight gradients (0 · NaN would).
+        for (b, &len) in lengths.iter().enumerate() {
+            input.slice_mut(s![len.., b, ..]).fill(T::zero());
+        }
+    }
     let mut layers = Vec::new();
     for layer in 0..cfg.num_layers {
         let mut out = Array3::<T>::zeros((seq_len, batch, dirs * hidden));
@@ -385,7 +392,6 @@ pub fn backward<T: Float>(
     d_out: ArrayView3<'_, T>,
     d_state: Option<StateView<'_, T>>,
 ) -> Result<Grads<T>> {
-    check_weights(cfg, weights)?;
     if tape.config != *cfg {
         return Err(Error::value(
             "tape",
@@ -395,6 +401,7 @@ pub fn backward<T: Float>(
             ),
         ));
     }
+    check_weights(cfg, weights)?;
     let (seq_len, batch) = (tape.seq_len, tape.batch);
     let out_shape = if cfg.batch_first {
         [batch, seq_len, cfg.output_size()]
@@ -592,7 +599,7 @@ fn backward_direction<T: Float>(
     let drec2 = if split_rec {
         flat(&drec, rows, gh)
     } else {
-        dxp2.clone()
+        dxp2
     };
     let mut w_ih = Array2::<T>::zeros((gh, in_size));
     gemm(
@@ -633,3 +640,7 @@ fn flat<T: Float>(a: &Array3<T>, rows: usize, cols: usize) -> ArrayView2<'_, T> 
 fn column_sums<T: Float>(a: &ArrayView2<'_, T>) -> Array1<T> {
     a.sum_axis(Axis(0))
 }
+
+#[cfg(test)]
+#[path = "sequence_tests.rs"]
+mod tests;

@@ -1,0 +1,353 @@
+//! Tests of the sequence driver without Python: central finite differences in f64 for
+//! every cell and option, variable lengths, and the errors bad shapes give.
+
+use super::*;
+use crate::model::LayerWeights;
+use ndarray::{Array, Array1, Array2, Array3};
+
+/// A small deterministic generator (xorshift), so the tests need no extra crate.
+struct Rng(u64);
+
+impl Rng {
+    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        lo + (hi - lo) * ((self.0 >> 11) as f64 / (1u64 << 53) as f64)
+    }
+
+    fn array<Sh: ndarray::ShapeBuilder>(&mut self, shape: Sh, scale: f64) -> Array<f64, Sh::Dim> {
+        Array::from_shape_simple_fn(shape, || self.uniform(-scale, scale))
+    }
+}
+
+struct Owned {
+    w_ih: Array2<f64>,
+    w_hh: Array2<f64>,
+    b_ih: Option<Array1<f64>>,
+    b_hh: Option<Array1<f64>>,
+}
+
+fn make_weights(cfg: &Config, rng: &mut Rng) -> Vec<Owned> {
+    (0..cfg.num_stacks())
+        .map(|k| {
+            let li = cfg.layer_input_size(k / cfg.num_directions());
+            let gh = cfg.gate_size();
+            Owned {
+                w_ih: rng.array((gh, li), 0.6),
+                w_hh: rng.array((gh, cfg.hidden_size), 0.6),
+                b_ih: cfg.bias.then(|| rng.array(gh, 0.3)),
+                b_hh: cfg.bias.then(|| rng.array(gh, 0.3)),
+            }
+        })
+        .collect()
+}
+
+fn views(w: &[Owned]) -> Vec<LayerWeights<'_, f64>> {
+    w.iter()
+        .map(|o| LayerWeights {
+            w_ih: o.w_ih.view(),
+            w_hh: o.w_hh.view(),
+            b_ih: o.b_ih.as_ref().map(|b| b.view()),
+            b_hh: o.b_hh.as_ref().map(|b| b.view()),
+        })
+        .collect()
+}
+
+struct Problem {
+    cfg: Config,
+    w: Vec<Owned>,
+    x: Array3<f64>,
+    h0: Array3<f64>,
+    c0: Option<Array3<f64>>,
+    lengths: Option<Vec<usize>>,
+    /// Loss weights: `L = Σ r_out·out + Σ r_h·h_n (+ Σ r_c·c_n)`.
+    r_out: Array3<f64>,
+    r_h: Array3<f64>,
+    r_c: Option<Array3<f64>>,
+}
+
+impl Problem {
+    fn new(cfg: Config, t: usize, b: usize, lengths: Option<Vec<usize>>, seed: u64) -> Self {
+        let mut rng = Rng(seed);
+        let w = make_weights(&cfg, &mut rng);
+        let xs = if cfg.batch_first {
+            (b, t, cfg.input_size)
+        } else {
+            (t, b, cfg.input_size)
+        };
+        let os = if cfg.batch_first {
+            (b, t, cfg.output_size())
+        } else {
+            (t, b, cfg.output_size())
+        };
+        let ss = cfg.state_shape(b);
+        let lstm = cfg.kind.has_cell_state();
+        Problem {
+            x: rng.array(xs, 1.0),
+            h0: rng.array(ss, 0.5),
+            c0: lstm.then(|| rng.array(ss, 0.5)),
+            r_out: rng.array(os, 1.0),
+            r_h: rng.array(ss, 1.0),
+            r_c: lstm.then(|| rng.array(ss, 1.0)),
+            cfg,
+            w,
+            lengths,
+        }
+    }
+
+    fn run(&self, keep_tape: bool) -> ForwardOutput<f64> {
+        let wv = views(&self.w);
+        let st = StateView {
+            h: self.h0.view(),
+            c: self.c0.as_ref().map(|c| c.view()),
+        };
+        forward(
+            &self.cfg,
+            &wv,
+            self.x.view(),
+            Some(st),
+            self.lengths.as_deref(),
+            keep_tape,
+        )
+        .expect("valid problem")
+    }
+
+    fn loss(&self) -> f64 {
+        let (out, st, _) = self.run(false);
+        let mut l = (&out * &self.r_out).sum() + (&st.h * &self.r_h).sum();
+        if let (Some(c), Some(r)) = (&st.c, &self.r_c) {
+            l += (c * r).sum();
+        }
+        l
+    }
+
+    fn grads(&self) -> Grads<f64> {
+        let (_, _, tape) = self.run(true);
+        let wv = views(&self.w);
+        let ds = StateView {
+            h: self.r_h.view(),
+            c: self.r_c.as_ref().map(|c| c.view()),
+        };
+        backward(
+            &self.cfg,
+            &wv,
+            &tape.expect("kept"),
+            self.r_out.view(),
+            Some(ds),
+        )
+        .expect("valid problem")
+    }
+}
+
+/// The entries of one input of the loss, addressed by number, so one loop checks them all:
+/// 0 `x`, 1 `h0`, 2 `c0`, then per layer-direction `k`: `4 + 4k + {0: w_ih, 1: w_hh,
+/// 2: b_ih, 3: b_hh}`.
+fn entries(p: &mut Problem, which: usize) -> &mut [f64] {
+    let a = match which {
+        0 => p.x.as_slice_mut(),
+        1 => p.h0.as_slice_mut(),
+        2 => p.c0.as_mut().and_then(|c| c.as_slice_mut()),
+        _ => {
+            let o = &mut p.w[(which - 4) / 4];
+            match (which - 4) % 4 {
+                0 => o.w_ih.as_slice_mut(),
+                1 => o.w_hh.as_slice_mut(),
+                2 => o.b_ih.as_mut().and_then(|b| b.as_slice_mut()),
+                _ => o.b_hh.as_mut().and_then(|b| b.as_slice_mut()),
+            }
+        }
+    };
+    a.unwrap_or(&mut [])
+}
+
+fn analytic(g: &Grads<f64>, which: usize) -> Vec<f64> {
+    let a: Option<Vec<f64>> = match which {
+        0 => Some(g.dx.iter().copied().collect()),
+        1 => Some(g.dstate.h.iter().copied().collect()),
+        2 => g.dstate.c.as_ref().map(|c| c.iter().copied().collect()),
+        _ => {
+            let o = &g.params[(which - 4) / 4];
+            match (which - 4) % 4 {
+                0 => Some(o.w_ih.iter().copied().collect()),
+                1 => Some(o.w_hh.iter().copied().collect()),
+                2 => o.b_ih.as_ref().map(|b| b.to_vec()),
+                _ => o.b_hh.as_ref().map(|b| b.to_vec()),
+            }
+        }
+    };
+    a.unwrap_or_default()
+}
+
+fn gradcheck(cfg: Config, t: usize, b: usize, lengths: Option<Vec<usize>>) {
+    let mut p = Problem::new(cfg, t, b, lengths, 0x9e37_79b9_7f4a_7c15);
+    let g = p.grads();
+    let eps = 1e-6;
+    for which in (0..3).chain(4..4 + 4 * cfg.num_stacks()) {
+        let an = analytic(&g, which);
+        assert_eq!(an.len(), entries(&mut p, which).len(), "input {which}");
+        for (i, &an) in an.iter().enumerate() {
+            let orig = entries(&mut p, which)[i];
+            entries(&mut p, which)[i] = orig + eps;
+            let lp = p.loss();
+            entries(&mut p, which)[i] = orig - eps;
+            let lm = p.loss();
+            entries(&mut p, which)[i] = orig;
+            let fd = (lp - lm) / (2.0 * eps);
+            assert!(
+                (fd - an).abs() <= 1e-6 * (1.0 + fd.abs()),
+                "{cfg:?} input {which} entry {i}: finite difference {fd}, backward {an}"
+            );
+        }
+    }
+}
+
+const KINDS: [CellKind; 4] = [
+    CellKind::RnnTanh,
+    CellKind::RnnRelu,
+    CellKind::Lstm,
+    CellKind::Gru,
+];
+
+fn config(
+    kind: CellKind,
+    layers: usize,
+    bidirectional: bool,
+    bias: bool,
+    batch_first: bool,
+) -> Config {
+    Config {
+        kind,
+        input_size: 3,
+        hidden_size: 4,
+        num_layers: layers,
+        bidirectional,
+        bias,
+        batch_first,
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences_every_cell_and_option() {
+    for kind in KINDS {
+        for (layers, bi, bias, bf) in [
+            (1, false, true, false),
+            (2, true, true, true),
+            (2, false, false, false),
+            (1, true, false, true),
+        ] {
+            gradcheck(config(kind, layers, bi, bias, bf), 4, 2, None);
+        }
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences_with_lengths() {
+    for kind in KINDS {
+        for bi in [false, true] {
+            gradcheck(config(kind, 2, bi, true, false), 5, 3, Some(vec![2, 5, 1]));
+        }
+    }
+}
+
+#[test]
+fn padded_steps_keep_state_and_output_zero() {
+    for kind in KINDS {
+        let cfg = config(kind, 1, true, true, false);
+        let p = Problem::new(cfg, 4, 2, Some(vec![4, 2]), 7);
+        let (out, _, _) = p.run(false);
+        assert!(out.slice(s![2.., 1, ..]).iter().all(|&v| v == 0.0));
+        assert!(out.slice(s![.., 0, ..]).iter().any(|&v| v != 0.0));
+        // Sequence 1 alone gives the same final state.
+        let alone = Problem {
+            x: p.x.slice(s![..2, 1..2, ..]).to_owned(),
+            h0: p.h0.slice(s![.., 1..2, ..]).to_owned(),
+            c0: p.c0.as_ref().map(|c| c.slice(s![.., 1..2, ..]).to_owned()),
+            lengths: None,
+            ..Problem::new(cfg, 2, 1, None, 7)
+        };
+        let alone = Problem {
+            w: make_weights(&cfg, &mut Rng(7)),
+            ..alone
+        };
+        let (_, st_alone, _) = alone.run(false);
+        let (_, st, _) = p.run(false);
+        let diff = (&st.h.slice(s![.., 1..2, ..]) - &st_alone.h).mapv(f64::abs);
+        assert!(diff.iter().all(|&d| d < 1e-14), "{kind:?}: {diff}");
+    }
+}
+
+#[test]
+fn bad_shapes_name_the_argument() {
+    let cfg = config(CellKind::Lstm, 1, false, true, false);
+    let p = Problem::new(cfg, 3, 2, None, 1);
+    let wv = views(&p.w);
+    let bad_x = Array3::<f64>::zeros((3, 2, 5));
+    let err = forward(&cfg, &wv, bad_x.view(), None, None, false).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "x: expected shape (T, B, 3), got (3, 2, 5)"
+    );
+    let empty = Array3::<f64>::zeros((0, 2, 3));
+    let err = forward(&cfg, &wv, empty.view(), None, None, false).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("x: expected at least one time step"),
+        "{err}"
+    );
+    let h = Array3::<f64>::zeros((1, 3, 4));
+    let st = StateView {
+        h: h.view(),
+        c: Some(h.view()),
+    };
+    let err = forward(&cfg, &wv, p.x.view(), Some(st), None, false).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "state[0]: expected shape (1, 2, 4), got (1, 3, 4)"
+    );
+    let err = forward(&cfg, &wv, p.x.view(), None, Some(&[3, 4]), false).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("lengths: expected every length in [1, 3]"),
+        "{err}"
+    );
+    let err = forward(&cfg, &wv[..0], p.x.view(), None, None, false).unwrap_err();
+    assert!(err.to_string().starts_with("weights:"), "{err}");
+    let (_, _, tape) = p.run(true);
+    let bad_d = Array3::<f64>::zeros((3, 2, 5));
+    let err = backward(&cfg, &wv, tape.as_ref().unwrap(), bad_d.view(), None).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "d_out: expected shape (3, 2, 4), got (3, 2, 5)"
+    );
+    let other = Config {
+        hidden_size: 4,
+        bidirectional: false,
+        kind: CellKind::Gru,
+        ..cfg
+    };
+    let err = backward(&other, &wv, tape.as_ref().unwrap(), p.r_out.view(), None).unwrap_err();
+    assert!(err.to_string().starts_with("tape:"), "{err}");
+}
+
+#[test]
+fn nan_input_propagates_without_panic() {
+    let cfg = config(CellKind::Gru, 2, true, true, false);
+    let mut p = Problem::new(cfg, 3, 2, None, 3);
+    p.x[[1, 0, 0]] = f64::NAN;
+    let (out, _, _) = p.run(false);
+    assert!(out.iter().any(|v| v.is_nan()));
+    let g = p.grads();
+    assert!(g.params[0].w_ih.iter().any(|v| v.is_nan()));
+}
+
+#[test]
+fn tape_reports_its_size() {
+    let cfg = config(CellKind::Lstm, 2, true, true, false);
+    let p = Problem::new(cfg, 5, 3, None, 5);
+    let (_, _, tape) = p.run(true);
+    let tape = tape.unwrap();
+    // Per layer: input [T,B,I_l]; per direction: gates [T,B,4H], h_prev and c_prev [T,B,H].
+    let elems = 5 * 3 * (3 + 8) + 4 * 5 * 3 * (16 + 4 + 4);
+    assert_eq!(tape.nbytes(), elems * 8);
+}
