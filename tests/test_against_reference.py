@@ -146,7 +146,7 @@ def test_matches_reference(kind, num_layers, bidirectional, batch_first, dtype, 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("num_layers", [1, 2], ids=["L1", "L2"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_no_bias_matches_reference(kind, num_layers, bidirectional, dtype, rng):
     m = run_case(
@@ -158,7 +158,7 @@ def test_no_bias_matches_reference(kind, num_layers, bidirectional, dtype, rng):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tmajor", "bfirst"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("num_layers", [1, 2], ids=["L1", "L2"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_lengths_match_reference(kind, num_layers, bidirectional, batch_first, dtype, rng):
     T, B = 6, 4

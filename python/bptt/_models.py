@@ -37,7 +37,7 @@ class Gradients:
         Its decay towards early ``t`` is what vanishing gradients look like.
     """
 
-    __slots__ = ("dx", "dstate", "params", "dh_norm")
+    __slots__ = ("dh_norm", "dstate", "dx", "params")
 
     def __init__(self, dx: np.ndarray, dstate: Any, params: dict[str, np.ndarray],
                  dh_norm: np.ndarray) -> None:
@@ -155,13 +155,16 @@ class _Recurrent:
             return None, None
         text = f"({self.num_layers * self.num_directions}, B, {self.hidden_size})"
         if self._cell == "lstm":
-            if not isinstance(state, (tuple, list)) or len(state) != 2:
+            if not isinstance(state, (tuple, list)):
+                raise TypeError(f"{name}: expected a tuple (h, c) for an LSTM, got "
+                                f"{type(state).__name__}")
+            if len(state) != 2:
                 raise ValueError(f"{name}: expected a tuple (h, c) for an LSTM, got "
-                                 f"{type(state).__name__}")
+                                 f"{len(state)} item(s)")
             return (float_array(f"{name}[0]", state[0], self.dtype, 3, text),
                     float_array(f"{name}[1]", state[1], self.dtype, 3, text))
         if isinstance(state, (tuple, list)):
-            raise ValueError(f"{name}: expected a single array h, got {type(state).__name__}")
+            raise TypeError(f"{name}: expected a single array h, got {type(state).__name__}")
         return float_array(name, state, self.dtype, 3, text), None
 
     def _run(self, x: Any, state: Any, lengths: Any, keep_tape: bool) -> tuple[Any, ...]:
