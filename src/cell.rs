@@ -2,7 +2,8 @@
 //!
 //! Notation per row: `H` hidden units, `G` gates (`G·H` pre-activations), `xp` the input
 //! projection `x·W_ihᵀ + b_ih` (`[G·H]`), `rec` the recurrent projection `h·W_hhᵀ`
-//! (`[G·H]`, without `b_hh`, which is added here). Equations are PyTorch's:
+//! (`[G·H]`). The driver sums everything but the GRU's `n`-gate recurrent term before the
+//! step (see [`StepRow`]). Equations are PyTorch's:
 //!
 //! * RNN (G = 1): `h' = act(xp + rec + b_hh)`, `act = tanh | relu`.
 //! * LSTM (G = 4, order i, f, g, o): `i, f, o = σ(·)`, `g = tanh(·)`,
@@ -19,6 +20,7 @@
 
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::simd::multiversion;
 
 /// Which recurrent cell a model uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,88 +80,131 @@ impl CellKind {
 
 /// Inputs and outputs of one forward step of one batch row.
 pub(crate) struct StepRow<'a, T> {
-    /// In: `x·W_ihᵀ + b_ih` `[G·H]`. Out: the activated gates.
+    /// In: the pre-activations `[G·H]`: `x·W_ihᵀ + b_ih + b_hh` plus, for the RNN and LSTM,
+    /// `h·W_hhᵀ`; for the GRU only the `r, z` blocks hold `b_hh` and nothing of `h`.
+    /// Out: the activated gates.
     pub gates: &'a mut [T],
-    /// `h·W_hhᵀ` `[G·H]`.
+    /// GRU: `h·W_hhᵀ` `[3H]` without bias; empty otherwise.
     pub rec: &'a [T],
-    /// `b_hh` `[G·H]`, if the model has biases.
-    pub b_hh: Option<&'a [T]>,
+    /// GRU: `b_hn` `[H]` (zeros without biases); empty otherwise.
+    pub b_hn: &'a [T],
     /// In: `h`; out: `h'` `[H]`.
     pub h: &'a mut [T],
     /// In: `c`; out: `c'` `[H]` (LSTM; empty otherwise).
     pub c: &'a mut [T],
-    /// Out: `rec_n + b_hn` `[H]` (GRU with a tape; empty otherwise).
+    /// Out: `rec_n + b_hn` `[H]` (GRU; empty otherwise).
     pub gh_n: &'a mut [T],
 }
 
-#[inline]
-fn bias<T: Float>(b: Option<&[T]>, k: usize) -> T {
-    match b {
-        Some(b) => b[k],
-        None => T::zero(),
-    }
+/// Splits `s` into `k` consecutive blocks of `n` (bounds checks then vanish in the loops).
+#[inline(always)]
+fn blocks_mut<T, const K: usize>(s: &mut [T], n: usize) -> [&mut [T]; K] {
+    let mut rest = &mut s[..K * n];
+    std::array::from_fn(|_| {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(n);
+        rest = tail;
+        head
+    })
+}
+
+#[inline(always)]
+fn blocks<T, const K: usize>(s: &[T], n: usize) -> [&[T]; K] {
+    std::array::from_fn(|k| &s[k * n..(k + 1) * n])
 }
 
 /// One forward step of one row, in place (see the module docs for the equations).
-#[inline]
-pub(crate) fn step_forward<T: Float>(kind: CellKind, hidden: usize, row: StepRow<'_, T>) {
+/// Each cell's loop is its own function (`multiversion!`), compiled per instruction set.
+#[inline(always)]
+pub(crate) fn step_forward<T: Float>(kind: CellKind, n: usize, row: StepRow<'_, T>) {
     let StepRow {
         gates,
         rec,
-        b_hh,
+        b_hn,
         h,
         c,
         gh_n,
     } = row;
-    let n = hidden;
     match kind {
-        CellKind::RnnTanh | CellKind::RnnRelu => {
-            for j in 0..n {
-                let pre = gates[j] + rec[j] + bias(b_hh, j);
-                let a = if kind == CellKind::RnnTanh {
-                    pre.tanh()
-                } else {
-                    pre.relu()
-                };
-                gates[j] = a;
-                h[j] = a;
-            }
-        }
+        CellKind::RnnTanh => rnn_forward(&mut gates[..n], &mut h[..n], true),
+        CellKind::RnnRelu => rnn_forward(&mut gates[..n], &mut h[..n], false),
         CellKind::Lstm => {
-            for j in 0..n {
-                let i = (gates[j] + rec[j] + bias(b_hh, j)).sigmoid();
-                let f = (gates[n + j] + rec[n + j] + bias(b_hh, n + j)).sigmoid();
-                let g = (gates[2 * n + j] + rec[2 * n + j] + bias(b_hh, 2 * n + j)).tanh();
-                let o = (gates[3 * n + j] + rec[3 * n + j] + bias(b_hh, 3 * n + j)).sigmoid();
-                gates[j] = i;
-                gates[n + j] = f;
-                gates[2 * n + j] = g;
-                gates[3 * n + j] = o;
-                let c_new = lstm_cell(f, c[j], i, g);
-                c[j] = c_new;
-                h[j] = o * c_new.tanh();
-            }
+            let [gi, gf, gg, go] = blocks_mut::<T, 4>(gates, n);
+            lstm_forward(gi, gf, gg, go, &mut c[..n], &mut h[..n]);
         }
         CellKind::Gru => {
-            for j in 0..n {
-                let r = (gates[j] + rec[j] + bias(b_hh, j)).sigmoid();
-                let z = (gates[n + j] + rec[n + j] + bias(b_hh, n + j)).sigmoid();
-                let hn = rec[2 * n + j] + bias(b_hh, 2 * n + j);
-                let nn = (gates[2 * n + j] + r * hn).tanh();
-                gates[j] = r;
-                gates[n + j] = z;
-                gates[2 * n + j] = nn;
-                if !gh_n.is_empty() {
-                    gh_n[j] = hn;
+            let [gr, gz, gn] = blocks_mut::<T, 3>(gates, n);
+            let [rr, rz, rn] = blocks::<T, 3>(rec, n);
+            gru_forward(gr, gz, gn, rr, rz, rn, &b_hn[..n], &mut h[..n]);
+            if !gh_n.is_empty() {
+                // Kept for backward: the recurrent n-term the reset gate scaled.
+                for ((g, &r), &b) in gh_n[..n].iter_mut().zip(rn).zip(&b_hn[..n]) {
+                    *g = r + b;
                 }
-                h[j] = (T::one() - z) * nn + z * h[j];
             }
         }
     }
 }
 
+multiversion! {
+    fn rnn_forward<T: Float>(g: &mut [T], h: &mut [T], tanh: bool) -> () {
+    for (g, h) in g.iter_mut().zip(h.iter_mut()) {
+        let a = if tanh { g.act_tanh() } else { g.relu() };
+        *g = a;
+        *h = a;
+    }
+}
+}
+
+multiversion! {
+    fn lstm_forward<T: Float>(
+    gi: &mut [T],
+    gf: &mut [T],
+    gg: &mut [T],
+    go: &mut [T],
+    c: &mut [T],
+    h: &mut [T],
+) -> () {
+    let gates = gi.iter_mut().zip(gf.iter_mut()).zip(gg.iter_mut()).zip(go.iter_mut());
+    for ((((pi, pf), pg), po), (c, h)) in gates.zip(c.iter_mut().zip(h.iter_mut())) {
+        let i = pi.sigmoid();
+        let f = pf.sigmoid();
+        let g = pg.act_tanh();
+        let o = po.sigmoid();
+        (*pi, *pf, *pg, *po) = (i, f, g, o);
+        let c_new = lstm_cell(f, *c, i, g);
+        *c = c_new;
+        *h = o * c_new.act_tanh();
+    }
+}
+}
+
+multiversion! {
+    fn gru_forward<T: Float>(
+    gr: &mut [T],
+    gz: &mut [T],
+    gn: &mut [T],
+    rr: &[T],
+    rz: &[T],
+    rn: &[T],
+    b_hn: &[T],
+    h: &mut [T],
+) -> () {
+    let n = h.len();
+    let (gr, gz, gn, rr, rz, rn, b_hn) = (&mut gr[..n], &mut gz[..n], &mut gn[..n], &rr[..n], &rz[..n], &rn[..n], &b_hn[..n]);
+    for j in 0..n {
+        let r = (gr[j] + rr[j]).sigmoid();
+        let z = (gz[j] + rz[j]).sigmoid();
+        let nn = (gn[j] + r * (rn[j] + b_hn[j])).act_tanh();
+        gr[j] = r;
+        gz[j] = z;
+        gn[j] = nn;
+        h[j] = (T::one() - z) * nn + z * h[j];
+    }
+}
+}
+
 /// `c' = f·c + i·g`, written once so forward and the backward recomputation agree bitwise.
-#[inline]
+#[inline(always)]
 pub(crate) fn lstm_cell<T: Float>(f: T, c: T, i: T, g: T) -> T {
     f * c + i * g
 }
@@ -189,8 +234,8 @@ pub(crate) struct StepRowGrad<'a, T> {
 }
 
 /// One backward step of one row. Returns the squared L2 norm of the total `∂L/∂h'`.
-#[inline]
-pub(crate) fn step_backward<T: Float>(kind: CellKind, hidden: usize, row: StepRowGrad<'_, T>) -> T {
+#[inline(always)]
+pub(crate) fn step_backward<T: Float>(kind: CellKind, n: usize, row: StepRowGrad<'_, T>) -> T {
     let StepRowGrad {
         gates,
         h_prev,
@@ -202,58 +247,140 @@ pub(crate) fn step_backward<T: Float>(kind: CellKind, hidden: usize, row: StepRo
         dxp,
         drec,
     } = row;
-    let n = hidden;
-    let one = T::one();
-    let mut sumsq = T::zero();
+    let (dy, dh) = (&dy[..n], &mut dh[..n]);
     match kind {
-        CellKind::RnnTanh | CellKind::RnnRelu => {
-            for j in 0..n {
-                let d = dy[j] + dh[j];
-                sumsq += d * d;
-                let a = gates[j];
-                let da = if kind == CellKind::RnnTanh {
-                    one - a * a
-                } else if a > T::zero() {
-                    one
-                } else {
-                    T::zero()
-                };
-                dxp[j] = d * da;
-                dh[j] = T::zero();
-            }
-        }
+        CellKind::RnnTanh | CellKind::RnnRelu => rnn_backward(
+            &gates[..n],
+            dy,
+            dh,
+            &mut dxp[..n],
+            kind == CellKind::RnnTanh,
+        ),
         CellKind::Lstm => {
-            for j in 0..n {
-                let d = dy[j] + dh[j];
-                sumsq += d * d;
-                let (i, f, g, o) = (gates[j], gates[n + j], gates[2 * n + j], gates[3 * n + j]);
-                let tc = lstm_cell(f, c_prev[j], i, g).tanh();
-                let dct = dc[j] + d * o * (one - tc * tc);
-                dxp[j] = dct * g * i * (one - i);
-                dxp[n + j] = dct * c_prev[j] * f * (one - f);
-                dxp[2 * n + j] = dct * i * (one - g * g);
-                dxp[3 * n + j] = d * tc * o * (one - o);
-                dc[j] = dct * f;
-                dh[j] = T::zero();
-            }
+            let [di, df, dg, d_o] = blocks_mut::<T, 4>(dxp, n);
+            lstm_backward(
+                &gates[..4 * n],
+                &c_prev[..n],
+                dy,
+                dh,
+                &mut dc[..n],
+                di,
+                df,
+                dg,
+                d_o,
+            )
         }
         CellKind::Gru => {
-            for j in 0..n {
-                let d = dy[j] + dh[j];
-                sumsq += d * d;
-                let (r, z, nn) = (gates[j], gates[n + j], gates[2 * n + j]);
-                let dn_pre = d * (one - z) * (one - nn * nn);
-                let dz_pre = d * (h_prev[j] - nn) * z * (one - z);
-                let dr_pre = dn_pre * gh_n[j] * r * (one - r);
-                dxp[j] = dr_pre;
-                dxp[n + j] = dz_pre;
-                dxp[2 * n + j] = dn_pre;
-                drec[j] = dr_pre;
-                drec[n + j] = dz_pre;
-                drec[2 * n + j] = dn_pre * r;
-                dh[j] = d * z;
-            }
+            let [dr, dz, dn] = blocks_mut::<T, 3>(dxp, n);
+            let [rr, rz, rn] = blocks_mut::<T, 3>(drec, n);
+            gru_backward(
+                &gates[..3 * n],
+                &h_prev[..n],
+                &gh_n[..n],
+                dy,
+                dh,
+                dr,
+                dz,
+                dn,
+                rr,
+                rz,
+                rn,
+            )
         }
     }
+}
+
+multiversion! {
+    fn rnn_backward<T: Float>(a: &[T], dy: &[T], dh: &mut [T], dxp: &mut [T], tanh: bool) -> T {
+    let (one, n) = (T::one(), dh.len());
+    let (a, dy, dxp) = (&a[..n], &dy[..n], &mut dxp[..n]);
+    let mut sumsq = T::zero();
+    for j in 0..n {
+        let d = dy[j] + dh[j];
+        sumsq += d * d;
+        let da = if tanh {
+            one - a[j] * a[j]
+        } else if a[j] > T::zero() {
+            one
+        } else {
+            T::zero()
+        };
+        dxp[j] = d * da;
+        dh[j] = T::zero();
+    }
     sumsq
+}
+}
+
+multiversion! {
+    fn lstm_backward<T: Float>(
+    gates: &[T],
+    c_prev: &[T],
+    dy: &[T],
+    dh: &mut [T],
+    dc: &mut [T],
+    di: &mut [T],
+    df: &mut [T],
+    dg: &mut [T],
+    d_o: &mut [T],
+) -> T {
+    let (one, n) = (T::one(), dh.len());
+    let [gi, gf, gg, go] = blocks::<T, 4>(gates, n);
+    let (c_prev, dy, dc) = (&c_prev[..n], &dy[..n], &mut dc[..n]);
+    let (di, df, dg, d_o) = (&mut di[..n], &mut df[..n], &mut dg[..n], &mut d_o[..n]);
+    let mut sumsq = T::zero();
+    for j in 0..n {
+        let d = dy[j] + dh[j];
+        sumsq += d * d;
+        let (i, f, g, o) = (gi[j], gf[j], gg[j], go[j]);
+        let tc = lstm_cell(f, c_prev[j], i, g).act_tanh();
+        let dct = dc[j] + d * o * (one - tc * tc);
+        di[j] = dct * g * i * (one - i);
+        df[j] = dct * c_prev[j] * f * (one - f);
+        dg[j] = dct * i * (one - g * g);
+        d_o[j] = d * tc * o * (one - o);
+        dc[j] = dct * f;
+        dh[j] = T::zero();
+    }
+    sumsq
+}
+}
+
+multiversion! {
+    fn gru_backward<T: Float>(
+    gates: &[T],
+    h_prev: &[T],
+    gh_n: &[T],
+    dy: &[T],
+    dh: &mut [T],
+    dr: &mut [T],
+    dz: &mut [T],
+    dn: &mut [T],
+    rr: &mut [T],
+    rz: &mut [T],
+    rn: &mut [T],
+) -> T {
+    let (one, n) = (T::one(), dh.len());
+    let [gr, gz, gn] = blocks::<T, 3>(gates, n);
+    let (h_prev, gh_n, dy) = (&h_prev[..n], &gh_n[..n], &dy[..n]);
+    let (dr, dz, dn) = (&mut dr[..n], &mut dz[..n], &mut dn[..n]);
+    let (rr, rz, rn) = (&mut rr[..n], &mut rz[..n], &mut rn[..n]);
+    let mut sumsq = T::zero();
+    for j in 0..n {
+        let d = dy[j] + dh[j];
+        sumsq += d * d;
+        let (r, z, nn) = (gr[j], gz[j], gn[j]);
+        let dn_pre = d * (one - z) * (one - nn * nn);
+        let dz_pre = d * (h_prev[j] - nn) * z * (one - z);
+        let dr_pre = dn_pre * gh_n[j] * r * (one - r);
+        dr[j] = dr_pre;
+        dz[j] = dz_pre;
+        dn[j] = dn_pre;
+        rr[j] = dr_pre;
+        rz[j] = dz_pre;
+        rn[j] = dn_pre * r;
+        dh[j] = d * z;
+    }
+    sumsq
+}
 }

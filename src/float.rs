@@ -1,7 +1,7 @@
 //! The float types the core is generic over (`f32`, `f64`) and their scalar activations.
 //!
-//! `sigmoid(x) = 1 / (1 + exp(-x))`, `tanh(x)`, `relu(x) = max(x, 0)`. These scalar
-//! versions are the reference every faster kernel is tested against.
+//! `sigmoid(x) = 1 / (1 + exp(-x))`, `tanh(x)`, `relu(x) = max(x, 0)`: `f64` uses the
+//! standard library; `f32` the fast kernels of `simd` (tested there against `f64`).
 
 use ndarray::{LinalgScalar, ScalarOperand};
 use std::fmt::{Debug, Display};
@@ -18,19 +18,20 @@ pub trait Float:
     + std::iter::Sum
     + std::ops::AddAssign
     + std::ops::MulAssign
+    + faer::traits::ComplexField
     + 'static
 {
     /// Name of the type as NumPy spells it, for messages.
     const NAME: &'static str;
 
-    /// Logistic sigmoid `1 / (1 + exp(-x))`; saturates to exactly 0 and 1, NaN stays NaN.
-    #[inline]
-    fn sigmoid(self) -> Self {
-        Self::one() / (Self::one() + (-self).exp())
-    }
+    /// Logistic sigmoid `1 / (1 + exp(-x))`; saturates to 0 and 1, NaN stays NaN.
+    fn sigmoid(self) -> Self;
+
+    /// `tanh` as the cell kernels use it (f32: the fast kernel of `simd`, within 1 ulp).
+    fn act_tanh(self) -> Self;
 
     /// Rectified linear unit; NaN stays NaN.
-    #[inline]
+    #[inline(always)]
     fn relu(self) -> Self {
         if self < Self::zero() {
             Self::zero()
@@ -42,10 +43,30 @@ pub trait Float:
 
 impl Float for f32 {
     const NAME: &'static str = "float32";
+
+    #[inline(always)]
+    fn sigmoid(self) -> Self {
+        crate::simd::sigmoid_f32(self)
+    }
+
+    #[inline(always)]
+    fn act_tanh(self) -> Self {
+        crate::simd::tanh_f32(self)
+    }
 }
 
 impl Float for f64 {
     const NAME: &'static str = "float64";
+
+    #[inline(always)]
+    fn sigmoid(self) -> Self {
+        1.0 / (1.0 + (-self).exp())
+    }
+
+    #[inline(always)]
+    fn act_tanh(self) -> Self {
+        self.tanh()
+    }
 }
 
 #[cfg(test)]

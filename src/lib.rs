@@ -12,6 +12,7 @@ pub mod float;
 pub mod linalg;
 pub mod model;
 pub mod sequence;
+pub mod simd;
 
 #[cfg(feature = "python")]
 mod python;

@@ -26,11 +26,13 @@
 use crate::cell::{step_backward, step_forward, CellKind, StepRow, StepRowGrad};
 use crate::error::{fmt_shape, Error, Result};
 use crate::float::Float;
-use crate::linalg::gemm;
+use crate::linalg::{gemm, par};
 use crate::model::{
     check_state, check_weights, Config, Grads, LayerGrads, LayerWeights, State, StateView,
 };
-use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis};
+use ndarray::{
+    s, Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis,
+};
 
 /// What forward keeps for backward. Owned by the core; its size is [`Tape::nbytes`].
 #[derive(Debug, Clone)]
@@ -170,10 +172,6 @@ fn from_time_major<T: Float>(cfg: &Config, a: Array3<T>) -> Array3<T> {
     }
 }
 
-fn is_masked(lengths: Option<&[usize]>, t: usize, b: usize) -> bool {
-    lengths.is_some_and(|l| t >= l[b])
-}
-
 /// Runs the stack over `x` (`[T, B, I]`, or `[B, T, I]` with `batch_first`).
 ///
 /// `state` is the initial state (zeros when `None`); `lengths` the valid length of each
@@ -208,32 +206,44 @@ pub fn forward<T: Float>(
             input.slice_mut(s![len.., b, ..]).fill(T::zero());
         }
     }
+    let threads = rayon::current_num_threads();
     let mut layers = Vec::new();
     for layer in 0..cfg.num_layers {
         let mut out = Array3::<T>::zeros((seq_len, batch, dirs * hidden));
-        let mut dir_tapes = Vec::new();
-        for d in 0..dirs {
-            let k = layer * dirs + d;
-            let mut h = match &state {
-                Some(st) => st.h.index_axis(Axis(0), k).to_owned(),
-                None => Array2::zeros((batch, hidden)),
-            };
-            let mut c = cfg.kind.has_cell_state().then(|| match &state {
-                Some(StateView { c: Some(c), .. }) => c.index_axis(Axis(0), k).to_owned(),
-                _ => Array2::zeros((batch, hidden)),
-            });
+        let blocks: Vec<_> = out
+            .axis_chunks_iter_mut(Axis(2), hidden)
+            .enumerate()
+            .map(|(d, block)| {
+                let k = layer * dirs + d;
+                let h = match &state {
+                    Some(st) => st.h.index_axis(Axis(0), k).to_owned(),
+                    None => Array2::zeros((batch, hidden)),
+                };
+                let c = cfg.kind.has_cell_state().then(|| match &state {
+                    Some(StateView { c: Some(c), .. }) => c.index_axis(Axis(0), k).to_owned(),
+                    _ => Array2::zeros((batch, hidden)),
+                });
+                (d, block, h, c)
+            })
+            .collect();
+        let results = per_direction(blocks, threads, |(d, block, mut h, mut c), threads| {
             let tape = run_direction(
                 cfg,
-                &weights[k],
+                &weights[layer * dirs + d],
                 &input,
                 d == 1,
                 lengths,
                 &mut h,
                 c.as_mut(),
-                &mut out,
-                d,
+                block,
                 keep_tape,
+                threads,
             );
+            (h, c, tape)
+        });
+        let mut dir_tapes = Vec::new();
+        for (d, (h, c, tape)) in results.into_iter().enumerate() {
+            let k = layer * dirs + d;
             final_state.h.index_axis_mut(Axis(0), k).assign(&h);
             if let (Some(fc), Some(c)) = (final_state.c.as_mut(), c) {
                 fc.index_axis_mut(Axis(0), k).assign(&c);
@@ -268,57 +278,50 @@ fn run_direction<T: Float>(
     lengths: Option<&[usize]>,
     h: &mut Array2<T>,
     mut c: Option<&mut Array2<T>>,
-    out: &mut Array3<T>,
-    dir: usize,
+    mut out: ArrayViewMut3<'_, T>,
     keep_tape: bool,
+    threads: usize,
 ) -> Option<DirTape<T>> {
     let (seq_len, batch, in_size) = input.dim();
     let hidden = cfg.hidden_size;
     let gh = cfg.gate_size();
     let kind = cfg.kind;
+    let gru = kind == CellKind::Gru;
 
-    // gates = X · W_ihᵀ + b_ih, all steps at once.
+    // gates = X · W_ihᵀ + bias, all steps at once. The bias folds in b_hh, except the
+    // GRU's b_hn, which the reset gate scales.
     let mut gates = Array3::<T>::zeros((seq_len, batch, gh));
+    let mut b_hn = vec![T::zero(); if gru { hidden } else { 0 }];
     {
-        let x2 = input
-            .view()
-            .into_shape_with_order((seq_len * batch, in_size))
-            .expect("time-major input is contiguous");
-        let mut g2 = gates
-            .view_mut()
-            .into_shape_with_order((seq_len * batch, gh))
-            .expect("fresh array is contiguous");
-        if let Some(b) = &w.b_ih {
-            g2.assign(
-                &b.broadcast((seq_len * batch, gh))
-                    .expect("bias has G·H entries"),
-            );
+        if let (Some(bi), Some(bh)) = (&w.b_ih, &w.b_hh) {
+            let mut bias = bi.to_owned();
+            let folded = if gru { 2 * hidden } else { gh };
+            bias.slice_mut(s![..folded])
+                .zip_mut_with(&bh.slice(s![..folded]), |a, &b| *a += b);
+            if gru {
+                b_hn.copy_from_slice(bh.slice(s![2 * hidden..]).as_slice().expect("1-d"));
+            }
+            gates.assign(&bias);
         }
-        gemm(T::one(), &x2, &w.w_ih.t(), T::one(), &mut g2);
+        let x2 = flat(input, seq_len * batch, in_size);
+        let mut g2 = flat_mut(&mut gates, seq_len * batch, gh);
+        gemm(T::one(), &x2, &w.w_ih.t(), T::one(), &mut g2, par(threads));
     }
 
     let mut h_prev_tape = keep_tape.then(|| Array3::<T>::zeros((seq_len, batch, hidden)));
     let mut c_prev_tape =
         (keep_tape && kind == CellKind::Lstm).then(|| Array3::<T>::zeros((seq_len, batch, hidden)));
-    let mut gh_n_tape =
-        (keep_tape && kind == CellKind::Gru).then(|| Array3::<T>::zeros((seq_len, batch, hidden)));
-    let mut gh_n_scratch = vec![T::zero(); if kind == CellKind::Gru { hidden } else { 0 }];
-    let mut rec = Array2::<T>::zeros((batch, gh));
-    let b_hh = w
-        .b_hh
-        .as_ref()
-        .map(|b| b.as_slice().expect("bias is contiguous"));
-    let mut c_scratch: Vec<T> = Vec::new();
+    let mut gh_n_tape = (keep_tape && gru).then(|| Array3::<T>::zeros((seq_len, batch, hidden)));
+    let mut rec = Array2::<T>::zeros(if gru { (batch, gh) } else { (0, 0) });
+    let w_hh_t = w.w_hh.t();
+    let step_par = par(if batch * gh * hidden >= PAR_GEMM_MIN {
+        threads
+    } else {
+        1
+    });
 
     for step in 0..seq_len {
         let t = if reverse { seq_len - 1 - step } else { step };
-        gemm(
-            T::one(),
-            &h.view(),
-            &w.w_hh.t(),
-            T::zero(),
-            &mut rec.view_mut(),
-        );
         if let Some(tp) = h_prev_tape.as_mut() {
             tp.index_axis_mut(Axis(0), t).assign(h);
         }
@@ -326,47 +329,55 @@ fn run_direction<T: Float>(
             tp.index_axis_mut(Axis(0), t).assign(c);
         }
         let mut gates_t = gates.index_axis_mut(Axis(0), t);
-        let mut out_t = out.slice_mut(s![t, .., dir * hidden..(dir + 1) * hidden]);
-        for b in 0..batch {
-            let mut out_row = out_t.row_mut(b);
-            if is_masked(lengths, t, b) {
-                out_row.fill(T::zero());
-                continue;
-            }
-            let c_row: &mut [T] = match c.as_deref_mut() {
-                Some(c) => c
-                    .row_mut(b)
-                    .into_slice()
-                    .expect("state rows are contiguous"),
-                None => &mut c_scratch,
-            };
-            let gh_n: &mut [T] = match gh_n_tape.as_mut() {
-                Some(tp) => tp
-                    .slice_mut(s![t, b, ..])
-                    .into_slice()
-                    .expect("tape rows are contiguous"),
-                None => &mut gh_n_scratch,
-            };
-            let h_row = h
-                .row_mut(b)
-                .into_slice()
-                .expect("state rows are contiguous");
-            step_forward(
-                kind,
-                hidden,
-                StepRow {
-                    gates: gates_t
-                        .row_mut(b)
-                        .into_slice()
-                        .expect("gate rows are contiguous"),
-                    rec: rec.row(b).to_slice().expect("rec rows are contiguous"),
-                    b_hh,
-                    h: h_row,
-                    c: c_row,
-                    gh_n,
-                },
+        if gru {
+            gemm(
+                T::one(),
+                &h.view(),
+                &w_hh_t,
+                T::zero(),
+                &mut rec.view_mut(),
+                step_par,
             );
-            out_row.assign(&h.row(b));
+        } else {
+            gemm(
+                T::one(),
+                &h.view(),
+                &w_hh_t,
+                T::one(),
+                &mut gates_t,
+                step_par,
+            );
+        }
+        let rows = ForwardRows {
+            kind,
+            hidden,
+            batch,
+            mask: lengths.map(|l| (l, t)),
+            gates: gates_t.as_slice_mut().expect("contiguous"),
+            rec: rec.as_slice().expect("contiguous"),
+            b_hn: &b_hn,
+            h: h.as_slice_mut().expect("contiguous"),
+            c: match c.as_deref_mut() {
+                Some(c) => c.as_slice_mut().expect("contiguous"),
+                None => Default::default(),
+            },
+            gh_n: match gh_n_tape.as_mut() {
+                Some(tp) => tp
+                    .index_axis_mut(Axis(0), t)
+                    .into_slice()
+                    .expect("contiguous"),
+                None => Default::default(),
+            },
+        };
+        forward_rows(rows);
+        let mut out_t = out.index_axis_mut(Axis(0), t);
+        out_t.assign(h);
+        if let Some(l) = lengths {
+            for (b, &len) in l.iter().enumerate() {
+                if t >= len {
+                    out_t.row_mut(b).fill(T::zero());
+                }
+            }
         }
     }
     keep_tape.then(|| DirTape {
@@ -375,6 +386,99 @@ fn run_direction<T: Float>(
         c_prev: c_prev_tape,
         gh_n: gh_n_tape,
     })
+}
+
+/// Below this many multiply-adds a per-step GEMM runs on one thread: forking costs more.
+const PAR_GEMM_MIN: usize = 1 << 20;
+
+/// All rows of one forward step (flat `[B, ·]` slices; empty where the cell has none).
+struct ForwardRows<'a, T> {
+    kind: CellKind,
+    hidden: usize,
+    batch: usize,
+    /// `(lengths, t)`: row `b` is skipped when `t >= lengths[b]`.
+    mask: Option<(&'a [usize], usize)>,
+    gates: &'a mut [T],
+    rec: &'a [T],
+    b_hn: &'a [T],
+    h: &'a mut [T],
+    c: &'a mut [T],
+    gh_n: &'a mut [T],
+}
+
+fn forward_rows<T: Float>(r: ForwardRows<'_, T>) {
+    let (n, gh) = (r.hidden, r.kind.gates() * r.hidden);
+    let row = |len: usize, b: usize, w: usize| if len == 0 { 0..0 } else { b * w..(b + 1) * w };
+    let (c_len, gh_n_len) = (r.c.len(), r.gh_n.len());
+    for b in 0..r.batch {
+        if r.mask.is_some_and(|(l, t)| t >= l[b]) {
+            continue;
+        }
+        step_forward(
+            r.kind,
+            n,
+            StepRow {
+                gates: &mut r.gates[b * gh..(b + 1) * gh],
+                rec: &r.rec[row(r.rec.len(), b, gh)],
+                b_hn: r.b_hn,
+                h: &mut r.h[b * n..(b + 1) * n],
+                c: &mut r.c[row(c_len, b, n)],
+                gh_n: &mut r.gh_n[row(gh_n_len, b, n)],
+            },
+        );
+    }
+}
+
+/// All rows of one backward step.
+struct BackwardRows<'a, T> {
+    kind: CellKind,
+    hidden: usize,
+    batch: usize,
+    mask: Option<(&'a [usize], usize)>,
+    gates: &'a [T],
+    h_prev: &'a [T],
+    c_prev: &'a [T],
+    gh_n: &'a [T],
+    /// `[B, D·H]` rows of the gradient from above; this direction's block starts at
+    /// `dy_offset`.
+    dy: &'a [T],
+    dy_stride: usize,
+    dy_offset: usize,
+    dh: &'a mut [T],
+    dc: &'a mut [T],
+    dxp: &'a mut [T],
+    drec: &'a mut [T],
+}
+
+fn backward_rows<T: Float>(r: BackwardRows<'_, T>) -> T {
+    let (n, gh) = (r.hidden, r.kind.gates() * r.hidden);
+    let row = |len: usize, b: usize, w: usize| if len == 0 { 0..0 } else { b * w..(b + 1) * w };
+    let mut sumsq = T::zero();
+    let (dc_len, drec_len) = (r.dc.len(), r.drec.len());
+    for b in 0..r.batch {
+        if r.mask.is_some_and(|(l, t)| t >= l[b]) {
+            // The carried state passes through a padded step unchanged.
+            sumsq += r.dh[b * n..(b + 1) * n].iter().map(|&v| v * v).sum::<T>();
+            continue;
+        }
+        let dy0 = b * r.dy_stride + r.dy_offset;
+        sumsq += step_backward(
+            r.kind,
+            n,
+            StepRowGrad {
+                gates: &r.gates[b * gh..(b + 1) * gh],
+                h_prev: &r.h_prev[b * n..(b + 1) * n],
+                c_prev: &r.c_prev[row(r.c_prev.len(), b, n)],
+                gh_n: &r.gh_n[row(r.gh_n.len(), b, n)],
+                dy: &r.dy[dy0..dy0 + n],
+                dh: &mut r.dh[b * n..(b + 1) * n],
+                dc: &mut r.dc[row(dc_len, b, n)],
+                dxp: &mut r.dxp[b * gh..(b + 1) * gh],
+                drec: &mut r.drec[row(drec_len, b, gh)],
+            },
+        );
+    }
+    sumsq
 }
 
 /// Full backpropagation through time over the whole sequence.
@@ -422,44 +526,57 @@ pub fn backward<T: Float>(
     let mut dh_norm = Array2::<T>::zeros((cfg.num_stacks(), seq_len));
     let mut params: Vec<Option<LayerGrads<T>>> = vec![None; cfg.num_stacks()];
     let mut d_y = to_time_major(cfg, &d_out);
+    let threads = rayon::current_num_threads();
     for layer in (0..cfg.num_layers).rev() {
         let lt = &tape.layers[layer];
-        let in_size = cfg.layer_input_size(layer);
-        let mut d_x = Array2::<T>::zeros((seq_len * batch, in_size));
-        for d in 0..dirs {
-            let k = layer * dirs + d;
-            let mut dh = match &d_state {
-                Some(ds) => ds.h.index_axis(Axis(0), k).to_owned(),
-                None => Array2::zeros((batch, hidden)),
-            };
-            let mut dc = cfg.kind.has_cell_state().then(|| match &d_state {
-                Some(StateView { c: Some(c), .. }) => c.index_axis(Axis(0), k).to_owned(),
-                _ => Array2::zeros((batch, hidden)),
-            });
-            let grads = backward_direction(
+        let jobs: Vec<_> = (0..dirs)
+            .map(|d| {
+                let k = layer * dirs + d;
+                let dh = match &d_state {
+                    Some(ds) => ds.h.index_axis(Axis(0), k).to_owned(),
+                    None => Array2::zeros((batch, hidden)),
+                };
+                let dc = cfg.kind.has_cell_state().then(|| match &d_state {
+                    Some(StateView { c: Some(c), .. }) => c.index_axis(Axis(0), k).to_owned(),
+                    _ => Array2::zeros((batch, hidden)),
+                });
+                (d, dh, dc)
+            })
+            .collect();
+        let results = per_direction(jobs, threads, |(d, mut dh, mut dc), threads| {
+            let mut norm = vec![T::zero(); seq_len];
+            let (grads, d_x) = backward_direction(
                 cfg,
-                &weights[k],
+                &weights[layer * dirs + d],
                 &lt.dirs[d],
                 &lt.input,
-                d_y.slice(s![.., .., d * hidden..(d + 1) * hidden]),
-                d == 1,
+                &d_y,
+                d,
                 lengths,
                 &mut dh,
                 dc.as_mut(),
-                d_x.view_mut(),
-                dh_norm
-                    .row_mut(k)
-                    .into_slice()
-                    .expect("fresh array is contiguous"),
+                &mut norm,
+                threads,
             );
+            (grads, d_x, dh, dc, norm)
+        });
+        let mut d_x: Option<Array2<T>> = None;
+        for (d, (grads, dx_d, dh, dc, norm)) in results.into_iter().enumerate() {
+            let k = layer * dirs + d;
             dstate.h.index_axis_mut(Axis(0), k).assign(&dh);
             if let (Some(fc), Some(c)) = (dstate.c.as_mut(), dc) {
                 fc.index_axis_mut(Axis(0), k).assign(&c);
             }
+            dh_norm.row_mut(k).assign(&ndarray::ArrayView1::from(&norm));
             params[k] = Some(grads);
+            d_x = Some(match d_x {
+                None => dx_d,
+                Some(acc) => acc + dx_d,
+            });
         }
         d_y = d_x
-            .into_shape_with_order((seq_len, batch, in_size))
+            .expect("at least one direction")
+            .into_shape_with_order((seq_len, batch, cfg.layer_input_size(layer)))
             .expect("fresh array is contiguous");
     }
     Ok(Grads {
@@ -481,120 +598,99 @@ fn backward_direction<T: Float>(
     w: &LayerWeights<'_, T>,
     tape: &DirTape<T>,
     input: &Array3<T>,
-    d_y: ArrayView3<'_, T>,
-    reverse: bool,
+    d_y: &Array3<T>,
+    dir: usize,
     lengths: Option<&[usize]>,
     dh: &mut Array2<T>,
     mut dc: Option<&mut Array2<T>>,
-    mut d_x: ArrayViewMut2<'_, T>,
     dh_norm: &mut [T],
-) -> LayerGrads<T> {
+    threads: usize,
+) -> (LayerGrads<T>, Array2<T>) {
     let (seq_len, batch, in_size) = input.dim();
     let hidden = cfg.hidden_size;
     let gh = cfg.gate_size();
     let kind = cfg.kind;
     let split_rec = kind == CellKind::Gru;
+    let reverse = dir == 1;
 
     let mut dxp = Array3::<T>::zeros((seq_len, batch, gh));
-    let mut drec = if split_rec {
-        Array3::<T>::zeros((seq_len, batch, gh))
+    let mut drec = Array3::<T>::zeros(if split_rec {
+        (seq_len, batch, gh)
     } else {
-        Array3::<T>::zeros((0, 0, 0))
-    };
+        (0, 0, 0)
+    });
+    let step_par = par(if batch * gh * hidden >= PAR_GEMM_MIN {
+        threads
+    } else {
+        1
+    });
     let empty: [T; 0] = [];
-    let mut dc_scratch: Vec<T> = Vec::new();
-    let mut drec_scratch: Vec<T> = Vec::new();
+    let dy_stride = d_y.shape()[2];
 
     for step in 0..seq_len {
         let t = if reverse { step } else { seq_len - 1 - step };
-        let mut sumsq = T::zero();
-        let gates_t = tape.gates.index_axis(Axis(0), t);
-        let h_prev_t = tape.h_prev.index_axis(Axis(0), t);
         let mut dxp_t = dxp.index_axis_mut(Axis(0), t);
         let mut drec_t = if split_rec {
             Some(drec.index_axis_mut(Axis(0), t))
         } else {
             None
         };
-        for b in 0..batch {
-            if is_masked(lengths, t, b) {
-                // The carried state passes through a padded step unchanged.
-                sumsq += dh.row(b).iter().map(|&v| v * v).sum::<T>();
-                continue;
-            }
-            let dc_row: &mut [T] = match dc.as_deref_mut() {
-                Some(dc) => dc
-                    .row_mut(b)
-                    .into_slice()
-                    .expect("state rows are contiguous"),
-                None => &mut dc_scratch,
-            };
-            let drec_row: &mut [T] = match drec_t.as_mut() {
-                Some(d) => d
-                    .row_mut(b)
-                    .into_slice()
-                    .expect("fresh rows are contiguous"),
-                None => &mut drec_scratch,
-            };
-            let c_prev: &[T] = match &tape.c_prev {
-                Some(cp) => cp
-                    .slice(s![t, b, ..])
-                    .to_slice()
-                    .expect("tape rows are contiguous"),
+        let rows = BackwardRows {
+            kind,
+            hidden,
+            batch,
+            mask: lengths.map(|l| (l, t)),
+            gates: tape
+                .gates
+                .index_axis(Axis(0), t)
+                .to_slice()
+                .expect("contiguous"),
+            h_prev: tape
+                .h_prev
+                .index_axis(Axis(0), t)
+                .to_slice()
+                .expect("contiguous"),
+            c_prev: match &tape.c_prev {
+                Some(cp) => cp.index_axis(Axis(0), t).to_slice().expect("contiguous"),
                 None => &empty,
-            };
-            let gh_n: &[T] = match &tape.gh_n {
-                Some(g) => g
-                    .slice(s![t, b, ..])
-                    .to_slice()
-                    .expect("tape rows are contiguous"),
+            },
+            gh_n: match &tape.gh_n {
+                Some(g) => g.index_axis(Axis(0), t).to_slice().expect("contiguous"),
                 None => &empty,
-            };
-            let dy_row = d_y.slice(s![t, b, ..]);
-            let dy_owned;
-            let dy: &[T] = match dy_row.as_slice() {
-                Some(sl) => sl,
-                None => {
-                    dy_owned = dy_row.to_vec();
-                    &dy_owned
-                }
-            };
-            sumsq += step_backward(
-                kind,
-                hidden,
-                StepRowGrad {
-                    gates: gates_t.row(b).to_slice().expect("tape rows are contiguous"),
-                    h_prev: h_prev_t
-                        .row(b)
-                        .to_slice()
-                        .expect("tape rows are contiguous"),
-                    c_prev,
-                    gh_n,
-                    dy,
-                    dh: dh
-                        .row_mut(b)
-                        .into_slice()
-                        .expect("state rows are contiguous"),
-                    dc: dc_row,
-                    dxp: dxp_t
-                        .row_mut(b)
-                        .into_slice()
-                        .expect("fresh rows are contiguous"),
-                    drec: drec_row,
-                },
-            );
-        }
-        dh_norm[t] = sumsq.sqrt();
+            },
+            dy: d_y.index_axis(Axis(0), t).to_slice().expect("contiguous"),
+            dy_stride,
+            dy_offset: dir * hidden,
+            dh: dh.as_slice_mut().expect("contiguous"),
+            dc: match dc.as_deref_mut() {
+                Some(dc) => dc.as_slice_mut().expect("contiguous"),
+                None => Default::default(),
+            },
+            dxp: dxp_t.as_slice_mut().expect("contiguous"),
+            drec: match drec_t.as_mut() {
+                Some(d) => d.as_slice_mut().expect("contiguous"),
+                None => Default::default(),
+            },
+        };
+        dh_norm[t] = backward_rows(rows).sqrt();
         let drec_view = if split_rec {
             drec.index_axis(Axis(0), t)
         } else {
             dxp.index_axis(Axis(0), t)
         };
-        gemm(T::one(), &drec_view, &w.w_hh, T::one(), &mut dh.view_mut());
+        gemm(
+            T::one(),
+            &drec_view,
+            &w.w_hh,
+            T::one(),
+            &mut dh.view_mut(),
+            step_par,
+        );
     }
 
     // Weight gradients and dX: one GEMM each over all steps.
     let rows = seq_len * batch;
+    let all = par(threads);
     let dxp2 = flat(&dxp, rows, gh);
     let drec2 = if split_rec {
         flat(&drec, rows, gh)
@@ -608,6 +704,7 @@ fn backward_direction<T: Float>(
         &flat(input, rows, in_size),
         T::zero(),
         &mut w_ih.view_mut(),
+        all,
     );
     let mut w_hh = Array2::<T>::zeros((gh, hidden));
     gemm(
@@ -616,19 +713,57 @@ fn backward_direction<T: Float>(
         &flat(&tape.h_prev, rows, hidden),
         T::zero(),
         &mut w_hh.view_mut(),
+        all,
     );
-    gemm(T::one(), &dxp2, &w.w_ih, T::one(), &mut d_x);
+    let mut d_x = Array2::<T>::zeros((rows, in_size));
+    gemm(
+        T::one(),
+        &dxp2,
+        &w.w_ih,
+        T::zero(),
+        &mut d_x.view_mut(),
+        all,
+    );
     let (b_ih, b_hh) = if cfg.bias {
         (Some(column_sums(&dxp2)), Some(column_sums(&drec2)))
     } else {
         (None, None)
     };
-    LayerGrads {
-        w_ih,
-        w_hh,
-        b_ih,
-        b_hh,
+    (
+        LayerGrads {
+            w_ih,
+            w_hh,
+            b_ih,
+            b_hh,
+        },
+        d_x,
+    )
+}
+
+/// Runs `f` on each direction's job: both at once, each with half the threads, when
+/// there are two and more than one thread; in order otherwise.
+fn per_direction<A: Send, R: Send>(
+    jobs: Vec<A>,
+    threads: usize,
+    f: impl Fn(A, usize) -> R + Sync,
+) -> Vec<R> {
+    let mut jobs = jobs.into_iter();
+    match (jobs.next(), jobs.next()) {
+        (Some(a), Some(b)) if threads > 1 => {
+            let half = threads / 2;
+            let (ra, rb) = rayon::join(|| f(a, threads - half), || f(b, half));
+            vec![ra, rb]
+        }
+        (Some(a), Some(b)) => vec![f(a, 1), f(b, 1)],
+        (Some(a), None) => vec![f(a, threads)],
+        _ => Vec::new(),
     }
+}
+
+fn flat_mut<T: Float>(a: &mut Array3<T>, rows: usize, cols: usize) -> ArrayViewMut2<'_, T> {
+    a.view_mut()
+        .into_shape_with_order((rows, cols))
+        .expect("contiguous [T, B, ·] buffer")
 }
 
 fn flat<T: Float>(a: &Array3<T>, rows: usize, cols: usize) -> ArrayView2<'_, T> {

@@ -351,3 +351,53 @@ fn tape_reports_its_size() {
     let elems = 5 * 3 * (3 + 8) + 4 * 5 * 3 * (16 + 4 + 4);
     assert_eq!(tape.nbytes(), elems * 8);
 }
+
+#[test]
+fn every_simd_level_gives_identical_bits() {
+    use crate::simd::{set_level, Level};
+    for kind in KINDS {
+        let cfg = config(kind, 2, true, true, false);
+        // f32 exercises the fast activations; the result must not depend on the level.
+        let p = Problem::new(cfg, 6, 5, Some(vec![6, 3, 1, 6, 2]), 11);
+        let w32: Vec<_> =
+            p.w.iter()
+                .map(|o| {
+                    (
+                        o.w_ih.mapv(|v| v as f32),
+                        o.w_hh.mapv(|v| v as f32),
+                        o.b_ih.as_ref().unwrap().mapv(|v| v as f32),
+                        o.b_hh.as_ref().unwrap().mapv(|v| v as f32),
+                    )
+                })
+                .collect();
+        let wv: Vec<_> = w32
+            .iter()
+            .map(|(a, b, c, d)| LayerWeights {
+                w_ih: a.view(),
+                w_hh: b.view(),
+                b_ih: Some(c.view()),
+                b_hh: Some(d.view()),
+            })
+            .collect();
+        let x = p.x.mapv(|v| v as f32);
+        let d_out = p.r_out.mapv(|v| v as f32);
+        let run = || {
+            let (out, st, tape) =
+                forward(&cfg, &wv, x.view(), None, p.lengths.as_deref(), true).unwrap();
+            let g = backward(&cfg, &wv, &tape.unwrap(), d_out.view(), None).unwrap();
+            (out, st, g)
+        };
+        let _guard = LEVEL_LOCK.lock().unwrap();
+        set_level(Some(Level::Scalar)).unwrap();
+        let want = run();
+        for level in [Level::Avx2, Level::Avx512] {
+            if set_level(Some(level)).is_ok() {
+                assert!(run() == want, "{kind:?} at {level:?} differs from scalar");
+            }
+        }
+        set_level(None).unwrap();
+    }
+}
+
+/// Serialises the tests that force a SIMD level.
+static LEVEL_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

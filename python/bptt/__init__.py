@@ -8,3 +8,21 @@ from ._core import Tape, __version__
 from ._models import GRU, LSTM, RNN, Gradients
 
 __all__ = ["GRU", "LSTM", "RNN", "Gradients", "Tape", "__version__"]
+
+from . import data, diagnostics, optim
+from .clip import clip_grad_norm, clip_grad_value
+from .nn import Linear, cross_entropy_loss, mse_loss
+from .tbptt import TBPTT, TBPTTResult
+
+__all__ += [
+    "TBPTT",
+    "Linear",
+    "TBPTTResult",
+    "clip_grad_norm",
+    "clip_grad_value",
+    "cross_entropy_loss",
+    "data",
+    "diagnostics",
+    "mse_loss",
+    "optim",
+]

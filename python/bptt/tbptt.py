@@ -1,0 +1,449 @@
+"""Truncated backpropagation through time over long streams: ``TBPTT(k1, k2)``.
+
+Williams & Peng (1990) call it BPTT(h; h'): run the network forward over a long stream,
+and every ``k1`` (h') new steps make one parameter update from the losses of those ``k1``
+steps, backpropagated at most ``k2`` (h) steps into the past, ``k2 >= k1``. ``k1 == k2``
+is the common case ("split the stream into chunks of k steps, carry the state, detach
+it"); ``k2 > k1`` lets the gradient of the newest losses reach further back than one chunk.
+
+The gradient it computes
+------------------------
+Let the stream have ``T`` steps, and chunk ``j`` hold the new steps ``[s_j, e_j)`` with
+``s_j = j * k1`` and ``e_j = min(s_j + k1, T)`` (the last chunk may be shorter). Its
+*window* is ``[w_j, e_j)`` with ``w_j = max(0, e_j - k2)``. With ``theta_j`` the parameters
+(recurrent model and readout) before update ``j``, and ``S_j`` the state at ``w_j`` that
+the trainer carries (a constant, no gradient flows into it)::
+
+    h_t(theta)  = the model run with theta from S_j over x[w_j:e_j]      (t in [w_j, e_j))
+    L_j(theta)  = loss_fn(readout(h_t(theta)) for t in [s_j, e_j),
+                          y[s_j:e_j], mask[s_j:e_j])
+    g_j         = dL_j/dtheta at theta_j          (exact; BPTT through the whole window)
+    theta_j+1   = optimizer step with clip(g_j)
+
+Episode boundaries: where ``resets[t, b]`` is true, stream ``b``'s state is set to zero
+before step ``t``, so nothing (activations or gradient) crosses the boundary. Inside a
+window this is exact, not approximated: each stream is cut into segments at its resets,
+and all segments of all streams run as one padded batch (``lengths=``) in one call to
+the core.
+
+The carried state: ``S_0`` is the ``state`` given (zeros by default); ``S_{j+1}``, the
+state at ``w_{j+1}``, is read off chunk ``j``'s forward pass, so it was computed with
+``theta_j``. With ``k2 > k1`` the steps ``[w_j, s_j)`` are therefore run again with the
+newest parameters in every window (a recomputation costing ``k2 - k1`` forward steps per
+chunk), which keeps every gradient the exact gradient of a well-defined function rather
+than a mix of activations from older parameters.
+
+Special cases: ``k1 == k2 == T`` is one chunk and ``g_0`` is the full-BPTT gradient of the
+loss over the whole stream. A chunk whose ``mask`` selects no step has no loss: the
+trainer only advances the state (an inference pass, no tape) and makes no update; its loss
+and gradient norm are reported as NaN.
+
+All the numerics run in the Rust core, one ``forward``/``backward`` call per part of a
+window (at most two parts: before and after ``w_{j+1}``); Python only slices, pads and
+gathers whole arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .clip import clip_grad_norm, clip_grad_value, grad_norm
+from .nn import mse_loss
+from .optim import Optimizer
+
+__all__ = ["TBPTT", "TBPTTResult", "parameters"]
+
+LossFn = Callable[[np.ndarray, Any, Any], "tuple[float, np.ndarray]"]
+
+
+def parameters(model: Any, readout: Any = None) -> dict[str, np.ndarray]:
+    """The live parameters of ``model`` and ``readout`` in one dict, keys prefixed
+    ``"rnn."`` and ``"readout."``: the dict to build an optimizer over for ``TBPTT``."""
+    out = {f"rnn.{k}": v for k, v in model.params.items()}
+    if readout is not None:
+        out.update({f"readout.{k}": v for k, v in readout.params.items()})
+    return out
+
+
+class TBPTTResult:
+    """What ``TBPTT.train`` returns, one entry per chunk.
+
+    Attributes
+    ----------
+    losses : ndarray (n_chunks,)
+        ``L_j`` (NaN for a chunk with no loss term).
+    grad_norms : ndarray (n_chunks,)
+        Global L2 norm of ``g_j`` before clipping (NaN when there was no loss term).
+    n_terms : ndarray (n_chunks,) int
+        Number of selected (time, stream) positions in the chunk's loss.
+    updated : ndarray (n_chunks,) bool
+        Whether an optimizer step was made.
+    chunk_ends : ndarray (n_chunks,) int
+        ``e_j``, the end of each chunk's new steps.
+    state : the state after the last step (computed with the last chunk's parameters).
+    grads : list of dict or None
+        ``g_j`` per chunk (before clipping; None for chunks without loss) when
+        ``keep_grads=True`` was given, else None.
+    """
+
+    def __init__(self, losses: np.ndarray, grad_norms: np.ndarray, n_terms: np.ndarray,
+                 updated: np.ndarray, chunk_ends: np.ndarray, state: Any,
+                 grads: list[dict[str, np.ndarray] | None] | None) -> None:
+        self.losses = losses
+        self.grad_norms = grad_norms
+        self.n_terms = n_terms
+        self.updated = updated
+        self.chunk_ends = chunk_ends
+        self.state = state
+        self.grads = grads
+
+    @property
+    def mean_loss(self) -> float:
+        """Mean of the chunk losses weighted by their number of terms (NaN if none)."""
+        ok = self.n_terms > 0
+        if not ok.any():
+            return math.nan
+        return float(np.sum(self.losses[ok] * self.n_terms[ok]) / np.sum(self.n_terms[ok]))
+
+    def __repr__(self) -> str:
+        return (f"TBPTTResult({len(self.losses)} chunks, {int(self.updated.sum())} updates, "
+                f"mean_loss={self.mean_loss:.6g})")
+
+
+class _Part:
+    """One forward call over steps [a, b) of the stream, possibly cut at resets and packed
+    as a padded batch of segments."""
+
+    __slots__ = ("final", "out", "pack", "tape")
+
+    def __init__(self, tape: Any, out: np.ndarray, final: list[np.ndarray],
+                 pack: Any) -> None:
+        self.tape = tape
+        self.out = out
+        self.final = final
+        self.pack = pack
+
+
+class _Pack:
+    """Index arrays that map a (L, B) part with resets to a padded batch of segments."""
+
+    __slots__ = ("L", "carried", "first", "last", "lengths", "rows_b", "tt", "valid")
+
+    def __init__(self, resets: np.ndarray) -> None:
+        L, _ = resets.shape
+        starts = resets.copy()
+        starts[0, :] = True
+        rows_b, t0 = np.nonzero(starts.T)              # sorted by stream, then time
+        n = rows_b.size
+        new_b = np.ones(n, dtype=bool)
+        new_b[1:] = rows_b[1:] != rows_b[:-1]
+        last = np.ones(n, dtype=bool)
+        last[:-1] = new_b[1:]
+        t1 = np.where(last, L, np.append(t0[1:], L))
+        lengths = t1 - t0
+        steps = np.arange(int(lengths.max()))[:, None]
+        self.rows_b = rows_b
+        self.valid = steps < lengths[None, :]
+        self.tt = np.where(self.valid, t0[None, :] + steps, 0)
+        self.lengths = lengths.astype(np.int64)
+        self.first = np.nonzero(new_b)[0]
+        self.last = np.nonzero(last)[0]
+        self.carried = new_b & ~resets[0, rows_b]
+        self.L = L
+
+    def gather(self, a: np.ndarray) -> np.ndarray:
+        """(L, B, F) -> (Lmax, N, F) with zeros on padding."""
+        out = a[self.tt, self.rows_b[None, :]]
+        out[~self.valid] = 0
+        return out
+
+    def scatter(self, packed: np.ndarray, batch: int) -> np.ndarray:
+        """(Lmax, N, F) -> (L, B, F)."""
+        out = np.zeros((self.L, batch) + packed.shape[2:], dtype=packed.dtype)
+        out[self.tt[self.valid], np.broadcast_to(self.rows_b, self.valid.shape)[self.valid]] = (
+            packed[self.valid])
+        return out
+
+
+class TBPTT:
+    """Truncated BPTT trainer: ``TBPTT(model, readout, loss_fn, optimizer, k1=..., k2=...)``.
+
+    Arguments
+    ---------
+    model : ``bptt.RNN`` / ``LSTM`` / ``GRU`` (any number of layers; not bidirectional,
+        since a stream cannot be read backwards). ``batch_first`` models are fine: the
+        streams given to ``train`` are always time-major.
+    readout : a layer with ``forward(h) -> (y, cache)``, ``backward(cache, dy) -> (dh,
+        grads)`` and ``params`` (e.g. ``bptt.Linear``), or None to put the loss on the
+        recurrent output itself.
+    loss_fn : ``loss_fn(pred, target, mask) -> (loss, d_pred)``, e.g. ``bptt.mse_loss``
+        (the default) or ``bptt.cross_entropy_loss``; called once per chunk on the chunk's
+        new steps (``pred`` (k, B, ...), ``mask`` (k, B) or None).
+    optimizer : a ``bptt.optim`` optimizer over (a superset of) the live arrays of the
+        model and readout, under any names (matched by identity; ``parameters(model,
+        readout)`` gives a ready dict), or None to compute gradients without updating.
+    k1 : new steps per update (h'); ``k2`` : steps backpropagated (h), ``k2 >= k1``,
+        default ``k1``.
+    clip_norm : if set, ``clip_grad_norm(g, clip_norm)`` before each step.
+    clip_value : if set, ``clip_grad_value(g, clip_value)`` (after norm clipping).
+    error_if_nonfinite : raise ``FloatingPointError`` when a gradient norm is NaN/Inf
+        (instead of stepping with it).
+
+    The gradient computed is defined precisely in the module docstring (``help(bptt.tbptt)``).
+    """
+
+    def __init__(self, model: Any, readout: Any = None, loss_fn: LossFn = mse_loss,
+                 optimizer: Optimizer | None = None, *, k1: int, k2: int | None = None,
+                 clip_norm: float | None = None, clip_value: float | None = None,
+                 error_if_nonfinite: bool = False) -> None:
+        for attr in ("forward", "backward", "params", "num_layers", "hidden_size"):
+            if not hasattr(model, attr):
+                raise TypeError(f"model: expected a bptt RNN/LSTM/GRU, got "
+                                f"{type(model).__name__}")
+        if getattr(model, "bidirectional", False):
+            raise ValueError("model: truncated BPTT over a stream needs a unidirectional "
+                             "model, got bidirectional=True")
+        if readout is not None:
+            for attr in ("forward", "backward", "params"):
+                if not hasattr(readout, attr):
+                    raise TypeError(f"readout: expected a layer with forward/backward/params "
+                                    f"(e.g. bptt.Linear), got {type(readout).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn: expected a callable, got {type(loss_fn).__name__}")
+        if optimizer is not None and not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer: expected a bptt.optim optimizer or None, got "
+                            f"{type(optimizer).__name__}")
+        self.k1 = self._steps("k1", k1)
+        self.k2 = self.k1 if k2 is None else self._steps("k2", k2)
+        if self.k2 < self.k1:
+            raise ValueError(f"k2: expected k2 >= k1 = {self.k1}, got {self.k2}")
+        if clip_norm is not None and not float(clip_norm) > 0:
+            raise ValueError(f"clip_norm: expected a positive number or None, got {clip_norm}")
+        if clip_value is not None and not float(clip_value) >= 0:
+            raise ValueError(f"clip_value: expected a number >= 0 or None, got {clip_value}")
+        self.model = model
+        self.readout = readout
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.clip_norm = clip_norm
+        self.clip_value = clip_value
+        self.error_if_nonfinite = bool(error_if_nonfinite)
+        self._lstm = type(model).__name__ == "LSTM"
+        self._keys: dict[str, str] = {}
+        if optimizer is not None:
+            by_id = {id(v): k for k, v in optimizer.params.items()}
+            for name, arr in parameters(model, readout).items():
+                if id(arr) not in by_id:
+                    raise ValueError(f"optimizer: does not hold the live array of {name}; "
+                                     f"build it over tbptt.parameters(model, readout)")
+                self._keys[name] = by_id[id(arr)]
+
+    @staticmethod
+    def _steps(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name}: expected a positive int, got {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value}")
+        return int(value)
+
+    # ------------------------------------------------------------------ state helpers
+    def _parts(self, state: Any) -> list[np.ndarray]:
+        return list(state) if self._lstm else [state]
+
+    def _join(self, parts: list[np.ndarray]) -> Any:
+        return (parts[0], parts[1]) if self._lstm else parts[0]
+
+    def _zeros(self, batch: int) -> list[np.ndarray]:
+        m = self.model
+        shape = (m.num_layers, batch, m.hidden_size)
+        return [np.zeros(shape, dtype=m.dtype) for _ in range(2 if self._lstm else 1)]
+
+    # ------------------------------------------------------------------ core calls
+    def _call(self, x: np.ndarray, state: list[np.ndarray], lengths: Any,
+              keep_tape: bool) -> tuple[np.ndarray, list[np.ndarray], Any]:
+        m = self.model
+        xin = np.ascontiguousarray(x.swapaxes(0, 1)) if m.batch_first else x
+        st = self._join(state)
+        if keep_tape:
+            out, fin, tape = m.forward(xin, st, lengths=lengths)
+        else:
+            out, fin = m(xin, st, lengths=lengths)
+            tape = None
+        if m.batch_first:
+            out = out.swapaxes(0, 1)
+        return out, self._parts(fin), tape
+
+    def _run(self, x: np.ndarray, resets: np.ndarray | None, state: list[np.ndarray],
+             keep_tape: bool) -> _Part:
+        """Forward over one part (L, B, F) from the per-stream ``state``."""
+        if resets is None or not resets.any():
+            out, fin, tape = self._call(x, state, None, keep_tape)
+            return _Part(tape, out, fin, None)
+        pack = _Pack(resets)
+        batch = x.shape[1]
+        st = [s[:, pack.rows_b] * pack.carried[None, :, None].astype(s.dtype) for s in state]
+        out_p, fin_p, tape = self._call(pack.gather(x), st, pack.lengths, keep_tape)
+        fin = [np.ascontiguousarray(f[:, pack.last]) for f in fin_p]
+        return _Part(tape, pack.scatter(out_p, batch), fin, pack)
+
+    def _back(self, part: _Part, d_out: np.ndarray,
+              d_final: list[np.ndarray] | None) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """BPTT through one part; returns parameter grads and d(initial state) per stream."""
+        m = self.model
+        pack = part.pack
+        if pack is None:
+            d_o, d_s = d_out, d_final
+        else:
+            d_o = pack.gather(d_out)
+            if d_final is None:
+                d_s = None
+            else:
+                n = pack.rows_b.size
+                d_s = []
+                for s in d_final:
+                    z = np.zeros((s.shape[0], n, s.shape[2]), dtype=s.dtype)
+                    z[:, pack.last] = s
+                    d_s.append(z)
+        if m.batch_first:
+            d_o = np.ascontiguousarray(d_o.swapaxes(0, 1))
+        g = m.backward(part.tape, d_o, None if d_s is None else self._join(d_s))
+        d0 = self._parts(g.dstate)
+        if pack is not None:
+            keep = pack.carried[pack.first].astype(d0[0].dtype)[None, :, None]
+            d0 = [d[:, pack.first] * keep for d in d0]
+        return g.params, d0
+
+    # ------------------------------------------------------------------ training
+    def train(self, x: Any, y: Any, *, mask: Any = None, resets: Any = None,
+              state: Any = None, keep_grads: bool = False,
+              callback: Callable[[int, int, float, float], None] | None = None) -> TBPTTResult:
+        """Runs TBPTT(k1, k2) over a stream and returns a ``TBPTTResult``.
+
+        ``x`` (T, B, input_size): B parallel streams, time-major (whatever the model's
+        ``batch_first``). ``y``: targets with leading axes (T, B), passed to ``loss_fn``
+        chunk by chunk. ``mask`` (T, B) bool: where the loss is taken (None: everywhere).
+        ``resets`` (T, B) bool: reset stream b's state to zero before step t (episode
+        starts; None: no resets). ``state``: the state before step 0 (None: zeros).
+        ``keep_grads``: keep every chunk's gradient in the result. ``callback(j, n_chunks,
+        loss, grad_norm)`` is called after each chunk (e.g. for a progress bar).
+        """
+        m = self.model
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            raise TypeError(f"x: expected a floating-point array, got dtype {x.dtype}")
+        if x.ndim != 3 or x.shape[2] != m.input_size or x.shape[0] < 1:
+            raise ValueError(f"x: expected shape (T, B, {m.input_size}), got {x.shape}")
+        x = np.ascontiguousarray(x, dtype=m.dtype)
+        T, B = x.shape[:2]
+        y = np.asarray(y)
+        if y.shape[:2] != (T, B):
+            raise ValueError(f"y: expected leading shape ({T}, {B}), got {y.shape}")
+        mask_a = self._bool("mask", mask, (T, B))
+        resets_a = self._bool("resets", resets, (T, B))
+        if state is None:
+            cur = self._zeros(B)
+        else:
+            cur = [np.ascontiguousarray(s, dtype=m.dtype) for s in self._parts(state)]
+            want = (m.num_layers, B, m.hidden_size)
+            for i, s in enumerate(cur):
+                if s.shape != want:
+                    name = "state" if not self._lstm else f"state[{i}]"
+                    raise ValueError(f"{name}: expected shape {want}, got {s.shape}")
+
+        n_chunks = -(-T // self.k1)
+        losses = np.full(n_chunks, np.nan)
+        norms = np.full(n_chunks, np.nan)
+        n_terms = np.zeros(n_chunks, dtype=np.int64)
+        updated = np.zeros(n_chunks, dtype=bool)
+        ends = np.zeros(n_chunks, dtype=np.int64)
+        kept: list[dict[str, np.ndarray] | None] | None = [] if keep_grads else None
+
+        def sl(a: np.ndarray | None, lo: int, hi: int) -> np.ndarray | None:
+            return None if a is None else a[lo:hi]
+
+        w = 0
+        for j in range(n_chunks):
+            s, e = j * self.k1, min((j + 1) * self.k1, T)
+            ends[j] = e
+            w_next = e if e == T else max(0, min(e + self.k1, T) - self.k2)
+            mk = sl(mask_a, s, e)
+            terms = (e - s) * B if mk is None else int(mk.sum())
+            n_terms[j] = terms
+            if terms == 0:
+                if w_next > w:
+                    cur = self._run(x[w:w_next], sl(resets_a, w, w_next), cur, False).final
+                w = w_next
+                if kept is not None:
+                    kept.append(None)
+                if callback is not None:
+                    callback(j, n_chunks, math.nan, math.nan)
+                continue
+
+            part_a = (self._run(x[w:w_next], sl(resets_a, w, w_next), cur, True)
+                      if w_next > w else None)
+            mid = part_a.final if part_a is not None else cur
+            part_b = (self._run(x[w_next:e], sl(resets_a, w_next, e), mid, True)
+                      if e > w_next else None)
+            outs = [p.out for p in (part_a, part_b) if p is not None]
+            out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+            h_new = out[s - w:]
+            if self.readout is not None:
+                pred, cache = self.readout.forward(h_new)
+            else:
+                pred = h_new
+            loss, d_pred = self.loss_fn(pred, y[s:e], mk)
+            grads: dict[str, np.ndarray] = {}
+            if self.readout is not None:
+                d_h, g_ro = self.readout.backward(cache, d_pred)
+                grads.update({f"readout.{k}": v for k, v in g_ro.items()})
+            else:
+                d_h = d_pred
+            d_out = np.zeros_like(out)
+            d_out[s - w:] = d_h
+            d_state = None
+            g_rnn: dict[str, np.ndarray] = {}
+            if part_b is not None:
+                g_rnn, d_state = self._back(part_b, d_out[w_next - w:], None)
+            if part_a is not None:
+                g_a, _ = self._back(part_a, d_out[:w_next - w], d_state)
+                g_rnn = g_a if not g_rnn else {k: g_rnn[k] + g_a[k] for k in g_rnn}
+            grads.update({f"rnn.{k}": v for k, v in g_rnn.items()})
+
+            norm = grad_norm(grads)
+            if self.error_if_nonfinite and not math.isfinite(norm):
+                raise FloatingPointError(f"chunk {j}: the gradient norm is {norm}")
+            if kept is not None:
+                kept.append({k: v.copy() for k, v in grads.items()})
+            if self.clip_norm is not None:
+                clip_grad_norm(grads, self.clip_norm)
+            if self.clip_value is not None:
+                clip_grad_value(grads, self.clip_value)
+            if self.optimizer is not None:
+                self.optimizer.step({self._keys[k]: v for k, v in grads.items()})
+                updated[j] = True
+            losses[j], norms[j] = loss, norm
+            cur = mid
+            w = w_next
+            if callback is not None:
+                callback(j, n_chunks, float(loss), norm)
+        return TBPTTResult(losses, norms, n_terms, updated, ends, self._join(cur), kept)
+
+    @staticmethod
+    def _bool(name: str, value: Any, shape: tuple[int, int]) -> np.ndarray | None:
+        if value is None:
+            return None
+        a = np.asarray(value)
+        if a.dtype.kind not in "biu":
+            raise TypeError(f"{name}: expected a bool array of shape {shape}, got dtype "
+                            f"{a.dtype}")
+        if a.shape != shape:
+            raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
+        return a.astype(bool)
+
+    def __repr__(self) -> str:
+        return (f"TBPTT(k1={self.k1}, k2={self.k2}, model={self.model!r}, "
+                f"readout={self.readout!r}, clip_norm={self.clip_norm})")
