@@ -247,21 +247,17 @@ pub(crate) fn step_backward<T: Float>(kind: CellKind, n: usize, row: StepRowGrad
         dxp,
         drec,
     } = row;
-    let (dy, dh) = (&dy[..n], &mut dh[..n]);
+    let dh = &mut dh[..n];
+    let sumsq = add_sumsq(&dy[..n], dh);
     match kind {
-        CellKind::RnnTanh | CellKind::RnnRelu => rnn_backward(
-            &gates[..n],
-            dy,
-            dh,
-            &mut dxp[..n],
-            kind == CellKind::RnnTanh,
-        ),
+        CellKind::RnnTanh | CellKind::RnnRelu => {
+            rnn_backward(&gates[..n], dh, &mut dxp[..n], kind == CellKind::RnnTanh)
+        }
         CellKind::Lstm => {
             let [di, df, dg, d_o] = blocks_mut::<T, 4>(dxp, n);
             lstm_backward(
                 &gates[..4 * n],
                 &c_prev[..n],
-                dy,
                 dh,
                 &mut dc[..n],
                 di,
@@ -277,7 +273,6 @@ pub(crate) fn step_backward<T: Float>(kind: CellKind, n: usize, row: StepRowGrad
                 &gates[..3 * n],
                 &h_prev[..n],
                 &gh_n[..n],
-                dy,
                 dh,
                 dr,
                 dz,
@@ -288,16 +283,40 @@ pub(crate) fn step_backward<T: Float>(kind: CellKind, n: usize, row: StepRowGrad
             )
         }
     }
+    sumsq
+}
+
+/// Lanes of the norm accumulator: a fixed split, so the sum (and `dh_norm`) is the same
+/// bits at every instruction-set level.
+const LANES: usize = 16;
+
+multiversion! {
+    /// `dh ← dy + dh`; returns `Σ dh²`.
+    fn add_sumsq<T: Float>(dy: &[T], dh: &mut [T]) -> T {
+        let mut acc = [T::zero(); LANES];
+        let mut dh_chunks = dh.chunks_exact_mut(LANES);
+        let mut dy_chunks = dy.chunks_exact(LANES);
+        for (h, y) in (&mut dh_chunks).zip(&mut dy_chunks) {
+            for k in 0..LANES {
+                h[k] += y[k];
+                acc[k] += h[k] * h[k];
+            }
+        }
+        let mut tail = T::zero();
+        for (h, &y) in dh_chunks.into_remainder().iter_mut().zip(dy_chunks.remainder()) {
+            *h += y;
+            tail += *h * *h;
+        }
+        acc.iter().fold(T::zero(), |s, &a| s + a) + tail
+    }
 }
 
 multiversion! {
-    fn rnn_backward<T: Float>(a: &[T], dy: &[T], dh: &mut [T], dxp: &mut [T], tanh: bool) -> T {
+    fn rnn_backward<T: Float>(a: &[T], dh: &mut [T], dxp: &mut [T], tanh: bool) -> () {
     let (one, n) = (T::one(), dh.len());
-    let (a, dy, dxp) = (&a[..n], &dy[..n], &mut dxp[..n]);
-    let mut sumsq = T::zero();
+    let (a, dxp) = (&a[..n], &mut dxp[..n]);
     for j in 0..n {
-        let d = dy[j] + dh[j];
-        sumsq += d * d;
+        let d = dh[j];
         let da = if tanh {
             one - a[j] * a[j]
         } else if a[j] > T::zero() {
@@ -308,7 +327,6 @@ multiversion! {
         dxp[j] = d * da;
         dh[j] = T::zero();
     }
-    sumsq
 }
 }
 
@@ -316,22 +334,19 @@ multiversion! {
     fn lstm_backward<T: Float>(
     gates: &[T],
     c_prev: &[T],
-    dy: &[T],
     dh: &mut [T],
     dc: &mut [T],
     di: &mut [T],
     df: &mut [T],
     dg: &mut [T],
     d_o: &mut [T],
-) -> T {
+) -> () {
     let (one, n) = (T::one(), dh.len());
     let [gi, gf, gg, go] = blocks::<T, 4>(gates, n);
-    let (c_prev, dy, dc) = (&c_prev[..n], &dy[..n], &mut dc[..n]);
+    let (c_prev, dc) = (&c_prev[..n], &mut dc[..n]);
     let (di, df, dg, d_o) = (&mut di[..n], &mut df[..n], &mut dg[..n], &mut d_o[..n]);
-    let mut sumsq = T::zero();
     for j in 0..n {
-        let d = dy[j] + dh[j];
-        sumsq += d * d;
+        let d = dh[j];
         let (i, f, g, o) = (gi[j], gf[j], gg[j], go[j]);
         let tc = lstm_cell(f, c_prev[j], i, g).act_tanh();
         let dct = dc[j] + d * o * (one - tc * tc);
@@ -342,7 +357,6 @@ multiversion! {
         dc[j] = dct * f;
         dh[j] = T::zero();
     }
-    sumsq
 }
 }
 
@@ -351,7 +365,6 @@ multiversion! {
     gates: &[T],
     h_prev: &[T],
     gh_n: &[T],
-    dy: &[T],
     dh: &mut [T],
     dr: &mut [T],
     dz: &mut [T],
@@ -359,16 +372,14 @@ multiversion! {
     rr: &mut [T],
     rz: &mut [T],
     rn: &mut [T],
-) -> T {
+) -> () {
     let (one, n) = (T::one(), dh.len());
     let [gr, gz, gn] = blocks::<T, 3>(gates, n);
-    let (h_prev, gh_n, dy) = (&h_prev[..n], &gh_n[..n], &dy[..n]);
+    let (h_prev, gh_n) = (&h_prev[..n], &gh_n[..n]);
     let (dr, dz, dn) = (&mut dr[..n], &mut dz[..n], &mut dn[..n]);
     let (rr, rz, rn) = (&mut rr[..n], &mut rz[..n], &mut rn[..n]);
-    let mut sumsq = T::zero();
     for j in 0..n {
-        let d = dy[j] + dh[j];
-        sumsq += d * d;
+        let d = dh[j];
         let (r, z, nn) = (gr[j], gz[j], gn[j]);
         let dn_pre = d * (one - z) * (one - nn * nn);
         let dz_pre = d * (h_prev[j] - nn) * z * (one - z);
@@ -381,6 +392,5 @@ multiversion! {
         rn[j] = dn_pre * r;
         dh[j] = d * z;
     }
-    sumsq
 }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod float;
 pub mod linalg;
 pub mod model;
+pub mod parallel;
 pub mod sequence;
 pub mod simd;
 

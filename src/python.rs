@@ -7,6 +7,7 @@
 
 use crate::model::{Config, LayerWeights, StateView};
 use crate::sequence::{self, Tape};
+use crate::{parallel, simd};
 use crate::{CellKind, Error, Float};
 use numpy::{
     Element, IntoPyArray, PyArray2, PyArray3, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3,
@@ -319,8 +320,11 @@ fn forward_typed<'py, T: TapeDtype>(
         let wv = w.views();
         let xv = x.as_array();
         let sv = state_view(&state);
-        py.detach(move || sequence::forward(&cfg, &wv, xv, sv, lengths.as_deref(), keep_tape))
-            .map_err(value_error)?
+        py.detach(move || {
+            parallel::pool()
+                .install(|| sequence::forward(&cfg, &wv, xv, sv, lengths.as_deref(), keep_tape))
+        })
+        .map_err(value_error)?
     };
     let out = out.into_pyarray(py);
     let h = fin.h.into_pyarray(py);
@@ -399,8 +403,10 @@ fn backward_typed<'py, T: TapeDtype>(
         let wv = w.views();
         let dv = d_out.as_array();
         let sv = state_view(&d_state);
-        py.detach(move || sequence::backward(&cfg, &wv, core_tape, dv, sv))
-            .map_err(value_error)?
+        py.detach(move || {
+            parallel::pool().install(|| sequence::backward(&cfg, &wv, core_tape, dv, sv))
+        })
+        .map_err(value_error)?
     };
     let params = PyList::empty(py);
     for g in grads.params {
@@ -455,15 +461,86 @@ fn backward<'py>(
     }
 }
 
+/// Sets the number of threads bptt uses from now on (at least 1).
+#[pyfunction]
+fn set_num_threads(n: i64) -> PyResult<()> {
+    if n < 1 {
+        return Err(PyValueError::new_err(format!(
+            "n: expected a positive number of threads, got {n}"
+        )));
+    }
+    parallel::set_num_threads(usize::try_from(n).unwrap_or(usize::MAX));
+    Ok(())
+}
+
+/// The number of threads bptt uses.
+#[pyfunction]
+fn get_num_threads() -> usize {
+    parallel::num_threads()
+}
+
+/// Forces the SIMD level of the cell kernels (`"scalar"`, `"avx2"`, `"avx512"`), or
+/// `None` for the best this CPU has; returns the level now in use. For tests and
+/// benchmarks; results are bitwise identical across levels.
+#[pyfunction]
+#[pyo3(signature = (level=None))]
+fn set_simd_level(level: Option<&str>) -> PyResult<&'static str> {
+    let want = match level {
+        None => None,
+        Some(name) => Some(simd::Level::parse(name).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "level: expected 'scalar', 'avx2', 'avx512' or None, got {name:?}"
+            ))
+        })?),
+    };
+    simd::set_level(want)
+        .map(simd::Level::name)
+        .map_err(|best| {
+            PyValueError::new_err(format!(
+                "level: {:?} needs instructions this CPU lacks (best: {})",
+                level.unwrap_or_default(),
+                best.name()
+            ))
+        })
+}
+
+/// Version, SIMD levels (in use and detected), threads, GEMM backend, target.
+#[pyfunction]
+fn build_info(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
+    let d = pyo3::types::PyDict::new(py);
+    d.set_item("version", env!("CARGO_PKG_VERSION"))?;
+    d.set_item("simd", simd::level().name())?;
+    d.set_item("simd_detected", simd::detected().name())?;
+    d.set_item("num_threads", parallel::num_threads())?;
+    d.set_item("gemm", "faer 0.24")?;
+    d.set_item(
+        "target",
+        format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+    )?;
+    d.set_item("debug_assertions", cfg!(debug_assertions))?;
+    Ok(d)
+}
+
 /// The compiled core of bptt.
 #[pymodule]
 mod _core {
     #[pymodule_export]
-    use super::{backward, forward, PyTape, Spec};
+    use super::{
+        backward, build_info, forward, get_num_threads, set_num_threads, set_simd_level, PyTape,
+        Spec,
+    };
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
         use pyo3::types::PyModuleMethods;
-        m.add("__version__", env!("CARGO_PKG_VERSION"))
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        if let Some(level) = std::env::var("BPTT_SIMD")
+            .ok()
+            .and_then(|v| crate::simd::Level::parse(&v))
+        {
+            // An unsupported request keeps the detected level.
+            let _ = crate::simd::set_level(Some(level));
+        }
+        Ok(())
     }
 }

@@ -458,7 +458,7 @@ fn backward_rows<T: Float>(r: BackwardRows<'_, T>) -> T {
     for b in 0..r.batch {
         if r.mask.is_some_and(|(l, t)| t >= l[b]) {
             // The carried state passes through a padded step unchanged.
-            sumsq += r.dh[b * n..(b + 1) * n].iter().map(|&v| v * v).sum::<T>();
+            sumsq += sum_squares(&r.dh[b * n..(b + 1) * n]);
             continue;
         }
         let dy0 = b * r.dy_stride + r.dy_offset;
@@ -758,6 +758,10 @@ fn per_direction<A: Send, R: Send>(
         (Some(a), None) => vec![f(a, threads)],
         _ => Vec::new(),
     }
+}
+
+fn sum_squares<T: Float>(v: &[T]) -> T {
+    v.iter().fold(T::zero(), |s, &x| s + x * x)
 }
 
 fn flat_mut<T: Float>(a: &mut Array3<T>, rows: usize, cols: usize) -> ArrayViewMut2<'_, T> {

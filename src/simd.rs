@@ -107,9 +107,10 @@ pub fn set_level(want: Option<Level>) -> Result<Level, Level> {
 macro_rules! multiversion {
     ($(#[$meta:meta])* $vis:vis fn $name:ident<T: Float>($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
         $(#[$meta])*
-        #[allow(clippy::too_many_arguments)]
+        #[allow(clippy::too_many_arguments, clippy::unused_unit)]
         $vis fn $name<T: Float>($($arg: $ty),*) -> $ret {
             #[inline(always)]
+            #[allow(clippy::too_many_arguments, clippy::unused_unit)]
             fn kernel<T: Float>($($arg: $ty),*) -> $ret $body
             #[cfg(target_arch = "x86_64")]
             {

@@ -4,10 +4,20 @@ The numerical work runs in a Rust core with the GIL released; this package gives
 NumPy-friendly API with PyTorch's parameter names, shapes and gate order.
 """
 
-from ._core import Tape, __version__
+from ._core import Tape, __version__, build_info, get_num_threads, set_num_threads
 from ._models import GRU, LSTM, RNN, Gradients
 
-__all__ = ["GRU", "LSTM", "RNN", "Gradients", "Tape", "__version__"]
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "Gradients",
+    "Tape",
+    "__version__",
+    "build_info",
+    "get_num_threads",
+    "set_num_threads",
+]
 
 from . import data, diagnostics, optim
 from .clip import clip_grad_norm, clip_grad_value

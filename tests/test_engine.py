@@ -1,0 +1,133 @@
+"""Engine behaviour: thread count, SIMD levels, fork safety, build info.
+
+Results must not depend on the number of threads or the SIMD level; with the kernels
+written to avoid fused multiply-adds and with fixed reduction splits they are bitwise
+identical, which is what these tests assert.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+import bptt
+from bptt import _core
+
+CELLS = [("LSTM", {}), ("GRU", {}), ("RNN", {"nonlinearity": "tanh"}),
+         ("RNN", {"nonlinearity": "relu"})]
+
+
+def _run(model, x, lengths=None):
+    out, state, tape = model.forward(x, lengths=lengths)
+    g = model.backward(tape, np.cos(out))
+    flat_state = state if isinstance(state, tuple) else (state,)
+    return [out, *flat_state, g.dx, g.dh_norm, *g.params.values()]
+
+
+@pytest.fixture
+def restore_engine():
+    threads = bptt.get_num_threads()
+    yield
+    bptt.set_num_threads(threads)
+    _core.set_simd_level(None)
+
+
+@pytest.mark.parametrize("cell,kw", CELLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_results_identical_across_thread_counts(cell, kw, dtype, restore_engine):
+    rng = np.random.default_rng(1)
+    # Big enough that the GEMMs and directions actually split across threads.
+    model = getattr(bptt, cell)(48, 96, 2, bidirectional=True, dtype=dtype, seed=3, **kw)
+    x = rng.standard_normal((12, 40, 48)).astype(dtype)
+    lengths = rng.integers(1, 13, size=40)
+    results = {}
+    for n in (1, 2, 4):
+        bptt.set_num_threads(n)
+        assert bptt.get_num_threads() == n
+        results[n] = _run(model, x, lengths)
+    for n in (2, 4):
+        for a, b in zip(results[1], results[n]):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell,kw", CELLS)
+def test_results_identical_across_simd_levels(cell, kw, restore_engine):
+    detected = bptt.build_info()["simd_detected"]
+    levels = ["scalar", "avx2", "avx512"]
+    available = levels[: levels.index(detected) + 1] if detected in levels else ["scalar"]
+    rng = np.random.default_rng(2)
+    model = getattr(bptt, cell)(8, 40, 2, bidirectional=True, seed=5, **kw)
+    x = rng.standard_normal((9, 5, 8)).astype(np.float32)
+    results = {}
+    for level in available:
+        assert _core.set_simd_level(level) == level
+        assert bptt.build_info()["simd"] == level
+        results[level] = _run(model, x, lengths=[9, 3, 1, 9, 4])
+    for level in available[1:]:
+        for a, b in zip(results["scalar"], results[level]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_unsupported_simd_level_is_a_clear_error(restore_engine):
+    with pytest.raises(ValueError, match="level"):
+        _core.set_simd_level("sse9")
+
+
+def test_set_num_threads_rejects_nonpositive(restore_engine):
+    with pytest.raises(ValueError, match="n"):
+        bptt.set_num_threads(0)
+
+
+def test_build_info_reports_version_and_simd():
+    info = bptt.build_info()
+    assert info["version"] == bptt.__version__
+    assert info["simd"] in ("scalar", "avx2", "avx512")
+    assert info["num_threads"] == bptt.get_num_threads() >= 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_usable_in_a_forked_child(restore_engine):
+    bptt.set_num_threads(2)
+    rng = np.random.default_rng(4)
+    model = bptt.LSTM(16, 64, bidirectional=True, seed=1)
+    x = rng.standard_normal((20, 32, 16)).astype(np.float32)
+    want = _run(model, x)  # the parent's pool is now running
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: use bptt, report whether it matched, exit without cleanup
+        ok = False
+        try:
+            got = _run(model, x)
+            ok = all(np.array_equal(a, b) for a, b in zip(want, got))
+        finally:
+            os.write(w, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    verdict = os.read(r, 1)
+    os.close(r)
+    assert status == 0
+    assert verdict == b"1", "the forked child failed or gave different results"
+
+
+def test_gil_is_released_during_work():
+    """A Python thread keeps running while another thread is inside the core."""
+    import threading
+
+    model = bptt.LSTM(32, 256, seed=0)
+    x = np.ones((400, 16, 32), dtype=np.float32)
+    ticks = []
+    done = threading.Event()
+
+    def worker():
+        model(x)
+        done.set()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    while not done.is_set():
+        ticks.append(1)
+        done.wait(0.0005)
+    t.join()
+    assert len(ticks) > 1, "the calling thread was blocked: the GIL was held"
+
