@@ -147,14 +147,8 @@ const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0;
 /// range `|y| ≤ 708`; larger `|y|` saturate there, NaN propagates.
 #[inline(always)]
 pub fn exp_approx(y: f64) -> f64 {
-    // Comparisons, not min/max, so that NaN passes through.
-    let y = if y > 708.0 {
-        708.0
-    } else if y < -708.0 {
-        -708.0
-    } else {
-        y
-    };
+    // `clamp` (unlike min/max) lets NaN through.
+    let y = y.clamp(-708.0, 708.0);
     let t = y * LOG2E + ROUND_MAGIC;
     let k = t - ROUND_MAGIC;
     let r = (y - k * LN2_HI) - k * LN2_LO;

@@ -7,10 +7,9 @@ identical, which is what these tests assert.
 
 import os
 
+import bptt
 import numpy as np
 import pytest
-
-import bptt
 from bptt import _core
 
 CELLS = [("LSTM", {}), ("GRU", {}), ("RNN", {"nonlinearity": "tanh"}),
