@@ -313,7 +313,8 @@ fn run_direction<T: Float>(
         (keep_tape && kind == CellKind::Lstm).then(|| Array3::<T>::zeros((seq_len, batch, hidden)));
     let mut gh_n_tape = (keep_tape && gru).then(|| Array3::<T>::zeros((seq_len, batch, hidden)));
     let mut rec = Array2::<T>::zeros(if gru { (batch, gh) } else { (0, 0) });
-    let w_hh_t = w.w_hh.t();
+    let w_hh_t_owned = w.w_hh.t().as_standard_layout().into_owned();
+    let w_hh_t = w_hh_t_owned.view();
     let step_par = par(if batch * gh * hidden >= PAR_GEMM_MIN {
         threads
     } else {

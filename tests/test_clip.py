@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 
+import bptt
 import numpy as np
 import pytest
-
-import bptt
 from bptt.clip import grad_norm
 
 

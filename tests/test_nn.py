@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import math
 
+import bptt
 import numpy as np
 import pytest
-
-import bptt
 
 EPS = 1e-6
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import math
 
+import bptt
 import numpy as np
 import pytest
-
-import bptt
 from bptt.optim import SGD, Adam, AdamW, RMSprop
 
 LR = 0.1

@@ -84,7 +84,8 @@ def clip_grad_norm(grads: Any, max_norm: float, *, error_if_nonfinite: bool = Fa
         if coef >= 1.0:
             return total
     for g in arrays:
-        g *= g.dtype.type(coef)
+        with np.errstate(invalid="ignore"):
+            g *= g.dtype.type(coef)
     return total
 
 

@@ -10,7 +10,8 @@ The gradient it computes
 ------------------------
 Let the stream have ``T`` steps, and chunk ``j`` hold the new steps ``[s_j, e_j)`` with
 ``s_j = j * k1`` and ``e_j = min(s_j + k1, T)`` (the last chunk may be shorter). Its
-*window* is ``[w_j, e_j)`` with ``w_j = max(0, e_j - k2)``. With ``theta_j`` the parameters
+*window* is ``[w_j, e_j)`` with ``w_j = max(0, e_j - k2)`` (so a short last chunk still
+looks back ``k2`` steps, even when ``k1 == k2``). With ``theta_j`` the parameters
 (recurrent model and readout) before update ``j``, and ``S_j`` the state at ``w_j`` that
 the trainer carries (a constant, no gradient flows into it)::
 
