@@ -7,10 +7,9 @@ query the build. Run: python examples/typed_usage.py
 
 from __future__ import annotations
 
+import bptt
 import numpy as np
 import numpy.typing as npt
-
-import bptt
 from bptt import optim
 
 F32 = npt.NDArray[np.float32]

@@ -9,8 +9,14 @@ BUILD=build/ci
 rm -rf "$BUILD/test-venv" "$BUILD/dist"
 mkdir -p "$BUILD"
 
-# Build tools live in their own environment, kept between runs.
-[ -x "$BUILD/build-venv/bin/python" ] || "$PYTHON" -m venv "$BUILD/build-venv"
+# Build tools (maturin, ruff, mypy) live in their own environment, kept between runs, made
+# again when $PYTHON is another version (stubtest below mixes the two environments).
+version() { "$1" -c 'import sys; print(sys.version_info[:2])'; }
+if [ ! -x "$BUILD/build-venv/bin/python" ] \
+    || [ "$(version "$BUILD/build-venv/bin/python")" != "$(version "$PYTHON")" ]; then
+    rm -rf "$BUILD/build-venv"
+    "$PYTHON" -m venv "$BUILD/build-venv"
+fi
 "$BUILD/build-venv/bin/pip" install -q -r scripts/build-requirements.txt
 "$BUILD/build-venv/bin/maturin" build --release --out "$BUILD/dist" --interpreter "$PYTHON"
 
@@ -20,5 +26,14 @@ mkdir -p "$BUILD"
 
 cargo test --release
 "$BUILD/build-venv/bin/ruff" check python tests examples benches scripts
+
+# Types, against the installed wheel: the stub _core.pyi must match the compiled module
+# (stubtest imports it, so it runs with the test environment's packages on its path), and
+# a typed usage example must be clean under mypy --strict.
+SITE=$("$BUILD/test-venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+(cd "$BUILD" && PYTHONPATH="$SITE" build-venv/bin/python -m mypy.stubtest bptt._core)
+"$BUILD/build-venv/bin/mypy" --strict --cache-dir "$BUILD/mypy-cache" \
+    --python-executable "$BUILD/test-venv/bin/python" examples/typed_usage.py
+
 # Run from tests/ so that nothing from the source tree shadows the installed package.
 (cd tests && BPTT_EXPECT_INSTALLED=1 "../$BUILD/test-venv/bin/python" -m pytest -q -p no:cacheprovider .)

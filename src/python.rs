@@ -6,7 +6,7 @@
 //! becomes `TypeError`.
 
 use crate::model::{Config, LayerWeights, StateView};
-use crate::sequence::{self, Tape};
+use crate::sequence::{self, Keep, Tape};
 use crate::{parallel, simd};
 use crate::{CellKind, Error, Float};
 use numpy::{
@@ -131,6 +131,8 @@ enum AnyTape {
 pub struct PyTape {
     inner: AnyTape,
     owner: u64,
+    /// The `x` given to forward, when the tape refers to it instead of copying it.
+    x: Option<Py<PyAny>>,
 }
 
 #[pymethods]
@@ -156,9 +158,21 @@ impl PyTape {
         self.dims().1
     }
 
+    /// Steps per checkpointed segment under a memory budget, or None for a full tape.
+    #[getter]
+    fn segment(&self) -> Option<usize> {
+        match &self.inner {
+            AnyTape::F32(t) => t.segment(),
+            AnyTape::F64(t) => t.segment(),
+        }
+    }
+
     fn __repr__(&self) -> String {
         let (t, b) = self.dims();
-        format!("Tape(T={t}, B={b}, nbytes={})", self.nbytes())
+        let seg = self
+            .segment()
+            .map_or_else(String::new, |k| format!(", segment={k}"));
+        format!("Tape(T={t}, B={b}, nbytes={}{seg})", self.nbytes())
     }
 }
 
@@ -309,11 +323,12 @@ fn forward_typed<'py, T: TapeDtype>(
     h0: Option<&Bound<'py, PyAny>>,
     c0: Option<&Bound<'py, PyAny>>,
     lengths: Option<Vec<usize>>,
-    keep_tape: bool,
+    keep: Keep,
     owner: u64,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let cfg = spec.config;
     let w = WeightArrays::<T>::extract(&cfg, weights)?;
+    let x_obj = x.clone().unbind();
     let x = extract_array::<PyReadonlyArray3<'py, T>, T>(x, "x", 3)?;
     let state = extract_state::<T>(&cfg, h0, c0, "state")?;
     let (out, fin, tape) = {
@@ -322,7 +337,7 @@ fn forward_typed<'py, T: TapeDtype>(
         let sv = state_view(&state);
         py.detach(move || {
             parallel::pool()
-                .install(|| sequence::forward(&cfg, &wv, xv, sv, lengths.as_deref(), keep_tape))
+                .install(|| sequence::forward(&cfg, &wv, xv, sv, lengths.as_deref(), keep))
         })
         .map_err(value_error)?
     };
@@ -331,11 +346,13 @@ fn forward_typed<'py, T: TapeDtype>(
     let c = fin.c.map(|c| c.into_pyarray(py));
     let tape = tape
         .map(|t| {
+            let x = t.needs_x().then_some(x_obj);
             Bound::new(
                 py,
                 PyTape {
                     inner: T::wrap(t),
                     owner,
+                    x,
                 },
             )
         })
@@ -346,9 +363,11 @@ fn forward_typed<'py, T: TapeDtype>(
 /// Runs the layer stack over `x`; returns `(out, h_n, c_n or None, tape or None)`.
 ///
 /// All arrays must already have the spec's dtype (the Python layer converts); the GIL is
-/// released while the core runs. `lengths` is an int64 array `(B,)` or None.
+/// released while the core runs. `lengths` is an int64 array `(B,)` or None. With
+/// `keep_tape`, `memory_budget` (bytes, or None for the full tape) bounds what the tape
+/// keeps; the tape may refer to `x`, which must then not change before `backward`.
 #[pyfunction]
-#[pyo3(signature = (spec, weights, x, h0=None, c0=None, lengths=None, keep_tape=false, owner=0))]
+#[pyo3(signature = (spec, weights, x, h0=None, c0=None, lengths=None, keep_tape=false, owner=0, memory_budget=None))]
 #[allow(clippy::too_many_arguments)]
 fn forward<'py>(
     py: Python<'py>,
@@ -360,7 +379,13 @@ fn forward<'py>(
     lengths: Option<&Bound<'py, PyAny>>,
     keep_tape: bool,
     owner: u64,
+    memory_budget: Option<usize>,
 ) -> PyResult<Bound<'py, PyTuple>> {
+    let keep = match (keep_tape, memory_budget) {
+        (false, _) => Keep::Nothing,
+        (true, None) => Keep::Everything,
+        (true, Some(b)) => Keep::Budget(b),
+    };
     let lengths = lengths
         .map(|l| {
             l.extract::<PyReadonlyArray1<'py, i64>>().map_err(|_| {
@@ -373,9 +398,9 @@ fn forward<'py>(
         .transpose()?;
     let lengths = lengths_vec(lengths)?;
     if spec.double {
-        forward_typed::<f64>(py, spec, weights, x, h0, c0, lengths, keep_tape, owner)
+        forward_typed::<f64>(py, spec, weights, x, h0, c0, lengths, keep, owner)
     } else {
-        forward_typed::<f32>(py, spec, weights, x, h0, c0, lengths, keep_tape, owner)
+        forward_typed::<f32>(py, spec, weights, x, h0, c0, lengths, keep, owner)
     }
 }
 
@@ -397,14 +422,20 @@ fn backward_typed<'py, T: TapeDtype>(
         )));
     };
     let w = WeightArrays::<T>::extract(&cfg, weights)?;
+    let x = tape
+        .x
+        .as_ref()
+        .map(|x| extract_array::<PyReadonlyArray3<'py, T>, T>(x.bind(py), "x", 3))
+        .transpose()?;
     let d_out = extract_array::<PyReadonlyArray3<'py, T>, T>(d_out, "d_out", 3)?;
     let d_state = extract_state::<T>(&cfg, dh, dc, "d_state")?;
     let grads = {
         let wv = w.views();
         let dv = d_out.as_array();
+        let xv = x.as_ref().map(|x| x.as_array());
         let sv = state_view(&d_state);
         py.detach(move || {
-            parallel::pool().install(|| sequence::backward(&cfg, &wv, core_tape, dv, sv))
+            parallel::pool().install(|| sequence::backward(&cfg, &wv, core_tape, xv, dv, sv))
         })
         .map_err(value_error)?
     };

@@ -1,11 +1,13 @@
 //! The sequence driver: the time loop over layers and directions, variable lengths, the
-//! tape, and BPTT.
+//! tape, memory-bounded BPTT, and the backward pass.
 //!
-//! Forward, per layer `l` and direction `d` (`T` steps, batch `B`, `G·H` gates):
-//! 1. `gates[T·B, G·H] = X_l[T·B, I_l] · W_ihᵀ + b_ih` — one GEMM for all steps;
-//! 2. per step `t` (`t = 0..T` forward, `T−1..0` reverse): `rec[B, G·H] = h · W_hhᵀ`, then
-//!    the fused cell step overwrites `gates[t]` with the activated gates and updates `h`
-//!    (and `c`) in place;
+//! Forward, per layer `l` and direction `d` (`T` steps, batch `B`, `G·H` gates), one
+//! segment of steps at a time (the whole sequence when the full tape is kept):
+//! 1. `gates[S·B, G·H] = X_l[S·B, I_l] · W_ihᵀ + b` — one GEMM for the segment's steps,
+//!    `b = b_ih + b_hh` (the GRU keeps `b_hn` apart: the reset gate scales it);
+//! 2. per step `t` (`t` ascending forward, descending reverse): `gates[t] += h · W_hhᵀ`
+//!    (the GRU: `rec = h · W_hhᵀ`), then the fused cell step (`cell.rs`) overwrites
+//!    `gates[t]` with the activated gates and updates `h` (and `c`) in place;
 //! 3. `out[t, :, d·H..(d+1)·H] = h`.
 //!
 //! Variable lengths: row `b` is *masked* at every `t >= lengths[b]`: its state is carried
@@ -13,15 +15,20 @@
 //! step, and the reverse direction carries `h0` through the padding and starts at
 //! `lengths[b] − 1`, exactly as if `b` had been run alone.
 //!
-//! The tape keeps, per layer, its input `X_l [T, B, I_l]`, and per direction the activated
-//! gates `[T, B, G·H]`, the state entering each step `h_prev [T, B, H]` (and `c_prev` for the
-//! LSTM), and for the GRU `rec_n + b_hn [T, B, H]`.
+//! The full tape keeps, per layer, its input `X_l [T, B, I_l]` (for layer 0 the caller's
+//! `x` itself when it is time-major without `lengths`: no copy), and per direction the
+//! activated gates `[T, B, G·H]`, the state entering each step `h_prev [T, B, H]` (and
+//! `c_prev` for the LSTM), and for the GRU `rec_n + b_hn [T, B, H]`. Under a memory budget
+//! it keeps, instead of the per-step arrays, the state at the start of every segment of
+//! `k` steps (checkpoints), and backward recomputes one segment at a time from its
+//! checkpoint with the same kernels, so the gradients are those of the full tape.
 //!
-//! Backward (BPTT), per layer from the top and per direction, steps in reverse processing
-//! order: the fused cell backward gives `dxp[t], drec[t] [B, G·H]`, then
-//! `dh ← dh_direct + drec[t] · W_hh`. After the loop, each as one GEMM over all steps:
-//! `dW_ih = dxpᵀ·X_l`, `dW_hh = drecᵀ·h_prev`, `db_ih = Σ dxp`, `db_hh = Σ drec`,
-//! `dX_l += dxp·W_ih`; `dX_l` is the gradient arriving at layer `l − 1`'s output.
+//! Backward (BPTT), per layer from the top and per direction, segments in reverse
+//! processing order, steps in reverse within each: the fused cell backward gives
+//! `dxp[t], drec[t] [B, G·H]`, then `dh ← dh_direct + drec[t] · W_hh`. After each segment,
+//! as GEMMs over all its steps: `dW_ih += dxpᵀ·X_l`, `dW_hh += drecᵀ·h_prev`,
+//! `db_ih += Σ dxp`, `db_hh += Σ drec`, `dX_l = dxp·W_ih`; `dX_l` is the gradient arriving
+//! at layer `l − 1`'s output.
 
 use crate::cell::{step_backward, step_forward, CellKind, StepRow, StepRowGrad};
 use crate::error::{fmt_shape, Error, Result};
@@ -31,8 +38,25 @@ use crate::model::{
     check_state, check_weights, Config, Grads, LayerGrads, LayerWeights, State, StateView,
 };
 use ndarray::{
-    s, Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis,
+    s, Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut3, Axis, CowArray, Ix3,
 };
+use std::ops::Range;
+
+/// Steps per segment for inference and for the full tape's backward pass: big enough
+/// for efficient GEMMs, small enough that the buffers do not grow with `T`.
+const SEGMENT: usize = 64;
+
+/// What [`forward`] keeps for [`backward`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Inference: nothing; extra memory does not grow with `T` beyond `out`.
+    Nothing,
+    /// The full tape.
+    Everything,
+    /// At most this many bytes, counting what the tape keeps and the one segment
+    /// backward recomputes at a time (the full tape when it fits).
+    Budget(usize),
+}
 
 /// What forward keeps for backward. Owned by the core; its size is [`Tape::nbytes`].
 #[derive(Debug, Clone)]
@@ -41,26 +65,100 @@ pub struct Tape<T> {
     seq_len: usize,
     batch: usize,
     lengths: Option<Vec<usize>>,
+    /// `Some(k)`: per-step arrays were dropped for checkpoints every `k` steps.
+    segment: Option<usize>,
+    /// A digest of the caller's `x` when the tape does not copy it (see [`digest`]).
+    x_digest: Option<u64>,
     layers: Vec<LayerTape<T>>,
 }
 
 #[derive(Debug, Clone)]
 struct LayerTape<T> {
-    /// `X_l [T, B, I_l]`, time-major.
-    input: Array3<T>,
+    /// `X_l [T, B, I_l]`, time-major; `None` for layer 0 when it is the caller's `x`.
+    input: Option<Array3<T>>,
     dirs: Vec<DirTape<T>>,
 }
 
 #[derive(Debug, Clone)]
-struct DirTape<T> {
-    /// Activated gates `[T, B, G·H]`.
+enum DirTape<T> {
+    Full(Steps<T>),
+    /// The state entering each segment (in processing order): `[segments, B, H]`.
+    Checkpoints {
+        h: Array3<T>,
+        c: Option<Array3<T>>,
+    },
+}
+
+/// Per-step arrays of one direction over `S` steps (time-major, index `t − t0`).
+#[derive(Debug, Clone)]
+struct Steps<T> {
+    /// Activated gates `[S, B, G·H]`.
     gates: Array3<T>,
-    /// State entering the step that processes `t`: `[T, B, H]`.
+    /// State entering the step that processes `t`: `[S, B, H]`.
     h_prev: Array3<T>,
-    /// LSTM: cell entering the step that processes `t`: `[T, B, H]`.
+    /// LSTM: cell entering the step: `[S, B, H]`.
     c_prev: Option<Array3<T>>,
-    /// GRU: `h_prev·W_hnᵀ + b_hn`: `[T, B, H]`.
+    /// GRU: `h_prev·W_hnᵀ + b_hn`: `[S, B, H]`.
     gh_n: Option<Array3<T>>,
+}
+
+impl<T: Float> Steps<T> {
+    fn new(cfg: &Config, len: usize, batch: usize) -> Self {
+        let h = (len, batch, cfg.hidden_size);
+        Steps {
+            gates: Array3::zeros((len, batch, cfg.gate_size())),
+            h_prev: Array3::zeros(h),
+            c_prev: (cfg.kind == CellKind::Lstm).then(|| Array3::zeros(h)),
+            gh_n: (cfg.kind == CellKind::Gru).then(|| Array3::zeros(h)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.gates.len()
+            + self.h_prev.len()
+            + self.c_prev.as_ref().map_or(0, |a| a.len())
+            + self.gh_n.as_ref().map_or(0, |a| a.len())
+    }
+
+    /// The gates and the per-step states of the steps `r`.
+    fn view_mut(&mut self, r: Range<usize>) -> (ArrayViewMut3<'_, T>, StatesMut<'_, T>) {
+        (
+            self.gates.slice_mut(s![r.clone(), .., ..]),
+            StatesMut {
+                h_prev: self.h_prev.slice_mut(s![r.clone(), .., ..]),
+                c_prev: self
+                    .c_prev
+                    .as_mut()
+                    .map(|a| a.slice_mut(s![r.clone(), .., ..])),
+                gh_n: self.gh_n.as_mut().map(|a| a.slice_mut(s![r, .., ..])),
+            },
+        )
+    }
+}
+
+/// Where forward writes the per-step states of a segment for the tape.
+struct StatesMut<'a, T> {
+    h_prev: ArrayViewMut3<'a, T>,
+    c_prev: Option<ArrayViewMut3<'a, T>>,
+    gh_n: Option<ArrayViewMut3<'a, T>>,
+}
+
+/// Elements per time step of each layer-direction's full tape and checkpoint, and of
+/// the gradient buffers backward adds per segment step.
+fn step_sizes(cfg: &Config, batch: usize) -> (usize, usize, usize) {
+    let (h, gh) = (cfg.hidden_size, cfg.gate_size());
+    let extra = if cfg.kind == CellKind::Gru || cfg.kind == CellKind::Lstm {
+        h
+    } else {
+        0
+    };
+    let state = if cfg.kind.has_cell_state() { 2 * h } else { h };
+    let grads = if cfg.kind == CellKind::Gru {
+        2 * gh
+    } else {
+        gh
+    };
+    (batch * (gh + h + extra), batch * state, batch * grads)
 }
 
 impl<T: Float> Tape<T> {
@@ -70,14 +168,14 @@ impl<T: Float> Tape<T> {
             .layers
             .iter()
             .map(|l| {
-                l.input.len()
+                l.input.as_ref().map_or(0, |a| a.len())
                     + l.dirs
                         .iter()
-                        .map(|d| {
-                            d.gates.len()
-                                + d.h_prev.len()
-                                + d.c_prev.as_ref().map_or(0, |a| a.len())
-                                + d.gh_n.as_ref().map_or(0, |a| a.len())
+                        .map(|d| match d {
+                            DirTape::Full(steps) => steps.len(),
+                            DirTape::Checkpoints { h, c } => {
+                                h.len() + c.as_ref().map_or(0, |c| c.len())
+                            }
                         })
                         .sum::<usize>()
             })
@@ -98,12 +196,163 @@ impl<T: Float> Tape<T> {
     pub fn dims(&self) -> (usize, usize) {
         (self.seq_len, self.batch)
     }
+
+    /// Steps per checkpointed segment, or `None` for a full tape.
+    pub fn segment(&self) -> Option<usize> {
+        self.segment
+    }
+
+    /// Whether [`backward`] needs the `x` given to forward again (the tape did not copy it).
+    pub fn needs_x(&self) -> bool {
+        self.x_digest.is_some()
+    }
 }
 
 /// Output of [`forward`]: `out` in the layout of `x`, the final state, and the tape when
 /// one was asked for.
 pub type ForwardOutput<T> = (Array3<T>, State<T>, Option<Tape<T>>);
 
+/// A 64-bit digest of every element's bits, so backward can tell whether the caller's `x`
+/// changed since forward (a check, not a cryptographic hash).
+pub fn digest<T: Float>(x: &ArrayView3<'_, T>) -> u64 {
+    x.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+        let bits = v.to_f64().map_or(0, f64::to_bits);
+        (h ^ bits)
+            .wrapping_mul(0x0000_0100_0000_01b3)
+            .rotate_left(17)
+    })
+}
+
+/// Memory model of a checkpointed tape, in bytes: `cost(k)` is what the tape keeps
+/// with checkpoints every `k` steps plus the one segment backward recomputes at a time.
+struct MemoryModel {
+    seq_len: usize,
+    fixed: usize,
+    per_checkpoint: usize,
+    per_segment_step: usize,
+    full: usize,
+}
+
+impl MemoryModel {
+    fn new<T: Float>(cfg: &Config, seq_len: usize, batch: usize, copies_x: bool) -> Self {
+        let sz = std::mem::size_of::<T>();
+        let (full_step, ck_step, grad_step) = step_sizes(cfg, batch);
+        let stacks = cfg.num_stacks();
+        // Kept whatever the plan: the inputs of the layers above the first, and x if copied.
+        let x_elems = if copies_x {
+            seq_len * batch * cfg.input_size
+        } else {
+            0
+        };
+        let fixed = (x_elems + (cfg.num_layers - 1) * seq_len * batch * cfg.output_size()) * sz;
+        MemoryModel {
+            seq_len,
+            fixed,
+            per_checkpoint: stacks * ck_step * sz,
+            per_segment_step: cfg.num_directions() * (full_step + grad_step) * sz,
+            full: fixed + stacks * seq_len * full_step * sz,
+        }
+    }
+
+    fn cost(&self, k: usize) -> usize {
+        self.fixed + self.seq_len.div_ceil(k) * self.per_checkpoint + k * self.per_segment_step
+    }
+
+    fn minimum(&self) -> usize {
+        (1..=self.seq_len)
+            .map(|k| self.cost(k))
+            .min()
+            .unwrap_or(self.full)
+            .min(self.full)
+    }
+}
+
+/// `(smallest budget, full tape)` in bytes for this model and input: the range in which a
+/// memory budget changes anything. `copies_x`: whether the tape holds its own copy of `x`
+/// (it does with `batch_first` or `lengths`).
+pub fn budget_range<T: Float>(
+    cfg: &Config,
+    seq_len: usize,
+    batch: usize,
+    copies_x: bool,
+) -> (usize, usize) {
+    let m = MemoryModel::new::<T>(cfg, seq_len, batch, copies_x);
+    (m.minimum(), m.full)
+}
+
+/// How forward keeps the tape under `keep`: `None` for the full tape, `Some(k)` for
+/// checkpoints every `k` steps (the largest `k` that fits the budget).
+///
+/// # Errors
+/// [`Error::Value`] naming `memory_budget` and the minimum when no `k` fits.
+fn plan<T: Float>(
+    cfg: &Config,
+    seq_len: usize,
+    batch: usize,
+    copies_x: bool,
+    keep: Keep,
+) -> Result<Option<usize>> {
+    let Keep::Budget(budget) = keep else {
+        return Ok(None);
+    };
+    let m = MemoryModel::new::<T>(cfg, seq_len, batch, copies_x);
+    if budget >= m.full {
+        return Ok(None);
+    }
+    if let Some(k) = (1..=seq_len).rev().find(|&k| m.cost(k) <= budget) {
+        return Ok(Some(k));
+    }
+    Err(Error::value(
+        "memory_budget",
+        format!(
+            "expected at least {} bytes for this model and input (checkpoints plus one \
+             recomputed segment; the full tape takes {}), got {budget}",
+            m.minimum(),
+            m.full
+        ),
+    ))
+}
+
+/// The time ranges of the segments of `k` steps, in processing order.
+fn segments(seq_len: usize, k: usize, reverse: bool) -> Vec<Range<usize>> {
+    let fwd = (0..seq_len)
+        .step_by(k.max(1))
+        .map(|t0| t0..(t0 + k).min(seq_len));
+    if reverse {
+        fwd.map(|r| seq_len - r.end..seq_len - r.start).collect()
+    } else {
+        fwd.collect()
+    }
+}
+
+/// `b_ih + b_hh` folded (the GRU's `n` block only `b_in`), and the GRU's `b_hn`.
+struct Bias<T> {
+    folded: Option<Array1<T>>,
+    b_hn: Vec<T>,
+}
+
+impl<T: Float> Bias<T> {
+    fn new(cfg: &Config, w: &LayerWeights<'_, T>) -> Self {
+        let (h, gru) = (cfg.hidden_size, cfg.kind == CellKind::Gru);
+        let mut b_hn = vec![T::zero(); if gru { h } else { 0 }];
+        let folded = match (&w.b_ih, &w.b_hh) {
+            (Some(bi), Some(bh)) => {
+                let mut b = bi.to_owned();
+                let n = if gru { 2 * h } else { b.len() };
+                b.slice_mut(s![..n])
+                    .zip_mut_with(&bh.slice(s![..n]), |a, &v| *a += v);
+                if gru {
+                    b_hn.iter_mut()
+                        .zip(bh.slice(s![2 * h..]))
+                        .for_each(|(d, &v)| *d = v);
+                }
+                Some(b)
+            }
+            _ => None,
+        };
+        Bias { folded, b_hn }
+    }
+}
 fn check_lengths(lengths: Option<&[usize]>, seq_len: usize, batch: usize) -> Result<()> {
     let Some(lengths) = lengths else {
         return Ok(());
@@ -175,17 +424,19 @@ fn from_time_major<T: Float>(cfg: &Config, a: Array3<T>) -> Array3<T> {
 /// Runs the stack over `x` (`[T, B, I]`, or `[B, T, I]` with `batch_first`).
 ///
 /// `state` is the initial state (zeros when `None`); `lengths` the valid length of each
-/// sequence (all `T` when `None`). With `keep_tape` the tape for [`backward`] is returned.
+/// sequence (all `T` when `None`); `keep` what to keep for [`backward`]. When the returned
+/// tape's [`Tape::needs_x`] is true, backward must be given the same `x` again.
 ///
 /// # Errors
-/// [`Error::Shape`] / [`Error::Value`] naming `x`, `state`, `lengths` or a weight.
+/// [`Error::Shape`] / [`Error::Value`] naming `x`, `state`, `lengths`, `memory_budget` or
+/// a weight.
 pub fn forward<T: Float>(
     cfg: &Config,
     weights: &[LayerWeights<'_, T>],
     x: ArrayView3<'_, T>,
     state: Option<StateView<'_, T>>,
     lengths: Option<&[usize]>,
-    keep_tape: bool,
+    keep: Keep,
 ) -> Result<ForwardOutput<T>> {
     cfg.validate()?;
     check_weights(cfg, weights)?;
@@ -194,18 +445,32 @@ pub fn forward<T: Float>(
         check_state(cfg, batch, st, "state")?;
     }
     check_lengths(lengths, seq_len, batch)?;
+    // The caller's x serves as layer 0's input (and is referenced, not copied, by the
+    // tape) when it is already time-major and no padding must be hidden.
+    let borrow_x = !cfg.batch_first && lengths.is_none() && x.is_standard_layout();
+    let segment = plan::<T>(cfg, seq_len, batch, !borrow_x, keep)?;
 
     let dirs = cfg.num_directions();
     let hidden = cfg.hidden_size;
     let mut final_state = State::zeros(cfg, batch);
-    let mut input = to_time_major(cfg, &x);
-    if let Some(lengths) = lengths {
-        // Padding never reaches the arithmetic, so even NaN padding cannot leak into the
-        // weight gradients (0 · NaN would).
-        for (b, &len) in lengths.iter().enumerate() {
-            input.slice_mut(s![len.., b, ..]).fill(T::zero());
+    let mut input: CowArray<'_, T, Ix3> = if borrow_x {
+        CowArray::from(x.view())
+    } else {
+        let mut owned = to_time_major(cfg, &x);
+        if let Some(lengths) = lengths {
+            // Padding never reaches the arithmetic, so even NaN padding cannot leak into
+            // the weight gradients (0 · NaN would).
+            for (b, &len) in lengths.iter().enumerate() {
+                owned.slice_mut(s![len.., b, ..]).fill(T::zero());
+            }
         }
-    }
+        CowArray::from(owned)
+    };
+    let dir_keep = match (keep, segment) {
+        (Keep::Nothing, _) => DirKeep::Nothing,
+        (_, None) => DirKeep::Full,
+        (_, Some(k)) => DirKeep::Checkpoints(k),
+    };
     let threads = rayon::current_num_threads();
     let mut layers = Vec::new();
     for layer in 0..cfg.num_layers {
@@ -226,17 +491,19 @@ pub fn forward<T: Float>(
                 (d, block, h, c)
             })
             .collect();
+        let layer_input = input.view();
         let results = per_direction(blocks, threads, |(d, block, mut h, mut c), threads| {
+            let w = &weights[layer * dirs + d];
             let tape = run_direction(
                 cfg,
-                &weights[layer * dirs + d],
-                &input,
+                w,
+                layer_input.view(),
                 d == 1,
                 lengths,
                 &mut h,
                 c.as_mut(),
                 block,
-                keep_tape,
+                dir_keep,
                 threads,
             );
             (h, c, tape)
@@ -250,91 +517,174 @@ pub fn forward<T: Float>(
             }
             dir_tapes.extend(tape);
         }
-        let next = std::mem::replace(&mut input, out);
-        if keep_tape {
+        let next = std::mem::replace(&mut input, CowArray::from(out));
+        if keep != Keep::Nothing {
             layers.push(LayerTape {
-                input: next,
+                input: if next.is_view() {
+                    None
+                } else {
+                    Some(next.into_owned())
+                },
                 dirs: dir_tapes,
             });
         }
     }
-    let tape = keep_tape.then(|| Tape {
+    let tape = (keep != Keep::Nothing).then(|| Tape {
         config: *cfg,
         seq_len,
         batch,
         lengths: lengths.map(<[usize]>::to_vec),
+        segment,
+        x_digest: borrow_x.then(|| digest(&x)),
         layers,
     });
-    Ok((from_time_major(cfg, input), final_state, tape))
+    Ok((from_time_major(cfg, input.into_owned()), final_state, tape))
 }
 
-/// One direction of one layer over all steps; see the module docs.
+#[derive(Debug, Clone, Copy)]
+enum DirKeep {
+    Nothing,
+    Full,
+    Checkpoints(usize),
+}
+
+/// One direction of one layer over all steps, segment by segment; see the module docs.
 #[allow(clippy::too_many_arguments)]
 fn run_direction<T: Float>(
     cfg: &Config,
     w: &LayerWeights<'_, T>,
-    input: &Array3<T>,
+    input: ArrayView3<'_, T>,
     reverse: bool,
     lengths: Option<&[usize]>,
     h: &mut Array2<T>,
     mut c: Option<&mut Array2<T>>,
     mut out: ArrayViewMut3<'_, T>,
-    keep_tape: bool,
+    keep: DirKeep,
     threads: usize,
 ) -> Option<DirTape<T>> {
-    let (seq_len, batch, in_size) = input.dim();
-    let hidden = cfg.hidden_size;
-    let gh = cfg.gate_size();
-    let kind = cfg.kind;
-    let gru = kind == CellKind::Gru;
-
-    // gates = X · W_ihᵀ + bias, all steps at once. The bias folds in b_hh, except the
-    // GRU's b_hn, which the reset gate scales.
-    let mut gates = Array3::<T>::zeros((seq_len, batch, gh));
-    let mut b_hn = vec![T::zero(); if gru { hidden } else { 0 }];
-    {
-        if let (Some(bi), Some(bh)) = (&w.b_ih, &w.b_hh) {
-            let mut bias = bi.to_owned();
-            let folded = if gru { 2 * hidden } else { gh };
-            bias.slice_mut(s![..folded])
-                .zip_mut_with(&bh.slice(s![..folded]), |a, &b| *a += b);
-            if gru {
-                b_hn.copy_from_slice(bh.slice(s![2 * hidden..]).as_slice().expect("1-d"));
-            }
-            gates.assign(&bias);
+    let (seq_len, batch, _) = input.dim();
+    let bias = Bias::new(cfg, w);
+    let w_hh_t = w.w_hh.t().as_standard_layout().into_owned();
+    let seg_len = match keep {
+        DirKeep::Full => seq_len,
+        DirKeep::Nothing => SEGMENT.min(seq_len),
+        DirKeep::Checkpoints(k) => k,
+    };
+    let ranges = segments(seq_len, seg_len, reverse);
+    let mut full = matches!(keep, DirKeep::Full).then(|| Steps::new(cfg, seq_len, batch));
+    let mut gates_buf = Array3::<T>::zeros(if full.is_some() {
+        (0, 0, 0)
+    } else {
+        (seg_len, batch, cfg.gate_size())
+    });
+    let state_shape = (ranges.len(), batch, cfg.hidden_size);
+    let mut ck_h = matches!(keep, DirKeep::Checkpoints(_)).then(|| Array3::<T>::zeros(state_shape));
+    let mut ck_c = (ck_h.is_some() && c.is_some()).then(|| Array3::<T>::zeros(state_shape));
+    let mut rec = Array2::<T>::zeros(if cfg.kind == CellKind::Gru {
+        (batch, cfg.gate_size())
+    } else {
+        (0, 0)
+    });
+    for (i, r) in ranges.iter().enumerate() {
+        if let Some(ck) = ck_h.as_mut() {
+            ck.index_axis_mut(Axis(0), i).assign(h);
         }
-        let x2 = flat(input, seq_len * batch, in_size);
-        let mut g2 = flat_mut(&mut gates, seq_len * batch, gh);
+        if let (Some(ck), Some(c)) = (ck_c.as_mut(), c.as_deref()) {
+            ck.index_axis_mut(Axis(0), i).assign(c);
+        }
+        let (gates, tape) = match full.as_mut() {
+            Some(steps) => {
+                let (gates, states) = steps.view_mut(r.clone());
+                (gates, Some(states))
+            }
+            None => (gates_buf.slice_mut(s![..r.len(), .., ..]), None),
+        };
+        run_segment(
+            cfg,
+            w,
+            &bias,
+            &w_hh_t.view(),
+            input.slice(s![r.clone(), .., ..]),
+            r.start,
+            reverse,
+            lengths,
+            h,
+            c.as_deref_mut(),
+            gates,
+            tape,
+            Some(out.slice_mut(s![r.clone(), .., ..])),
+            &mut rec,
+            threads,
+        );
+    }
+    match keep {
+        DirKeep::Nothing => None,
+        DirKeep::Full => full.map(DirTape::Full),
+        DirKeep::Checkpoints(_) => Some(DirTape::Checkpoints {
+            h: ck_h.expect("made for checkpoints"),
+            c: ck_c,
+        }),
+    }
+}
+
+/// Forward over the steps `t0..t0 + S` from state `(h, c)`: `gates [S, B, G·H]` receives
+/// the projection, then the activated gates; `tape` the per-step states; `out [S, B, H]`
+/// the outputs.
+#[allow(clippy::too_many_arguments)]
+fn run_segment<T: Float>(
+    cfg: &Config,
+    w: &LayerWeights<'_, T>,
+    bias: &Bias<T>,
+    w_hh_t: &ArrayView2<'_, T>,
+    input: ArrayView3<'_, T>,
+    t0: usize,
+    reverse: bool,
+    lengths: Option<&[usize]>,
+    h: &mut Array2<T>,
+    mut c: Option<&mut Array2<T>>,
+    mut gates: ArrayViewMut3<'_, T>,
+    mut tape: Option<StatesMut<'_, T>>,
+    mut out: Option<ArrayViewMut3<'_, T>>,
+    rec: &mut Array2<T>,
+    threads: usize,
+) {
+    let (len, batch, in_size) = input.dim();
+    let (hidden, gh, kind) = (cfg.hidden_size, cfg.gate_size(), cfg.kind);
+    let gru = kind == CellKind::Gru;
+    {
+        let x2 = input
+            .into_shape_with_order((len * batch, in_size))
+            .expect("time-major input is contiguous");
+        let mut g2 = gates
+            .view_mut()
+            .into_shape_with_order((len * batch, gh))
+            .expect("gate buffer is contiguous");
+        match &bias.folded {
+            Some(b) => g2.assign(&b.broadcast((len * batch, gh)).expect("G·H biases")),
+            None => g2.fill(T::zero()),
+        }
         gemm(T::one(), &x2, &w.w_ih.t(), T::one(), &mut g2, par(threads));
     }
-
-    let mut h_prev_tape = keep_tape.then(|| Array3::<T>::zeros((seq_len, batch, hidden)));
-    let mut c_prev_tape =
-        (keep_tape && kind == CellKind::Lstm).then(|| Array3::<T>::zeros((seq_len, batch, hidden)));
-    let mut gh_n_tape = (keep_tape && gru).then(|| Array3::<T>::zeros((seq_len, batch, hidden)));
-    let mut rec = Array2::<T>::zeros(if gru { (batch, gh) } else { (0, 0) });
-    let w_hh_t_owned = w.w_hh.t().as_standard_layout().into_owned();
-    let w_hh_t = w_hh_t_owned.view();
     let step_par = par(if batch * gh * hidden >= PAR_GEMM_MIN {
         threads
     } else {
         1
     });
-
-    for step in 0..seq_len {
-        let t = if reverse { seq_len - 1 - step } else { step };
-        if let Some(tp) = h_prev_tape.as_mut() {
-            tp.index_axis_mut(Axis(0), t).assign(h);
+    for i in 0..len {
+        let local = if reverse { len - 1 - i } else { i };
+        let t = t0 + local;
+        if let Some(tp) = tape.as_mut() {
+            tp.h_prev.index_axis_mut(Axis(0), local).assign(h);
+            if let (Some(cp), Some(c)) = (tp.c_prev.as_mut(), c.as_deref()) {
+                cp.index_axis_mut(Axis(0), local).assign(c);
+            }
         }
-        if let (Some(tp), Some(c)) = (c_prev_tape.as_mut(), c.as_deref()) {
-            tp.index_axis_mut(Axis(0), t).assign(c);
-        }
-        let mut gates_t = gates.index_axis_mut(Axis(0), t);
+        let mut gates_t = gates.index_axis_mut(Axis(0), local);
         if gru {
             gemm(
                 T::one(),
                 &h.view(),
-                &w_hh_t,
+                w_hh_t,
                 T::zero(),
                 &mut rec.view_mut(),
                 step_par,
@@ -343,7 +693,7 @@ fn run_direction<T: Float>(
             gemm(
                 T::one(),
                 &h.view(),
-                &w_hh_t,
+                w_hh_t,
                 T::one(),
                 &mut gates_t,
                 step_par,
@@ -356,40 +706,35 @@ fn run_direction<T: Float>(
             mask: lengths.map(|l| (l, t)),
             gates: gates_t.as_slice_mut().expect("contiguous"),
             rec: rec.as_slice().expect("contiguous"),
-            b_hn: &b_hn,
+            b_hn: &bias.b_hn,
             h: h.as_slice_mut().expect("contiguous"),
             c: match c.as_deref_mut() {
                 Some(c) => c.as_slice_mut().expect("contiguous"),
                 None => Default::default(),
             },
-            gh_n: match gh_n_tape.as_mut() {
-                Some(tp) => tp
-                    .index_axis_mut(Axis(0), t)
+            gh_n: match tape.as_mut().and_then(|tp| tp.gh_n.as_mut()) {
+                Some(g) => g
+                    .index_axis_mut(Axis(0), local)
                     .into_slice()
                     .expect("contiguous"),
                 None => Default::default(),
             },
         };
         forward_rows(rows);
-        let mut out_t = out.index_axis_mut(Axis(0), t);
-        out_t.assign(h);
-        if let Some(l) = lengths {
-            for (b, &len) in l.iter().enumerate() {
-                if t >= len {
-                    out_t.row_mut(b).fill(T::zero());
+        if let Some(out) = out.as_mut() {
+            let mut out_t = out.index_axis_mut(Axis(0), local);
+            out_t.assign(h);
+            if let Some(l) = lengths {
+                for (b, &n) in l.iter().enumerate() {
+                    if t >= n {
+                        out_t.row_mut(b).fill(T::zero());
+                    }
                 }
             }
         }
     }
-    keep_tape.then(|| DirTape {
-        gates,
-        h_prev: h_prev_tape.expect("kept with the tape"),
-        c_prev: c_prev_tape,
-        gh_n: gh_n_tape,
-    })
 }
 
-/// Below this many multiply-adds a per-step GEMM runs on one thread: forking costs more.
 const PAR_GEMM_MIN: usize = 1 << 20;
 
 /// All rows of one forward step (flat `[B, ·]` slices; empty where the cell has none).
@@ -458,8 +803,13 @@ fn backward_rows<T: Float>(r: BackwardRows<'_, T>) -> T {
     let (dc_len, drec_len) = (r.dc.len(), r.drec.len());
     for b in 0..r.batch {
         if r.mask.is_some_and(|(l, t)| t >= l[b]) {
-            // The carried state passes through a padded step unchanged.
+            // The carried state passes through a padded step unchanged; the buffers are
+            // reused across segments, so the row's gate gradients are cleared.
             sumsq += sum_squares(&r.dh[b * n..(b + 1) * n]);
+            r.dxp[b * gh..(b + 1) * gh].fill(T::zero());
+            if drec_len > 0 {
+                r.drec[b * gh..(b + 1) * gh].fill(T::zero());
+            }
             continue;
         }
         let dy0 = b * r.dy_stride + r.dy_offset;
@@ -485,15 +835,18 @@ fn backward_rows<T: Float>(r: BackwardRows<'_, T>) -> T {
 /// Full backpropagation through time over the whole sequence.
 ///
 /// `d_out` is `∂L/∂out` (layout of `x`), `d_state` is `∂L/∂` final state (zeros when
-/// `None`). Uses the current `weights`, which must be those the tape was made with.
+/// `None`). `x` must be the `x` given to forward when [`Tape::needs_x`] (it is checked
+/// against a digest), and is ignored otherwise. Uses the current `weights`, which must be
+/// those the tape was made with.
 ///
 /// # Errors
-/// [`Error::Value`] when the tape comes from another configuration; [`Error::Shape`] when
-/// `d_out` or `d_state` do not match the forward pass.
+/// [`Error::Value`] when the tape comes from another configuration or `x` is missing or
+/// changed; [`Error::Shape`] when `d_out` or `d_state` do not match the forward pass.
 pub fn backward<T: Float>(
     cfg: &Config,
     weights: &[LayerWeights<'_, T>],
     tape: &Tape<T>,
+    x: Option<ArrayView3<'_, T>>,
     d_out: ArrayView3<'_, T>,
     d_state: Option<StateView<'_, T>>,
 ) -> Result<Grads<T>> {
@@ -519,6 +872,27 @@ pub fn backward<T: Float>(
     if let Some(ds) = &d_state {
         check_state(cfg, batch, ds, "d_state")?;
     }
+    let x0 = match (tape.x_digest, x) {
+        (None, _) => None,
+        (Some(want), Some(x))
+            if x.shape() == [seq_len, batch, cfg.input_size] && digest(&x) == want =>
+        {
+            Some(x)
+        }
+        (Some(_), Some(_)) => {
+            return Err(Error::value(
+                "x",
+                "differs from the x given to forward(); the tape refers to that array, which \
+                 must not change before backward()",
+            ))
+        }
+        (Some(_), None) => {
+            return Err(Error::value(
+                "x",
+                "the tape refers to the x given to forward(); pass it again",
+            ))
+        }
+    };
 
     let dirs = cfg.num_directions();
     let hidden = cfg.hidden_size;
@@ -526,10 +900,19 @@ pub fn backward<T: Float>(
     let mut dstate = State::zeros(cfg, batch);
     let mut dh_norm = Array2::<T>::zeros((cfg.num_stacks(), seq_len));
     let mut params: Vec<Option<LayerGrads<T>>> = vec![None; cfg.num_stacks()];
-    let mut d_y = to_time_major(cfg, &d_out);
+    let mut d_y: CowArray<'_, T, Ix3> = if cfg.batch_first || !d_out.is_standard_layout() {
+        CowArray::from(to_time_major(cfg, &d_out))
+    } else {
+        CowArray::from(d_out)
+    };
     let threads = rayon::current_num_threads();
     for layer in (0..cfg.num_layers).rev() {
         let lt = &tape.layers[layer];
+        let input = match (&lt.input, x0) {
+            (Some(a), _) => a.view(),
+            (None, Some(x)) => x,
+            (None, None) => unreachable!("layer 0 without input implies an x digest"),
+        };
         let jobs: Vec<_> = (0..dirs)
             .map(|d| {
                 let k = layer * dirs + d;
@@ -544,14 +927,16 @@ pub fn backward<T: Float>(
                 (d, dh, dc)
             })
             .collect();
+        let d_y_view = d_y.view();
         let results = per_direction(jobs, threads, |(d, mut dh, mut dc), threads| {
             let mut norm = vec![T::zero(); seq_len];
             let (grads, d_x) = backward_direction(
                 cfg,
                 &weights[layer * dirs + d],
                 &lt.dirs[d],
-                &lt.input,
-                &d_y,
+                tape.segment,
+                input,
+                d_y_view.view(),
                 d,
                 lengths,
                 &mut dh,
@@ -561,7 +946,7 @@ pub fn backward<T: Float>(
             );
             (grads, d_x, dh, dc, norm)
         });
-        let mut d_x: Option<Array2<T>> = None;
+        let mut d_x: Option<Array3<T>> = None;
         for (d, (grads, dx_d, dh, dc, norm)) in results.into_iter().enumerate() {
             let k = layer * dirs + d;
             dstate.h.index_axis_mut(Axis(0), k).assign(&dh);
@@ -575,13 +960,10 @@ pub fn backward<T: Float>(
                 Some(acc) => acc + dx_d,
             });
         }
-        d_y = d_x
-            .expect("at least one direction")
-            .into_shape_with_order((seq_len, batch, cfg.layer_input_size(layer)))
-            .expect("fresh array is contiguous");
+        d_y = CowArray::from(d_x.expect("at least one direction"));
     }
     Ok(Grads {
-        dx: from_time_major(cfg, d_y),
+        dx: from_time_major(cfg, d_y.into_owned()),
         dstate,
         params: params
             .into_iter()
@@ -591,154 +973,282 @@ pub fn backward<T: Float>(
     })
 }
 
-/// BPTT through one direction of one layer; accumulates `dX_l` into `d_x` and returns
-/// the parameter gradients. `dh`/`dc` enter as `∂L/∂` final state and leave as `∂L/∂h0`.
+/// BPTT through one direction of one layer, segment by segment (recomputing each from
+/// its checkpoint when the tape kept checkpoints). Returns the parameter gradients and
+/// `dX_l [T, B, I_l]`; `dh`/`dc` enter as `∂L/∂` final state and leave as `∂L/∂h0`.
 #[allow(clippy::too_many_arguments)]
 fn backward_direction<T: Float>(
     cfg: &Config,
     w: &LayerWeights<'_, T>,
     tape: &DirTape<T>,
-    input: &Array3<T>,
-    d_y: &Array3<T>,
+    segment: Option<usize>,
+    input: ArrayView3<'_, T>,
+    d_y: ArrayView3<'_, T>,
     dir: usize,
     lengths: Option<&[usize]>,
     dh: &mut Array2<T>,
     mut dc: Option<&mut Array2<T>>,
     dh_norm: &mut [T],
     threads: usize,
-) -> (LayerGrads<T>, Array2<T>) {
+) -> (LayerGrads<T>, Array3<T>) {
     let (seq_len, batch, in_size) = input.dim();
-    let hidden = cfg.hidden_size;
-    let gh = cfg.gate_size();
-    let kind = cfg.kind;
-    let split_rec = kind == CellKind::Gru;
+    let (hidden, gh) = (cfg.hidden_size, cfg.gate_size());
     let reverse = dir == 1;
+    let seg_len = segment.unwrap_or(SEGMENT).min(seq_len);
+    let mut grads = LayerGrads {
+        w_ih: Array2::zeros((gh, in_size)),
+        w_hh: Array2::zeros((gh, hidden)),
+        b_ih: cfg.bias.then(|| Array1::zeros(gh)),
+        b_hh: cfg.bias.then(|| Array1::zeros(gh)),
+    };
+    let mut d_x = Array3::<T>::zeros((seq_len, batch, in_size));
+    let mut dxp = Array3::<T>::zeros((seq_len.min(seg_len), batch, gh));
+    let split_rec = cfg.kind == CellKind::Gru;
+    let mut drec = Array3::<T>::zeros(if split_rec { dxp.dim() } else { (0, 0, 0) });
+    let ctx = SegmentGrad {
+        cfg,
+        w,
+        reverse,
+        dir,
+        lengths,
+        threads,
+    };
+    match tape {
+        DirTape::Full(steps) => {
+            for r in segments(seq_len, seg_len, reverse).into_iter().rev() {
+                let view = StepsView::of(steps, r.clone());
+                ctx.run(
+                    view,
+                    input,
+                    d_y,
+                    r,
+                    dh,
+                    dc.as_deref_mut(),
+                    &mut dxp,
+                    &mut drec,
+                    &mut grads,
+                    &mut d_x,
+                    dh_norm,
+                );
+            }
+        }
+        DirTape::Checkpoints { h: ck_h, c: ck_c } => {
+            let bias = Bias::new(cfg, w);
+            let w_hh_t = w.w_hh.t().as_standard_layout().into_owned();
+            let mut steps = Steps::new(cfg, seg_len, batch);
+            let mut rec = Array2::<T>::zeros(if split_rec { (batch, gh) } else { (0, 0) });
+            for (i, r) in segments(seq_len, seg_len, reverse)
+                .into_iter()
+                .enumerate()
+                .rev()
+            {
+                let mut h = ck_h.index_axis(Axis(0), i).to_owned();
+                let mut c = ck_c.as_ref().map(|c| c.index_axis(Axis(0), i).to_owned());
+                let (gates, states) = steps.view_mut(0..r.len());
+                run_segment(
+                    cfg,
+                    w,
+                    &bias,
+                    &w_hh_t.view(),
+                    input.slice(s![r.clone(), .., ..]),
+                    r.start,
+                    reverse,
+                    lengths,
+                    &mut h,
+                    c.as_mut(),
+                    gates,
+                    Some(states),
+                    None,
+                    &mut rec,
+                    threads,
+                );
+                let view = StepsView::of(&steps, 0..r.len());
+                ctx.run(
+                    view,
+                    input,
+                    d_y,
+                    r,
+                    dh,
+                    dc.as_deref_mut(),
+                    &mut dxp,
+                    &mut drec,
+                    &mut grads,
+                    &mut d_x,
+                    dh_norm,
+                );
+            }
+        }
+    }
+    (grads, d_x)
+}
 
-    let mut dxp = Array3::<T>::zeros((seq_len, batch, gh));
-    let mut drec = Array3::<T>::zeros(if split_rec {
-        (seq_len, batch, gh)
-    } else {
-        (0, 0, 0)
-    });
-    let step_par = par(if batch * gh * hidden >= PAR_GEMM_MIN {
-        threads
-    } else {
-        1
-    });
-    let empty: [T; 0] = [];
-    let dy_stride = d_y.shape()[2];
+/// Read-only views of [`Steps`] over a segment.
+struct StepsView<'a, T> {
+    gates: ArrayView3<'a, T>,
+    h_prev: ArrayView3<'a, T>,
+    c_prev: Option<ArrayView3<'a, T>>,
+    gh_n: Option<ArrayView3<'a, T>>,
+}
 
-    for step in 0..seq_len {
-        let t = if reverse { step } else { seq_len - 1 - step };
-        let mut dxp_t = dxp.index_axis_mut(Axis(0), t);
-        let mut drec_t = if split_rec {
-            Some(drec.index_axis_mut(Axis(0), t))
+impl<'a, T: Float> StepsView<'a, T> {
+    fn of(steps: &'a Steps<T>, r: Range<usize>) -> Self {
+        StepsView {
+            gates: steps.gates.slice(s![r.clone(), .., ..]),
+            h_prev: steps.h_prev.slice(s![r.clone(), .., ..]),
+            c_prev: steps
+                .c_prev
+                .as_ref()
+                .map(|a| a.slice(s![r.clone(), .., ..])),
+            gh_n: steps.gh_n.as_ref().map(|a| a.slice(s![r, .., ..])),
+        }
+    }
+}
+
+/// What stays fixed while backward walks the segments of one direction.
+struct SegmentGrad<'a, 'w, T> {
+    cfg: &'a Config,
+    w: &'a LayerWeights<'w, T>,
+    reverse: bool,
+    dir: usize,
+    lengths: Option<&'a [usize]>,
+    threads: usize,
+}
+
+impl<T: Float> SegmentGrad<'_, '_, T> {
+    /// Backward through the steps `r` (tape `steps`, local index `t − r.start`), then the
+    /// segment's share of the weight gradients and its rows of `d_x`, as GEMMs.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        steps: StepsView<'_, T>,
+        input: ArrayView3<'_, T>,
+        d_y: ArrayView3<'_, T>,
+        r: Range<usize>,
+        dh: &mut Array2<T>,
+        mut dc: Option<&mut Array2<T>>,
+        dxp: &mut Array3<T>,
+        drec: &mut Array3<T>,
+        grads: &mut LayerGrads<T>,
+        d_x: &mut Array3<T>,
+        dh_norm: &mut [T],
+    ) {
+        let cfg = self.cfg;
+        let (len, batch) = (r.len(), dh.nrows());
+        let (hidden, gh, kind) = (cfg.hidden_size, cfg.gate_size(), cfg.kind);
+        let split_rec = kind == CellKind::Gru;
+        let step_par = par(if batch * gh * hidden >= PAR_GEMM_MIN {
+            self.threads
         } else {
-            None
-        };
-        let rows = BackwardRows {
-            kind,
-            hidden,
-            batch,
-            mask: lengths.map(|l| (l, t)),
-            gates: tape
-                .gates
-                .index_axis(Axis(0), t)
-                .to_slice()
-                .expect("contiguous"),
-            h_prev: tape
-                .h_prev
-                .index_axis(Axis(0), t)
-                .to_slice()
-                .expect("contiguous"),
-            c_prev: match &tape.c_prev {
-                Some(cp) => cp.index_axis(Axis(0), t).to_slice().expect("contiguous"),
-                None => &empty,
-            },
-            gh_n: match &tape.gh_n {
-                Some(g) => g.index_axis(Axis(0), t).to_slice().expect("contiguous"),
-                None => &empty,
-            },
-            dy: d_y.index_axis(Axis(0), t).to_slice().expect("contiguous"),
-            dy_stride,
-            dy_offset: dir * hidden,
-            dh: dh.as_slice_mut().expect("contiguous"),
-            dc: match dc.as_deref_mut() {
-                Some(dc) => dc.as_slice_mut().expect("contiguous"),
-                None => Default::default(),
-            },
-            dxp: dxp_t.as_slice_mut().expect("contiguous"),
-            drec: match drec_t.as_mut() {
-                Some(d) => d.as_slice_mut().expect("contiguous"),
-                None => Default::default(),
-            },
-        };
-        dh_norm[t] = backward_rows(rows).sqrt();
-        let drec_view = if split_rec {
-            drec.index_axis(Axis(0), t)
+            1
+        });
+        let dy_stride = d_y.shape()[2];
+        for i in 0..len {
+            let local = if self.reverse { i } else { len - 1 - i };
+            let t = r.start + local;
+            let rows = BackwardRows {
+                kind,
+                hidden,
+                batch,
+                mask: self.lengths.map(|l| (l, t)),
+                gates: steps
+                    .gates
+                    .index_axis(Axis(0), local)
+                    .to_slice()
+                    .expect("contiguous"),
+                h_prev: steps
+                    .h_prev
+                    .index_axis(Axis(0), local)
+                    .to_slice()
+                    .expect("contiguous"),
+                c_prev: match &steps.c_prev {
+                    Some(cp) => cp
+                        .index_axis(Axis(0), local)
+                        .to_slice()
+                        .expect("contiguous"),
+                    None => &[],
+                },
+                gh_n: match &steps.gh_n {
+                    Some(g) => g.index_axis(Axis(0), local).to_slice().expect("contiguous"),
+                    None => &[],
+                },
+                dy: d_y.index_axis(Axis(0), t).to_slice().expect("contiguous"),
+                dy_stride,
+                dy_offset: self.dir * hidden,
+                dh: dh.as_slice_mut().expect("contiguous"),
+                dc: match dc.as_deref_mut() {
+                    Some(dc) => dc.as_slice_mut().expect("contiguous"),
+                    None => Default::default(),
+                },
+                dxp: dxp
+                    .index_axis_mut(Axis(0), local)
+                    .into_slice()
+                    .expect("contiguous"),
+                drec: if split_rec {
+                    drec.index_axis_mut(Axis(0), local)
+                        .into_slice()
+                        .expect("contiguous")
+                } else {
+                    Default::default()
+                },
+            };
+            dh_norm[t] = backward_rows(rows).sqrt();
+            let drec_t = if split_rec {
+                drec.index_axis(Axis(0), local)
+            } else {
+                dxp.index_axis(Axis(0), local)
+            };
+            gemm(
+                T::one(),
+                &drec_t,
+                &self.w.w_hh,
+                T::one(),
+                &mut dh.view_mut(),
+                step_par,
+            );
+        }
+
+        let rows = len * batch;
+        let all = par(self.threads);
+        let in_size = input.shape()[2];
+        let dxp2 = flat(dxp.slice(s![..len, .., ..]), rows, gh);
+        let drec2 = if split_rec {
+            flat(drec.slice(s![..len, .., ..]), rows, gh)
         } else {
-            dxp.index_axis(Axis(0), t)
+            dxp2
         };
+        let x2 = flat(input.slice(s![r.clone(), .., ..]), rows, in_size);
         gemm(
             T::one(),
-            &drec_view,
-            &w.w_hh,
+            &dxp2.t(),
+            &x2,
             T::one(),
-            &mut dh.view_mut(),
-            step_par,
+            &mut grads.w_ih.view_mut(),
+            all,
         );
+        gemm(
+            T::one(),
+            &drec2.t(),
+            &flat(steps.h_prev, rows, hidden),
+            T::one(),
+            &mut grads.w_hh.view_mut(),
+            all,
+        );
+        if let (Some(bi), Some(bh)) = (grads.b_ih.as_mut(), grads.b_hh.as_mut()) {
+            *bi += &dxp2.sum_axis(Axis(0));
+            *bh += &drec2.sum_axis(Axis(0));
+        }
+        let mut dx2 = d_x
+            .slice_mut(s![r, .., ..])
+            .into_shape_with_order((rows, in_size))
+            .expect("contiguous [T, B, I] buffer");
+        gemm(T::one(), &dxp2, &self.w.w_ih, T::zero(), &mut dx2, all);
     }
+}
 
-    // Weight gradients and dX: one GEMM each over all steps.
-    let rows = seq_len * batch;
-    let all = par(threads);
-    let dxp2 = flat(&dxp, rows, gh);
-    let drec2 = if split_rec {
-        flat(&drec, rows, gh)
-    } else {
-        dxp2
-    };
-    let mut w_ih = Array2::<T>::zeros((gh, in_size));
-    gemm(
-        T::one(),
-        &dxp2.t(),
-        &flat(input, rows, in_size),
-        T::zero(),
-        &mut w_ih.view_mut(),
-        all,
-    );
-    let mut w_hh = Array2::<T>::zeros((gh, hidden));
-    gemm(
-        T::one(),
-        &drec2.t(),
-        &flat(&tape.h_prev, rows, hidden),
-        T::zero(),
-        &mut w_hh.view_mut(),
-        all,
-    );
-    let mut d_x = Array2::<T>::zeros((rows, in_size));
-    gemm(
-        T::one(),
-        &dxp2,
-        &w.w_ih,
-        T::zero(),
-        &mut d_x.view_mut(),
-        all,
-    );
-    let (b_ih, b_hh) = if cfg.bias {
-        (Some(column_sums(&dxp2)), Some(column_sums(&drec2)))
-    } else {
-        (None, None)
-    };
-    (
-        LayerGrads {
-            w_ih,
-            w_hh,
-            b_ih,
-            b_hh,
-        },
-        d_x,
-    )
+/// A contiguous `[S, B, C]` view as `[S·B, C]`.
+fn flat<T: Float>(a: ArrayView3<'_, T>, rows: usize, cols: usize) -> ArrayView2<'_, T> {
+    a.into_shape_with_order((rows, cols))
+        .expect("contiguous [S, B, ·] buffer")
 }
 
 /// Runs `f` on each direction's job: both at once, each with half the threads, when
@@ -763,22 +1273,6 @@ fn per_direction<A: Send, R: Send>(
 
 fn sum_squares<T: Float>(v: &[T]) -> T {
     v.iter().fold(T::zero(), |s, &x| s + x * x)
-}
-
-fn flat_mut<T: Float>(a: &mut Array3<T>, rows: usize, cols: usize) -> ArrayViewMut2<'_, T> {
-    a.view_mut()
-        .into_shape_with_order((rows, cols))
-        .expect("contiguous [T, B, ·] buffer")
-}
-
-fn flat<T: Float>(a: &Array3<T>, rows: usize, cols: usize) -> ArrayView2<'_, T> {
-    a.view()
-        .into_shape_with_order((rows, cols))
-        .expect("contiguous [T, B, ·] buffer")
-}
-
-fn column_sums<T: Float>(a: &ArrayView2<'_, T>) -> Array1<T> {
-    a.sum_axis(Axis(0))
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ impl Problem {
         }
     }
 
-    fn run(&self, keep_tape: bool) -> ForwardOutput<f64> {
+    fn run(&self, keep: Keep) -> ForwardOutput<f64> {
         let wv = views(&self.w);
         let st = StateView {
             h: self.h0.view(),
@@ -108,13 +108,13 @@ impl Problem {
             self.x.view(),
             Some(st),
             self.lengths.as_deref(),
-            keep_tape,
+            keep,
         )
         .expect("valid problem")
     }
 
     fn loss(&self) -> f64 {
-        let (out, st, _) = self.run(false);
+        let (out, st, _) = self.run(Keep::Nothing);
         let mut l = (&out * &self.r_out).sum() + (&st.h * &self.r_h).sum();
         if let (Some(c), Some(r)) = (&st.c, &self.r_c) {
             l += (c * r).sum();
@@ -123,20 +123,27 @@ impl Problem {
     }
 
     fn grads(&self) -> Grads<f64> {
-        let (_, _, tape) = self.run(true);
+        self.grads_with(Keep::Everything).0
+    }
+
+    fn grads_with(&self, keep: Keep) -> (Grads<f64>, Tape<f64>) {
+        let (_, _, tape) = self.run(keep);
+        let tape = tape.expect("kept");
         let wv = views(&self.w);
         let ds = StateView {
             h: self.r_h.view(),
             c: self.r_c.as_ref().map(|c| c.view()),
         };
-        backward(
+        let g = backward(
             &self.cfg,
             &wv,
-            &tape.expect("kept"),
+            &tape,
+            Some(self.x.view()),
             self.r_out.view(),
             Some(ds),
         )
-        .expect("valid problem")
+        .expect("valid problem");
+        (g, tape)
     }
 }
 
@@ -255,7 +262,7 @@ fn padded_steps_keep_state_and_output_zero() {
     for kind in KINDS {
         let cfg = config(kind, 1, true, true, false);
         let p = Problem::new(cfg, 4, 2, Some(vec![4, 2]), 7);
-        let (out, _, _) = p.run(false);
+        let (out, _, _) = p.run(Keep::Nothing);
         assert!(out.slice(s![2.., 1, ..]).iter().all(|&v| v == 0.0));
         assert!(out.slice(s![.., 0, ..]).iter().any(|&v| v != 0.0));
         // Sequence 1 alone gives the same final state.
@@ -270,8 +277,8 @@ fn padded_steps_keep_state_and_output_zero() {
             w: make_weights(&cfg, &mut Rng(7)),
             ..alone
         };
-        let (_, st_alone, _) = alone.run(false);
-        let (_, st, _) = p.run(false);
+        let (_, st_alone, _) = alone.run(Keep::Nothing);
+        let (_, st, _) = p.run(Keep::Nothing);
         let diff = (&st.h.slice(s![.., 1..2, ..]) - &st_alone.h).mapv(f64::abs);
         assert!(diff.iter().all(|&d| d < 1e-14), "{kind:?}: {diff}");
     }
@@ -283,13 +290,13 @@ fn bad_shapes_name_the_argument() {
     let p = Problem::new(cfg, 3, 2, None, 1);
     let wv = views(&p.w);
     let bad_x = Array3::<f64>::zeros((3, 2, 5));
-    let err = forward(&cfg, &wv, bad_x.view(), None, None, false).unwrap_err();
+    let err = forward(&cfg, &wv, bad_x.view(), None, None, Keep::Nothing).unwrap_err();
     assert_eq!(
         err.to_string(),
         "x: expected shape (T, B, 3), got (3, 2, 5)"
     );
     let empty = Array3::<f64>::zeros((0, 2, 3));
-    let err = forward(&cfg, &wv, empty.view(), None, None, false).unwrap_err();
+    let err = forward(&cfg, &wv, empty.view(), None, None, Keep::Nothing).unwrap_err();
     assert!(
         err.to_string()
             .starts_with("x: expected at least one time step"),
@@ -300,22 +307,30 @@ fn bad_shapes_name_the_argument() {
         h: h.view(),
         c: Some(h.view()),
     };
-    let err = forward(&cfg, &wv, p.x.view(), Some(st), None, false).unwrap_err();
+    let err = forward(&cfg, &wv, p.x.view(), Some(st), None, Keep::Nothing).unwrap_err();
     assert_eq!(
         err.to_string(),
         "state[0]: expected shape (1, 2, 4), got (1, 3, 4)"
     );
-    let err = forward(&cfg, &wv, p.x.view(), None, Some(&[3, 4]), false).unwrap_err();
+    let err = forward(&cfg, &wv, p.x.view(), None, Some(&[3, 4]), Keep::Nothing).unwrap_err();
     assert!(
         err.to_string()
             .starts_with("lengths: expected every length in [1, 3]"),
         "{err}"
     );
-    let err = forward(&cfg, &wv[..0], p.x.view(), None, None, false).unwrap_err();
+    let err = forward(&cfg, &wv[..0], p.x.view(), None, None, Keep::Nothing).unwrap_err();
     assert!(err.to_string().starts_with("weights:"), "{err}");
-    let (_, _, tape) = p.run(true);
+    let (_, _, tape) = p.run(Keep::Everything);
     let bad_d = Array3::<f64>::zeros((3, 2, 5));
-    let err = backward(&cfg, &wv, tape.as_ref().unwrap(), bad_d.view(), None).unwrap_err();
+    let err = backward(
+        &cfg,
+        &wv,
+        tape.as_ref().unwrap(),
+        Some(p.x.view()),
+        bad_d.view(),
+        None,
+    )
+    .unwrap_err();
     assert_eq!(
         err.to_string(),
         "d_out: expected shape (3, 2, 4), got (3, 2, 5)"
@@ -326,7 +341,15 @@ fn bad_shapes_name_the_argument() {
         kind: CellKind::Gru,
         ..cfg
     };
-    let err = backward(&other, &wv, tape.as_ref().unwrap(), p.r_out.view(), None).unwrap_err();
+    let err = backward(
+        &other,
+        &wv,
+        tape.as_ref().unwrap(),
+        Some(p.x.view()),
+        p.r_out.view(),
+        None,
+    )
+    .unwrap_err();
     assert!(err.to_string().starts_with("tape:"), "{err}");
 }
 
@@ -335,7 +358,7 @@ fn nan_input_propagates_without_panic() {
     let cfg = config(CellKind::Gru, 2, true, true, false);
     let mut p = Problem::new(cfg, 3, 2, None, 3);
     p.x[[1, 0, 0]] = f64::NAN;
-    let (out, _, _) = p.run(false);
+    let (out, _, _) = p.run(Keep::Nothing);
     assert!(out.iter().any(|v| v.is_nan()));
     let g = p.grads();
     assert!(g.params[0].w_ih.iter().any(|v| v.is_nan()));
@@ -345,10 +368,12 @@ fn nan_input_propagates_without_panic() {
 fn tape_reports_its_size() {
     let cfg = config(CellKind::Lstm, 2, true, true, false);
     let p = Problem::new(cfg, 5, 3, None, 5);
-    let (_, _, tape) = p.run(true);
+    let (_, _, tape) = p.run(Keep::Everything);
     let tape = tape.unwrap();
-    // Per layer: input [T,B,I_l]; per direction: gates [T,B,4H], h_prev and c_prev [T,B,H].
-    let elems = 5 * 3 * (3 + 8) + 4 * 5 * 3 * (16 + 4 + 4);
+    // Layer 1's input [T,B,2H] (layer 0's is the caller's x, not copied); per direction:
+    // gates [T,B,4H], h_prev and c_prev [T,B,H].
+    assert!(tape.needs_x());
+    let elems = 5 * 3 * 8 + 4 * 5 * 3 * (16 + 4 + 4);
     assert_eq!(tape.nbytes(), elems * 8);
 }
 
@@ -382,9 +407,24 @@ fn every_simd_level_gives_identical_bits() {
         let x = p.x.mapv(|v| v as f32);
         let d_out = p.r_out.mapv(|v| v as f32);
         let run = || {
-            let (out, st, tape) =
-                forward(&cfg, &wv, x.view(), None, p.lengths.as_deref(), true).unwrap();
-            let g = backward(&cfg, &wv, &tape.unwrap(), d_out.view(), None).unwrap();
+            let (out, st, tape) = forward(
+                &cfg,
+                &wv,
+                x.view(),
+                None,
+                p.lengths.as_deref(),
+                Keep::Everything,
+            )
+            .unwrap();
+            let g = backward(
+                &cfg,
+                &wv,
+                &tape.unwrap(),
+                Some(x.view()),
+                d_out.view(),
+                None,
+            )
+            .unwrap();
             (out, st, g)
         };
         let _guard = LEVEL_LOCK.lock().unwrap();
@@ -401,3 +441,95 @@ fn every_simd_level_gives_identical_bits() {
 
 /// Serialises the tests that force a SIMD level.
 static LEVEL_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn budgets_give_the_full_tape_gradients() {
+    for kind in KINDS {
+        for (layers, bi, lengths, bf) in [
+            (1, false, None, false),
+            (2, true, None, false),
+            (3, true, Some(vec![7, 3, 1]), false),
+            (2, false, Some(vec![2, 7, 5]), true),
+        ] {
+            let cfg = config(kind, layers, bi, true, bf);
+            let p = Problem::new(cfg, 7, 3, lengths.clone(), 21);
+            let (want, full) = p.grads_with(Keep::Everything);
+            assert_eq!(full.segment(), None);
+            let copies_x = bf || lengths.is_some();
+            let (min, full_bytes) = budget_range::<f64>(&cfg, 7, 3, copies_x);
+            assert_eq!(
+                full.nbytes(),
+                full_bytes + lengths.as_ref().map_or(0, |l| l.len() * 8)
+            );
+            for budget in [min, (min + full_bytes) / 2, full_bytes - 1, 10 * full_bytes] {
+                let (got, tape) = p.grads_with(Keep::Budget(budget));
+                assert!(
+                    tape.nbytes() <= budget.max(full.nbytes()),
+                    "{kind:?}: {} > {budget}",
+                    tape.nbytes()
+                );
+                if budget < full_bytes {
+                    assert!(tape.segment().is_some());
+                    assert!(tape.nbytes() < full.nbytes());
+                }
+                let close = |a: &ndarray::ArrayViewD<'_, f64>, b: &ndarray::ArrayViewD<'_, f64>| {
+                    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
+                    a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-12 * scale)
+                };
+                assert!(
+                    close(&got.dx.view().into_dyn(), &want.dx.view().into_dyn()),
+                    "{kind:?} dx at {budget}"
+                );
+                assert!(close(
+                    &got.dh_norm.view().into_dyn(),
+                    &want.dh_norm.view().into_dyn()
+                ));
+                assert!(close(
+                    &got.dstate.h.view().into_dyn(),
+                    &want.dstate.h.view().into_dyn()
+                ));
+                for (a, b) in got.params.iter().zip(&want.params) {
+                    assert!(
+                        close(&a.w_ih.view().into_dyn(), &b.w_ih.view().into_dyn()),
+                        "{kind:?} w_ih at {budget}"
+                    );
+                    assert!(
+                        close(&a.w_hh.view().into_dyn(), &b.w_hh.view().into_dyn()),
+                        "{kind:?} w_hh at {budget}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_smallest_budget_checkpoints_often_and_a_smaller_one_is_refused() {
+    let cfg = config(CellKind::Lstm, 1, false, true, false);
+    let p = Problem::new(cfg, 50, 2, None, 5);
+    let (min, _) = budget_range::<f64>(&cfg, 50, 2, false);
+    let (_, _, tape) = p.run(Keep::Budget(min));
+    let k = tape.unwrap().segment().unwrap();
+    assert!(k > 1 && k < 50, "segment {k}");
+    let wv = views(&p.w);
+    let err = forward(&cfg, &wv, p.x.view(), None, None, Keep::Budget(min - 1)).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.starts_with("memory_budget: expected at least"), "{msg}");
+    assert!(msg.contains(&min.to_string()), "{msg}");
+}
+
+#[test]
+fn a_changed_or_missing_x_is_refused() {
+    let cfg = config(CellKind::Gru, 1, false, true, false);
+    let mut p = Problem::new(cfg, 4, 2, None, 5);
+    let (_, _, tape) = p.run(Keep::Everything);
+    let tape = tape.unwrap();
+    assert!(tape.needs_x());
+    let wv = views(&p.w);
+    let err = backward(&cfg, &wv, &tape, None, p.r_out.view(), None).unwrap_err();
+    assert!(err.to_string().starts_with("x:"), "{err}");
+    p.x[[0, 0, 0]] += 1.0;
+    let wv = views(&p.w);
+    let err = backward(&cfg, &wv, &tape, Some(p.x.view()), p.r_out.view(), None).unwrap_err();
+    assert!(err.to_string().starts_with("x: differs"), "{err}");
+}

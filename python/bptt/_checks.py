@@ -8,13 +8,15 @@ complex and object arrays are a ``TypeError``. Every message names the argument.
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def model_dtype(dtype: object) -> np.dtype:
+def model_dtype(dtype: npt.DTypeLike) -> np.dtype[Any]:
     """The model dtype given as ``np.float32``/``"float64"``/...; float32 or float64 only."""
     try:
         dt = np.dtype(dtype)

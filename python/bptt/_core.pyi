@@ -3,24 +3,24 @@
 # Hand-written stub of the PyO3 module built from src/python.rs. Docstrings are those of
 # the Rust items; CI checks this file against the built module with `mypy.stubtest`.
 
-from typing import Any, Literal, TypedDict, final
+from typing import Any, Literal, TypeAlias, TypedDict, final
 
 import numpy as np
 import numpy.typing as npt
 
-_FloatArray = npt.NDArray[np.floating[Any]]
-_SimdLevel = Literal["scalar", "avx2", "avx512"]
+_FloatArray: TypeAlias = npt.NDArray[np.floating[Any]]
+_SimdLevel: TypeAlias = Literal["scalar", "avx2", "avx512"]
 
 __all__ = [
+    "Spec",
+    "Tape",
+    "__version__",
     "backward",
     "build_info",
     "forward",
     "get_num_threads",
     "set_num_threads",
     "set_simd_level",
-    "Tape",
-    "Spec",
-    "__version__",
 ]
 
 __version__: str
@@ -69,6 +69,9 @@ class Tape:
     @property
     def batch_size(self) -> int:
         """Batch size `B` of the forward pass that made the tape."""
+    @property
+    def segment(self) -> int | None:
+        """Steps per checkpointed segment under a memory budget, or None for a full tape."""
 
 def forward(
     spec: Spec,
@@ -79,11 +82,14 @@ def forward(
     lengths: npt.NDArray[np.int64] | None = None,
     keep_tape: bool = False,
     owner: int = 0,
+    memory_budget: int | None = None,
 ) -> tuple[_FloatArray, _FloatArray, _FloatArray | None, Tape | None]:
     """Runs the layer stack over `x`; returns `(out, h_n, c_n or None, tape or None)`.
 
     All arrays must already have the spec's dtype (the Python layer converts); the GIL is
-    released while the core runs. `lengths` is an int64 array `(B,)` or None.
+    released while the core runs. `lengths` is an int64 array `(B,)` or None. With
+    `keep_tape`, `memory_budget` (bytes, or None for the full tape) bounds what the tape
+    keeps; the tape may refer to `x`, which must then not change before `backward`.
     """
 
 def backward(

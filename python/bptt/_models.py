@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+import numbers
+from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _core
 from ._checks import float_array, lengths_array, model_dtype, positive_int
 
 _owners = itertools.count(1)
+
+# The state's structure: ``h`` (RNN, GRU) or ``(h, c)`` (LSTM). For type checkers only.
+_State = TypeVar("_State", np.ndarray, tuple[np.ndarray, np.ndarray])
 
 
 class Gradients:
@@ -51,14 +56,23 @@ class Gradients:
                 f"dh_norm{self.dh_norm.shape})")
 
 
-class _Recurrent:
+def _budget(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"memory_budget: expected an int number of bytes or None, got "
+                        f"{type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"memory_budget: expected a non-negative number of bytes, got {value}")
+    return int(value)
+
+
+class _Recurrent(Generic[_State]):
     """Shared implementation of the three models (see ``RNN``, ``LSTM``, ``GRU``)."""
 
     _cell = "lstm"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
                  bias: bool = True, batch_first: bool = False, bidirectional: bool = False,
-                 dtype: Any = np.float32, seed: int | None = None) -> None:
+                 dtype: npt.DTypeLike = np.float32, seed: int | None = None) -> None:
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.num_layers = positive_int("num_layers", num_layers)
@@ -95,7 +109,7 @@ class _Recurrent:
 
     def _param_shapes(self) -> dict[str, tuple[int, ...]]:
         gh = self._gates * self.hidden_size
-        shapes = {}
+        shapes: dict[str, tuple[int, ...]] = {}
         for name in self._names:
             layer = int(name.split("_l")[1].split("_")[0])
             width = self.input_size if layer == 0 else self.num_directions * self.hidden_size
@@ -167,15 +181,18 @@ class _Recurrent:
             raise TypeError(f"{name}: expected a single array h, got {type(state).__name__}")
         return float_array(name, state, self.dtype, 3, text), None
 
-    def _run(self, x: Any, state: Any, lengths: Any, keep_tape: bool) -> tuple[Any, ...]:
+    def _run(self, x: Any, state: Any, lengths: Any, keep_tape: bool,
+             memory_budget: Any = None) -> tuple[Any, ...]:
         x = self._seq("x", x, self.input_size)
         h0, c0 = self._state_args("state", state)
         lens = None if lengths is None else lengths_array(lengths)
+        budget = None if memory_budget is None else _budget(memory_budget)
         out, h, c, tape = _core.forward(self._spec, self._weights, x, h0, c0, lens,
-                                        keep_tape, self._owner)
+                                        keep_tape, self._owner, budget)
         return out, (h if c is None else (h, c)), tape
 
-    def __call__(self, x: Any, state: Any = None, lengths: Any = None) -> tuple[np.ndarray, Any]:
+    def __call__(self, x: npt.ArrayLike, state: Any = None,
+                 lengths: npt.ArrayLike | None = None) -> tuple[np.ndarray, _State]:
         """Inference: ``out, state = m(x, state=None, lengths=None)``; keeps no tape.
 
         ``x`` is (T, B, input_size), or (B, T, input_size) with ``batch_first``; ``state``
@@ -184,19 +201,33 @@ class _Recurrent:
         only its first ``lengths[b]`` steps (its output beyond them is zero).
         """
         out, st, _ = self._run(x, state, lengths, keep_tape=False)
-        return out, st
+        return out, cast(_State, st)
 
-    def forward(self, x: Any, state: Any = None,
-                lengths: Any = None) -> tuple[np.ndarray, Any, _core.Tape]:
+    def forward(self, x: npt.ArrayLike, state: Any = None,
+                lengths: npt.ArrayLike | None = None, *,
+                memory_budget: int | None = None) -> tuple[np.ndarray, _State, _core.Tape]:
         """Training forward: ``out, state, tape``; ``tape`` feeds ``backward``.
 
-        Same arguments as calling the model. The tape (``tape.nbytes`` bytes) is owned by
-        Rust and belongs to this model: giving it to another model is a ``ValueError``.
-        ``backward`` uses the parameters as they are then; do not update them in between.
-        """
-        return self._run(x, state, lengths, keep_tape=True)
+        Same arguments as calling the model, plus ``memory_budget``: None keeps the full
+        tape; a number of bytes bounds what the tape keeps together with the one segment
+        ``backward`` recomputes at a time. Under a budget smaller than the full tape,
+        forward keeps only the state at the start of every ``k`` steps (``tape.segment``)
+        and backward recomputes each segment from it: the gradients equal the full tape's
+        up to float rounding (weight gradients are summed segment by segment), for about
+        one extra forward pass of time. A budget below the smallest possible is a
+        ``ValueError`` stating that minimum.
 
-    def backward(self, tape: _core.Tape, d_out: Any, d_state: Any = None) -> Gradients:
+        The tape (``tape.nbytes`` bytes) is owned by Rust and belongs to this model: giving
+        it to another model is a ``ValueError``. When ``x`` is time-major, C-contiguous and
+        of the model's dtype (and no ``lengths``), the tape refers to ``x`` instead of
+        copying it: do not modify ``x`` before ``backward`` (a change is detected and is a
+        ``ValueError``). ``backward`` uses the parameters as they are then; do not update
+        them in between.
+        """
+        return self._run(x, state, lengths, keep_tape=True, memory_budget=memory_budget)
+
+    def backward(self, tape: _core.Tape, d_out: npt.ArrayLike,
+                 d_state: Any = None) -> Gradients:
         """Full backpropagation through time over the whole sequence of ``tape``.
 
         ``d_out`` is ``dL/dout`` (shape of ``out``); ``d_state`` is ``dL/d(final state)``
@@ -221,7 +252,7 @@ class _Recurrent:
                 f"dtype={self.dtype.name})")
 
 
-class LSTM(_Recurrent):
+class LSTM(_Recurrent[tuple[np.ndarray, np.ndarray]]):
     """Long short-term memory, PyTorch's equations and weight layout (gates i, f, g, o).
 
     ``LSTM(input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
@@ -231,14 +262,14 @@ class LSTM(_Recurrent):
     _cell = "lstm"
 
 
-class GRU(_Recurrent):
+class GRU(_Recurrent[np.ndarray]):
     """Gated recurrent unit, PyTorch's equations and layout (gates r, z, n; ``b_hn`` inside
     the reset product). Same constructor as ``LSTM``; the state is ``h``."""
 
     _cell = "gru"
 
 
-class RNN(_Recurrent):
+class RNN(_Recurrent[np.ndarray]):
     """Elman RNN ``h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)``, ``act`` = tanh or relu.
 
     Same constructor as ``LSTM`` plus ``nonlinearity="tanh"`` or ``"relu"``.
@@ -246,7 +277,7 @@ class RNN(_Recurrent):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
-                 bidirectional: bool = False, dtype: Any = np.float32,
+                 bidirectional: bool = False, dtype: npt.DTypeLike = np.float32,
                  seed: int | None = None) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
