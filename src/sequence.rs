@@ -720,7 +720,7 @@ fn run_segment<T: Float>(
                 None => Default::default(),
             },
         };
-        forward_rows(rows);
+        forward_rows_par(rows, threads);
         if let Some(out) = out.as_mut() {
             let mut out_t = out.index_axis_mut(Axis(0), local);
             out_t.assign(h);
@@ -750,6 +750,70 @@ struct ForwardRows<'a, T> {
     h: &'a mut [T],
     c: &'a mut [T],
     gh_n: &'a mut [T],
+}
+
+/// Splits a flat `[B, w]` slice (or an empty one) at row `b`.
+fn split_rows<T>(s: &mut [T], b: usize, w: usize) -> (&mut [T], &mut [T]) {
+    s.split_at_mut(if s.is_empty() { 0 } else { b * w })
+}
+
+fn split_rows_ref<T>(s: &[T], b: usize, w: usize) -> (&[T], &[T]) {
+    s.split_at(if s.is_empty() { 0 } else { b * w })
+}
+
+/// Splits `lengths` (in a mask) at row `b`.
+type Mask<'a> = Option<(&'a [usize], usize)>;
+
+fn split_mask(m: Mask<'_>, b: usize) -> (Mask<'_>, Mask<'_>) {
+    match m {
+        Some((l, t)) => (Some((&l[..b], t)), Some((&l[b..], t))),
+        None => (None, None),
+    }
+}
+
+/// Below this many gate values per step the fused step runs on one thread.
+const PAR_ROWS_MIN: usize = 1 << 14;
+
+impl<'a, T: Float> ForwardRows<'a, T> {
+    fn split(self, b: usize) -> (Self, Self) {
+        let (n, gh) = (self.hidden, self.kind.gates() * self.hidden);
+        let (m0, m1) = split_mask(self.mask, b);
+        let (g0, g1) = split_rows(self.gates, b, gh);
+        let (r0, r1) = split_rows_ref(self.rec, b, gh);
+        let (h0, h1) = split_rows(self.h, b, n);
+        let (c0, c1) = split_rows(self.c, b, n);
+        let (n0, n1) = split_rows(self.gh_n, b, n);
+        let half = |batch, mask, gates, rec, h, c, gh_n| ForwardRows {
+            kind: self.kind,
+            hidden: n,
+            batch,
+            mask,
+            gates,
+            rec,
+            b_hn: self.b_hn,
+            h,
+            c,
+            gh_n,
+        };
+        (
+            half(b, m0, g0, r0, h0, c0, n0),
+            half(self.batch - b, m1, g1, r1, h1, c1, n1),
+        )
+    }
+}
+
+/// The fused step over all rows, split across `threads` when the step is big enough.
+fn forward_rows_par<T: Float>(r: ForwardRows<'_, T>, threads: usize) {
+    if threads < 2 || r.batch < 2 || r.batch * r.kind.gates() * r.hidden < PAR_ROWS_MIN {
+        return forward_rows(r);
+    }
+    let mid = r.batch / 2;
+    let (a, b) = r.split(mid);
+    let half = threads / 2;
+    rayon::join(
+        || forward_rows_par(a, threads - half),
+        || forward_rows_par(b, half),
+    );
 }
 
 fn forward_rows<T: Float>(r: ForwardRows<'_, T>) {
@@ -794,18 +858,88 @@ struct BackwardRows<'a, T> {
     dc: &'a mut [T],
     dxp: &'a mut [T],
     drec: &'a mut [T],
+    /// Out: `Σ (∂L/∂h')²` of each row `[B]` (summed by the caller in a fixed order, so
+    /// the norm does not depend on how the rows were split across threads).
+    sumsq: &'a mut [T],
 }
 
-fn backward_rows<T: Float>(r: BackwardRows<'_, T>) -> T {
+impl<'a, T: Float> BackwardRows<'a, T> {
+    fn split(self, b: usize) -> (Self, Self) {
+        let (n, gh) = (self.hidden, self.kind.gates() * self.hidden);
+        let (m0, m1) = split_mask(self.mask, b);
+        let (g0, g1) = split_rows_ref(self.gates, b, gh);
+        let (hp0, hp1) = split_rows_ref(self.h_prev, b, n);
+        let (cp0, cp1) = split_rows_ref(self.c_prev, b, n);
+        let (gn0, gn1) = split_rows_ref(self.gh_n, b, n);
+        let (dy0, dy1) = split_rows_ref(self.dy, b, self.dy_stride);
+        let (dh0, dh1) = split_rows(self.dh, b, n);
+        let (dc0, dc1) = split_rows(self.dc, b, n);
+        let (dx0, dx1) = split_rows(self.dxp, b, gh);
+        let (dr0, dr1) = split_rows(self.drec, b, gh);
+        let (s0, s1) = self.sumsq.split_at_mut(b);
+        let first = BackwardRows {
+            kind: self.kind,
+            hidden: n,
+            batch: b,
+            mask: m0,
+            gates: g0,
+            h_prev: hp0,
+            c_prev: cp0,
+            gh_n: gn0,
+            dy: dy0,
+            dy_stride: self.dy_stride,
+            dy_offset: self.dy_offset,
+            dh: dh0,
+            dc: dc0,
+            dxp: dx0,
+            drec: dr0,
+            sumsq: s0,
+        };
+        let second = BackwardRows {
+            kind: first.kind,
+            hidden: n,
+            dy_stride: first.dy_stride,
+            dy_offset: first.dy_offset,
+            batch: self.batch - b,
+            mask: m1,
+            gates: g1,
+            h_prev: hp1,
+            c_prev: cp1,
+            gh_n: gn1,
+            dy: dy1,
+            dh: dh1,
+            dc: dc1,
+            dxp: dx1,
+            drec: dr1,
+            sumsq: s1,
+        };
+        (first, second)
+    }
+}
+
+/// The fused backward step over all rows, split across `threads` when big enough.
+fn backward_rows_par<T: Float>(r: BackwardRows<'_, T>, threads: usize) {
+    if threads < 2 || r.batch < 2 || r.batch * r.kind.gates() * r.hidden < PAR_ROWS_MIN {
+        return backward_rows(r);
+    }
+    let mid = r.batch / 2;
+    let (a, b) = r.split(mid);
+    let half = threads / 2;
+    rayon::join(
+        || backward_rows_par(a, threads - half),
+        || backward_rows_par(b, half),
+    );
+}
+
+fn backward_rows<T: Float>(r: BackwardRows<'_, T>) {
     let (n, gh) = (r.hidden, r.kind.gates() * r.hidden);
     let row = |len: usize, b: usize, w: usize| if len == 0 { 0..0 } else { b * w..(b + 1) * w };
-    let mut sumsq = T::zero();
     let (dc_len, drec_len) = (r.dc.len(), r.drec.len());
     for b in 0..r.batch {
         if r.mask.is_some_and(|(l, t)| t >= l[b]) {
             // The carried state passes through a padded step unchanged; the buffers are
             // reused across segments, so the row's gate gradients are cleared.
-            sumsq += sum_squares(&r.dh[b * n..(b + 1) * n]);
+            r.sumsq[b] = sum_squares(&r.dh[b * n..(b + 1) * n]);
             r.dxp[b * gh..(b + 1) * gh].fill(T::zero());
             if drec_len > 0 {
                 r.drec[b * gh..(b + 1) * gh].fill(T::zero());
@@ -813,7 +947,7 @@ fn backward_rows<T: Float>(r: BackwardRows<'_, T>) -> T {
             continue;
         }
         let dy0 = b * r.dy_stride + r.dy_offset;
-        sumsq += step_backward(
+        r.sumsq[b] = step_backward(
             r.kind,
             n,
             StepRowGrad {
@@ -829,7 +963,6 @@ fn backward_rows<T: Float>(r: BackwardRows<'_, T>) -> T {
             },
         );
     }
-    sumsq
 }
 
 /// Full backpropagation through time over the whole sequence.
@@ -1142,6 +1275,7 @@ impl<T: Float> SegmentGrad<'_, '_, T> {
             1
         });
         let dy_stride = d_y.shape()[2];
+        let mut sumsq = vec![T::zero(); batch];
         for i in 0..len {
             let local = if self.reverse { i } else { len - 1 - i };
             let t = r.start + local;
@@ -1190,8 +1324,10 @@ impl<T: Float> SegmentGrad<'_, '_, T> {
                 } else {
                     Default::default()
                 },
+                sumsq: &mut sumsq,
             };
-            dh_norm[t] = backward_rows(rows).sqrt();
+            backward_rows_par(rows, self.threads);
+            dh_norm[t] = sumsq.iter().fold(T::zero(), |acc, &v| acc + v).sqrt();
             let drec_t = if split_rec {
                 drec.index_axis(Axis(0), local)
             } else {
