@@ -3,8 +3,8 @@
 Each case runs in a fresh process. Extra memory is the peak RSS during the call minus the
 RSS just before it (the kernel's high-water mark is reset first, through
 /proc/self/clear_refs), so the model and ``x`` are not counted. The unavoidable part is
-what any implementation must hold: ``out``, ``d_out`` and ``dx`` (``x`` is allocated
-before the measurement).
+what any implementation must hold: ``out``, ``d_out`` and ``dx`` (``out`` alone for
+inference; ``x`` is allocated before the measurement).
 
 Usage: ``python benches/memory.py [T ...]`` (default 1000 10000); prints a Markdown table.
 Linux only.
@@ -43,9 +43,11 @@ if mode == "torch":
 else:
     import bptt
     m = bptt.LSTM(I, H, seed=0)
-    full = None if mode == "full" else float(mode)
+    full = None if mode in ("full", "inference") else float(mode)
     def run():
         global nbytes
+        if mode == "inference":
+            return m(x)[0]
         budget = None
         if full is not None:
             budget = int(FULL_TAPE * full)
@@ -90,18 +92,19 @@ def run_case(mode, T):
 def main(ts):
     try:
         import torch  # noqa: F401
-        modes = ["full", "0.25", "0.0625", "torch"]
+        modes = ["inference", "full", "0.25", "0.0625", "torch"]
     except ImportError:
-        modes = ["full", "0.25", "0.0625"]
+        modes = ["inference", "full", "0.25", "0.0625"]
     print(f"LSTM float32, B={B}, I={I}, H={H}; extra = peak RSS - RSS before the call (MiB)\n")
     print("| T | case | extra MiB | unavoidable MiB | extra beyond unavoidable MiB | tape MiB "
           "| time s |")
     print("|---|---|---|---|---|---|---|")
     for T in ts:
-        unavoidable = 4 * T * B * (H + H + I)  # out, d_out, dx
         for mode in modes:
+            # out, d_out, dx for training; out alone for inference.
+            unavoidable = 4 * T * B * (H if mode == "inference" else H + H + I)
             r = run_case(mode, T)
-            name = {"full": "bptt full tape", "0.25": "bptt budget 1/4",
+            name = {"inference": "bptt inference m(x)", "full": "bptt full tape", "0.25": "bptt budget 1/4",
                     "0.0625": "bptt budget 1/16", "torch": "torch.nn.LSTM"}[mode]
             if "error" in r:
                 print(f"| {T} | {name} | error: {r['error'][:60]} | | | | |")
