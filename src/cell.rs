@@ -173,7 +173,7 @@ multiversion! {
         (*pi, *pf, *pg, *po) = (i, f, g, o);
         let c_new = lstm_cell(f, *c, i, g);
         *c = c_new;
-        *h = o * c_new.act_tanh();
+        *h = lstm_h(o, c_new);
     }
 }
 }
@@ -201,6 +201,36 @@ multiversion! {
         h[j] = (T::one() - z) * nn + z * h[j];
     }
 }
+}
+
+/// Flushes gradients too small to matter to zero: magnitudes below `MIN_POSITIVE / EPSILON`
+/// (about 1e-31 in f32, 1e-292 in f64). Backward applies it to every gradient it writes:
+/// vanishing gradients otherwise decay into subnormal numbers, and every product with
+/// them too, which the CPU processes 10–100× slower, exactly in the long-sequence runs
+/// that show vanishing. The margin of `1 / EPSILON` above the subnormal range keeps the
+/// products with weights of ordinary size normal as well. NaN passes through.
+#[inline(always)]
+pub(crate) fn ftz<T: Float>(v: T) -> T {
+    if v.abs() < T::min_positive_value() / T::epsilon() {
+        T::zero()
+    } else {
+        v
+    }
+}
+
+/// `h' = o·tanh(c')`, written once so forward and the rebuilt `h_prev` agree bitwise.
+#[inline(always)]
+fn lstm_h<T: Float>(o: T, c: T) -> T {
+    o * c.act_tanh()
+}
+
+multiversion! {
+    /// `h = o·tanh(c)` over a row: rebuilds the LSTM state a tape left out.
+    pub(crate) fn lstm_output<T: Float>(o: &[T], c: &[T], h: &mut [T]) -> () {
+        for ((h, &o), &c) in h.iter_mut().zip(o).zip(c) {
+            *h = lstm_h(o, c);
+        }
+    }
 }
 
 /// `c' = f·c + i·g`, written once so forward and the backward recomputation agree bitwise.
@@ -291,20 +321,20 @@ pub(crate) fn step_backward<T: Float>(kind: CellKind, n: usize, row: StepRowGrad
 const LANES: usize = 16;
 
 multiversion! {
-    /// `dh ← dy + dh`; returns `Σ dh²`.
+    /// `dh ← dy + dh` (subnormals flushed); returns `Σ dh²`.
     fn add_sumsq<T: Float>(dy: &[T], dh: &mut [T]) -> T {
         let mut acc = [T::zero(); LANES];
         let mut dh_chunks = dh.chunks_exact_mut(LANES);
         let mut dy_chunks = dy.chunks_exact(LANES);
         for (h, y) in (&mut dh_chunks).zip(&mut dy_chunks) {
             for k in 0..LANES {
-                h[k] += y[k];
+                h[k] = ftz(h[k] + y[k]);
                 acc[k] += h[k] * h[k];
             }
         }
         let mut tail = T::zero();
         for (h, &y) in dh_chunks.into_remainder().iter_mut().zip(dy_chunks.remainder()) {
-            *h += y;
+            *h = ftz(*h + y);
             tail += *h * *h;
         }
         acc.iter().fold(T::zero(), |s, &a| s + a) + tail
@@ -324,7 +354,7 @@ multiversion! {
         } else {
             T::zero()
         };
-        dxp[j] = d * da;
+        dxp[j] = ftz(d * da);
         dh[j] = T::zero();
     }
 }
@@ -350,11 +380,11 @@ multiversion! {
         let (i, f, g, o) = (gi[j], gf[j], gg[j], go[j]);
         let tc = lstm_cell(f, c_prev[j], i, g).act_tanh();
         let dct = dc[j] + d * o * (one - tc * tc);
-        di[j] = dct * g * i * (one - i);
-        df[j] = dct * c_prev[j] * f * (one - f);
-        dg[j] = dct * i * (one - g * g);
-        d_o[j] = d * tc * o * (one - o);
-        dc[j] = dct * f;
+        di[j] = ftz(dct * g * i * (one - i));
+        df[j] = ftz(dct * c_prev[j] * f * (one - f));
+        dg[j] = ftz(dct * i * (one - g * g));
+        d_o[j] = ftz(d * tc * o * (one - o));
+        dc[j] = ftz(dct * f);
         dh[j] = T::zero();
     }
 }
@@ -384,13 +414,14 @@ multiversion! {
         let dn_pre = d * (one - z) * (one - nn * nn);
         let dz_pre = d * (h_prev[j] - nn) * z * (one - z);
         let dr_pre = dn_pre * gh_n[j] * r * (one - r);
+        let (dr_pre, dz_pre, dn_pre) = (ftz(dr_pre), ftz(dz_pre), ftz(dn_pre));
         dr[j] = dr_pre;
         dz[j] = dz_pre;
         dn[j] = dn_pre;
         rr[j] = dr_pre;
         rz[j] = dz_pre;
-        rn[j] = dn_pre * r;
-        dh[j] = d * z;
+        rn[j] = ftz(dn_pre * r);
+        dh[j] = ftz(d * z);
     }
 }
 }

@@ -30,7 +30,7 @@
 //! `db_ih += Σ dxp`, `db_hh += Σ drec`, `dX_l = dxp·W_ih`; `dX_l` is the gradient arriving
 //! at layer `l − 1`'s output.
 
-use crate::cell::{step_backward, step_forward, CellKind, StepRow, StepRowGrad};
+use crate::cell::{lstm_output, step_backward, step_forward, CellKind, StepRow, StepRowGrad};
 use crate::error::{fmt_shape, Error, Result};
 use crate::float::Float;
 use crate::linalg::{gemm, par};
@@ -81,12 +81,13 @@ struct LayerTape<T> {
 
 #[derive(Debug, Clone)]
 enum DirTape<T> {
-    Full(Steps<T>),
-    /// The state entering each segment (in processing order): `[segments, B, H]`.
-    Checkpoints {
-        h: Array3<T>,
-        c: Option<Array3<T>>,
+    /// The per-step arrays, and `h0` when they leave `h_prev` out.
+    Full {
+        steps: Box<Steps<T>>,
+        h0: Option<Array2<T>>,
     },
+    /// The state entering each segment (in processing order): `[segments, B, H]`.
+    Checkpoints { h: Array3<T>, c: Option<Array3<T>> },
 }
 
 /// Per-step arrays of one direction over `S` steps (time-major, index `t − t0`).
@@ -94,8 +95,9 @@ enum DirTape<T> {
 struct Steps<T> {
     /// Activated gates `[S, B, G·H]`.
     gates: Array3<T>,
-    /// State entering the step that processes `t`: `[S, B, H]`.
-    h_prev: Array3<T>,
+    /// State entering the step that processes `t`: `[S, B, H]`. Not kept by a full LSTM
+    /// tape without lengths: backward rebuilds it as `o·tanh(c)` of the step before.
+    h_prev: Option<Array3<T>>,
     /// LSTM: cell entering the step: `[S, B, H]`.
     c_prev: Option<Array3<T>>,
     /// GRU: `h_prev·W_hnᵀ + b_hn`: `[S, B, H]`.
@@ -103,11 +105,11 @@ struct Steps<T> {
 }
 
 impl<T: Float> Steps<T> {
-    fn new(cfg: &Config, len: usize, batch: usize) -> Self {
+    fn new(cfg: &Config, len: usize, batch: usize, with_h_prev: bool) -> Self {
         let h = (len, batch, cfg.hidden_size);
         Steps {
             gates: Array3::zeros((len, batch, cfg.gate_size())),
-            h_prev: Array3::zeros(h),
+            h_prev: with_h_prev.then(|| Array3::zeros(h)),
             c_prev: (cfg.kind == CellKind::Lstm).then(|| Array3::zeros(h)),
             gh_n: (cfg.kind == CellKind::Gru).then(|| Array3::zeros(h)),
         }
@@ -115,7 +117,7 @@ impl<T: Float> Steps<T> {
 
     fn len(&self) -> usize {
         self.gates.len()
-            + self.h_prev.len()
+            + self.h_prev.as_ref().map_or(0, |a| a.len())
             + self.c_prev.as_ref().map_or(0, |a| a.len())
             + self.gh_n.as_ref().map_or(0, |a| a.len())
     }
@@ -125,7 +127,10 @@ impl<T: Float> Steps<T> {
         (
             self.gates.slice_mut(s![r.clone(), .., ..]),
             StatesMut {
-                h_prev: self.h_prev.slice_mut(s![r.clone(), .., ..]),
+                h_prev: self
+                    .h_prev
+                    .as_mut()
+                    .map(|a| a.slice_mut(s![r.clone(), .., ..])),
                 c_prev: self
                     .c_prev
                     .as_mut()
@@ -138,13 +143,19 @@ impl<T: Float> Steps<T> {
 
 /// Where forward writes the per-step states of a segment for the tape.
 struct StatesMut<'a, T> {
-    h_prev: ArrayViewMut3<'a, T>,
+    h_prev: Option<ArrayViewMut3<'a, T>>,
     c_prev: Option<ArrayViewMut3<'a, T>>,
     gh_n: Option<ArrayViewMut3<'a, T>>,
 }
 
 /// Elements per time step of each layer-direction's full tape and checkpoint, and of
 /// the gradient buffers backward adds per segment step.
+/// Whether a full tape leaves `h_prev` out (rebuilt from `o` and `c` in backward): for the
+/// LSTM without lengths, where the state entering a step is the previous step's output.
+fn drops_h_prev(cfg: &Config, has_lengths: bool) -> bool {
+    cfg.kind == CellKind::Lstm && !has_lengths
+}
+
 fn step_sizes(cfg: &Config, batch: usize) -> (usize, usize, usize) {
     let (h, gh) = (cfg.hidden_size, cfg.gate_size());
     let extra = if cfg.kind == CellKind::Gru || cfg.kind == CellKind::Lstm {
@@ -172,7 +183,9 @@ impl<T: Float> Tape<T> {
                     + l.dirs
                         .iter()
                         .map(|d| match d {
-                            DirTape::Full(steps) => steps.len(),
+                            DirTape::Full { steps, h0 } => {
+                                steps.len() + h0.as_ref().map_or(0, |h| h.len())
+                            }
                             DirTape::Checkpoints { h, c } => {
                                 h.len() + c.as_ref().map_or(0, |c| c.len())
                             }
@@ -234,9 +247,20 @@ struct MemoryModel {
 }
 
 impl MemoryModel {
-    fn new<T: Float>(cfg: &Config, seq_len: usize, batch: usize, copies_x: bool) -> Self {
+    fn new<T: Float>(
+        cfg: &Config,
+        seq_len: usize,
+        batch: usize,
+        copies_x: bool,
+        has_lengths: bool,
+    ) -> Self {
         let sz = std::mem::size_of::<T>();
         let (full_step, ck_step, grad_step) = step_sizes(cfg, batch);
+        let dropped = if drops_h_prev(cfg, has_lengths) {
+            batch * cfg.hidden_size
+        } else {
+            0
+        };
         let stacks = cfg.num_stacks();
         // Kept whatever the plan: the inputs of the layers above the first, and x if copied.
         let x_elems = if copies_x {
@@ -250,7 +274,7 @@ impl MemoryModel {
             fixed,
             per_checkpoint: stacks * ck_step * sz,
             per_segment_step: cfg.num_directions() * (full_step + grad_step) * sz,
-            full: fixed + stacks * seq_len * full_step * sz,
+            full: fixed + stacks * (seq_len * (full_step - dropped) + dropped) * sz,
         }
     }
 
@@ -269,14 +293,15 @@ impl MemoryModel {
 
 /// `(smallest budget, full tape)` in bytes for this model and input: the range in which a
 /// memory budget changes anything. `copies_x`: whether the tape holds its own copy of `x`
-/// (it does with `batch_first` or `lengths`).
+/// (it does with `batch_first` or `lengths`); `has_lengths`: whether `lengths` is given.
 pub fn budget_range<T: Float>(
     cfg: &Config,
     seq_len: usize,
     batch: usize,
     copies_x: bool,
+    has_lengths: bool,
 ) -> (usize, usize) {
-    let m = MemoryModel::new::<T>(cfg, seq_len, batch, copies_x);
+    let m = MemoryModel::new::<T>(cfg, seq_len, batch, copies_x, has_lengths);
     (m.minimum(), m.full)
 }
 
@@ -290,12 +315,13 @@ fn plan<T: Float>(
     seq_len: usize,
     batch: usize,
     copies_x: bool,
+    has_lengths: bool,
     keep: Keep,
 ) -> Result<Option<usize>> {
     let Keep::Budget(budget) = keep else {
         return Ok(None);
     };
-    let m = MemoryModel::new::<T>(cfg, seq_len, batch, copies_x);
+    let m = MemoryModel::new::<T>(cfg, seq_len, batch, copies_x, has_lengths);
     if budget >= m.full {
         return Ok(None);
     }
@@ -448,7 +474,7 @@ pub fn forward<T: Float>(
     // The caller's x serves as layer 0's input (and is referenced, not copied, by the
     // tape) when it is already time-major and no padding must be hidden.
     let borrow_x = !cfg.batch_first && lengths.is_none() && x.is_standard_layout();
-    let segment = plan::<T>(cfg, seq_len, batch, !borrow_x, keep)?;
+    let segment = plan::<T>(cfg, seq_len, batch, !borrow_x, lengths.is_some(), keep)?;
 
     let dirs = cfg.num_directions();
     let hidden = cfg.hidden_size;
@@ -571,7 +597,9 @@ fn run_direction<T: Float>(
         DirKeep::Checkpoints(k) => k,
     };
     let ranges = segments(seq_len, seg_len, reverse);
-    let mut full = matches!(keep, DirKeep::Full).then(|| Steps::new(cfg, seq_len, batch));
+    let drop_h = drops_h_prev(cfg, lengths.is_some());
+    let mut full = matches!(keep, DirKeep::Full).then(|| Steps::new(cfg, seq_len, batch, !drop_h));
+    let h0 = (full.is_some() && drop_h).then(|| h.clone());
     let mut gates_buf = Array3::<T>::zeros(if full.is_some() {
         (0, 0, 0)
     } else {
@@ -619,7 +647,10 @@ fn run_direction<T: Float>(
     }
     match keep {
         DirKeep::Nothing => None,
-        DirKeep::Full => full.map(DirTape::Full),
+        DirKeep::Full => full.map(|steps| DirTape::Full {
+            steps: Box::new(steps),
+            h0,
+        }),
         DirKeep::Checkpoints(_) => Some(DirTape::Checkpoints {
             h: ck_h.expect("made for checkpoints"),
             c: ck_c,
@@ -674,7 +705,9 @@ fn run_segment<T: Float>(
         let local = if reverse { len - 1 - i } else { i };
         let t = t0 + local;
         if let Some(tp) = tape.as_mut() {
-            tp.h_prev.index_axis_mut(Axis(0), local).assign(h);
+            if let Some(hp) = tp.h_prev.as_mut() {
+                hp.index_axis_mut(Axis(0), local).assign(h);
+            }
             if let (Some(cp), Some(c)) = (tp.c_prev.as_mut(), c.as_deref()) {
                 cp.index_axis_mut(Axis(0), local).assign(c);
             }
@@ -1147,9 +1180,19 @@ fn backward_direction<T: Float>(
         threads,
     };
     match tape {
-        DirTape::Full(steps) => {
+        DirTape::Full { steps, h0 } => {
+            let mut rebuilt = Array3::<T>::zeros(if h0.is_some() {
+                (seg_len, batch, hidden)
+            } else {
+                (0, 0, 0)
+            });
             for r in segments(seq_len, seg_len, reverse).into_iter().rev() {
-                let view = StepsView::of(steps, r.clone());
+                let mut view = StepsView::of(steps, r.clone());
+                if let Some(h0) = h0 {
+                    let mut buf = rebuilt.slice_mut(s![..r.len(), .., ..]);
+                    rebuild_lstm_h_prev(steps, h0, r.clone(), reverse, &mut buf);
+                    view.h_prev = rebuilt.slice(s![..r.len(), .., ..]);
+                }
                 ctx.run(
                     view,
                     input,
@@ -1168,7 +1211,7 @@ fn backward_direction<T: Float>(
         DirTape::Checkpoints { h: ck_h, c: ck_c } => {
             let bias = Bias::new(cfg, w);
             let w_hh_t = w.w_hh.t().as_standard_layout().into_owned();
-            let mut steps = Steps::new(cfg, seg_len, batch);
+            let mut steps = Steps::new(cfg, seg_len, batch, true);
             let mut rec = Array2::<T>::zeros(if split_rec { (batch, gh) } else { (0, 0) });
             for (i, r) in segments(seq_len, seg_len, reverse)
                 .into_iter()
@@ -1215,6 +1258,38 @@ fn backward_direction<T: Float>(
     (grads, d_x)
 }
 
+/// Rebuilds the LSTM's `h_prev` of the steps `r` as `o·tanh(c)` of the step processed
+/// before each (`h0` before the first), with the forward pass's own expression, so the
+/// values are bitwise those forward had.
+fn rebuild_lstm_h_prev<T: Float>(
+    steps: &Steps<T>,
+    h0: &Array2<T>,
+    r: Range<usize>,
+    reverse: bool,
+    out: &mut ArrayViewMut3<'_, T>,
+) {
+    let seq_len = steps.gates.shape()[0];
+    let hidden = h0.ncols();
+    let c_prev = steps.c_prev.as_ref().expect("the LSTM keeps c_prev");
+    for (local, t) in r.enumerate() {
+        let before = if reverse { t + 1 } else { t.wrapping_sub(1) };
+        let mut dst = out.index_axis_mut(Axis(0), local);
+        if before >= seq_len {
+            dst.assign(h0);
+            continue;
+        }
+        for (b, mut row) in dst.outer_iter_mut().enumerate() {
+            let o = steps.gates.slice(s![before, b, 3 * hidden..]);
+            let c = c_prev.slice(s![t, b, ..]);
+            lstm_output(
+                o.as_slice().expect("contiguous"),
+                c.as_slice().expect("contiguous"),
+                row.as_slice_mut().expect("contiguous"),
+            );
+        }
+    }
+}
+
 /// Read-only views of [`Steps`] over a segment.
 struct StepsView<'a, T> {
     gates: ArrayView3<'a, T>,
@@ -1224,10 +1299,14 @@ struct StepsView<'a, T> {
 }
 
 impl<'a, T: Float> StepsView<'a, T> {
+    /// The steps `r`; `h_prev` is empty when the tape left it out.
     fn of(steps: &'a Steps<T>, r: Range<usize>) -> Self {
         StepsView {
             gates: steps.gates.slice(s![r.clone(), .., ..]),
-            h_prev: steps.h_prev.slice(s![r.clone(), .., ..]),
+            h_prev: match &steps.h_prev {
+                Some(a) => a.slice(s![r.clone(), .., ..]),
+                None => ArrayView3::from_shape((0, 0, 0), &[]).expect("empty view"),
+            },
             c_prev: steps
                 .c_prev
                 .as_ref()

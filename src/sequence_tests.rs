@@ -371,9 +371,9 @@ fn tape_reports_its_size() {
     let (_, _, tape) = p.run(Keep::Everything);
     let tape = tape.unwrap();
     // Layer 1's input [T,B,2H] (layer 0's is the caller's x, not copied); per direction:
-    // gates [T,B,4H], h_prev and c_prev [T,B,H].
+    // gates [T,B,4H] and c_prev [T,B,H], and h0 [B,H] in place of h_prev (rebuilt).
     assert!(tape.needs_x());
-    let elems = 5 * 3 * 8 + 4 * 5 * 3 * (16 + 4 + 4);
+    let elems = 5 * 3 * 8 + 4 * (5 * 3 * (16 + 4) + 3 * 4);
     assert_eq!(tape.nbytes(), elems * 8);
 }
 
@@ -456,7 +456,7 @@ fn budgets_give_the_full_tape_gradients() {
             let (want, full) = p.grads_with(Keep::Everything);
             assert_eq!(full.segment(), None);
             let copies_x = bf || lengths.is_some();
-            let (min, full_bytes) = budget_range::<f64>(&cfg, 7, 3, copies_x);
+            let (min, full_bytes) = budget_range::<f64>(&cfg, 7, 3, copies_x, lengths.is_some());
             assert_eq!(
                 full.nbytes(),
                 full_bytes + lengths.as_ref().map_or(0, |l| l.len() * 8)
@@ -507,7 +507,7 @@ fn budgets_give_the_full_tape_gradients() {
 fn the_smallest_budget_checkpoints_often_and_a_smaller_one_is_refused() {
     let cfg = config(CellKind::Lstm, 1, false, true, false);
     let p = Problem::new(cfg, 50, 2, None, 5);
-    let (min, _) = budget_range::<f64>(&cfg, 50, 2, false);
+    let (min, _) = budget_range::<f64>(&cfg, 50, 2, false, false);
     let (_, _, tape) = p.run(Keep::Budget(min));
     let k = tape.unwrap().segment().unwrap();
     assert!(k > 1 && k < 50, "segment {k}");
