@@ -263,3 +263,27 @@ def test_errors():
         tr.train(np.zeros((4, 2, 2)), np.zeros((4, 2, 1)), mask=np.zeros((4, 2)))
     with pytest.raises(ValueError, match=r"state: expected shape \(1, 2, 3\)"):
         tr.train(np.zeros((4, 2, 2)), np.zeros((4, 2, 1)), state=np.zeros((1, 1, 3)))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_memory_budget_gives_the_same_chunk_gradients(kind, rng):
+    """Full BPTT through each window in bounded memory: same gradients to rounding."""
+    T, B = 40, 3
+    m, ro = model(kind), bptt.Linear(H, OUT, dtype=np.float64, seed=1)
+    x = rng.standard_normal((T, B, IN))
+    y = rng.standard_normal((T, B, OUT))
+    want = TBPTT(m, ro, bptt.mse_loss, None, k1=10, k2=20).train(x, y, keep_grads=True)
+    with pytest.raises(ValueError, match="memory_budget"):
+        TBPTT(m, ro, bptt.mse_loss, None, k1=10, k2=20, memory_budget=1).train(x, y)
+    # Below a plain 20-step window's full tape, so that window is checkpointed.
+    _, _, full = m.forward(x[:20])
+    budget = 12_000
+    assert full.nbytes > budget
+    _, _, small = m.forward(x[:20], memory_budget=budget)
+    assert small.segment is not None
+    got = TBPTT(m, ro, bptt.mse_loss, None, k1=10, k2=20,
+                memory_budget=budget).train(x, y, keep_grads=True)
+    np.testing.assert_array_equal(got.losses, want.losses)
+    for gw, gg in zip(want.grads, got.grads):
+        for k in gw:
+            np.testing.assert_allclose(gg[k], gw[k], rtol=1e-11, atol=1e-14)

@@ -193,6 +193,9 @@ class TBPTT:
     clip_value : if set, ``clip_grad_value(g, clip_value)`` (after norm clipping).
     error_if_nonfinite : raise ``FloatingPointError`` when a gradient norm is NaN/Inf
         (instead of stepping with it).
+    memory_budget : bytes, passed to ``model.forward`` for each window: full BPTT through
+        the window in bounded memory (checkpoints, segments recomputed); the gradients are
+        the same to float rounding. None keeps the whole window's tape.
 
     The gradient computed is defined precisely in the module docstring (``help(bptt.tbptt)``).
     """
@@ -200,7 +203,7 @@ class TBPTT:
     def __init__(self, model: Any, readout: Any = None, loss_fn: LossFn = mse_loss,
                  optimizer: Optimizer | None = None, *, k1: int, k2: int | None = None,
                  clip_norm: float | None = None, clip_value: float | None = None,
-                 error_if_nonfinite: bool = False) -> None:
+                 error_if_nonfinite: bool = False, memory_budget: int | None = None) -> None:
         for attr in ("forward", "backward", "params", "num_layers", "hidden_size"):
             if not hasattr(model, attr):
                 raise TypeError(f"model: expected a bptt RNN/LSTM/GRU, got "
@@ -233,6 +236,7 @@ class TBPTT:
         self.clip_norm = clip_norm
         self.clip_value = clip_value
         self.error_if_nonfinite = bool(error_if_nonfinite)
+        self.memory_budget = memory_budget
         self._lstm = type(model).__name__ == "LSTM"
         self._keys: dict[str, str] = {}
         if optimizer is not None:
@@ -270,7 +274,8 @@ class TBPTT:
         xin = np.ascontiguousarray(x.swapaxes(0, 1)) if m.batch_first else x
         st = self._join(state)
         if keep_tape:
-            out, fin, tape = m.forward(xin, st, lengths=lengths)
+            out, fin, tape = m.forward(xin, st, lengths=lengths,
+                                       memory_budget=self.memory_budget)
         else:
             out, fin = m(xin, st, lengths=lengths)
             tape = None
