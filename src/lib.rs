@@ -2,9 +2,12 @@
 //! (tanh, ReLU), LSTMs and GRUs, multi-layer and bidirectional, `f32` and `f64`.
 //!
 //! The core (everything but `python`) knows nothing of Python: [`sequence::forward`] runs a
-//! stack of layers over a sequence and can keep a [`sequence::Tape`];
-//! [`sequence::backward`] turns the tape and `∂L/∂out` into every gradient. The optional
-//! `python` feature compiles the PyO3 bindings, the only code that names Python.
+//! stack of layers over a sequence and can keep a [`sequence::Tape`] (whole, or
+//! checkpointed within a memory budget); [`sequence::backward`] turns the tape and
+//! `∂L/∂out` into every gradient. `cell` holds the per-step kernels, `simd` the fast
+//! activations and the run-time choice of instruction set, `linalg` the one GEMM entry
+//! point, `parallel` the thread pool. The optional `python` feature compiles the PyO3
+//! bindings (`python.rs`), the only code that names Python.
 
 pub mod cell;
 pub mod error;
@@ -22,4 +25,4 @@ pub use cell::CellKind;
 pub use error::{Error, Result};
 pub use float::Float;
 pub use model::{Config, Grads, LayerGrads, LayerWeights, State, StateView};
-pub use sequence::{backward, forward, Tape};
+pub use sequence::{backward, budget_range, forward, Keep, Tape};
