@@ -42,6 +42,82 @@ def test_adding_problem_statistics_and_baselines():
     assert x[..., 0].var() == pytest.approx(1 / 12, rel=0.01)
 
 
+def marker_positions(x):
+    """(first, second) marker steps per sequence of a time-major adding-problem batch."""
+    b, t = np.nonzero(x[..., 1].T == 1)   # sorted by sequence, then step
+    assert np.array_equal(b, np.repeat(np.arange(x.shape[1]), 2))
+    return t[0::2], t[1::2]
+
+
+def test_adding_problem_hochreiter_definition():
+    for T in (4, 5, 11, 20, 21, 100):
+        B = 400
+        x, y = data.adding_problem(B, T, seed=T, placement="hochreiter")
+        assert x.shape == (T, B, 2) and y.shape == (B, 1) and x.dtype == np.float32
+        v, mk = x[..., 0], x[..., 1]
+        assert np.all((v >= 0) & (v < 1))
+        assert set(np.unique(mk)) == {0.0, 1.0}
+        half = T // 2
+        # exactly two markers, both in the first half
+        assert np.all(mk.sum(0) == 2) and np.all(mk[:half].sum(0) == 2)
+        # one of them among the first min(10, half) steps
+        assert np.all(mk[:min(10, half)].sum(0) >= 1)
+        np.testing.assert_allclose(y[:, 0], (v * mk).sum(0), rtol=1e-6)
+
+
+def test_adding_problem_hochreiter_statistics():
+    T, B = 100, 40000
+    x, y = data.adding_problem(B, T, seed=1, dtype=np.float64, placement="hochreiter")
+    rng = np.random.default_rng(1)
+    # same draws, in the generator's order: values, first marker, then the second
+    values = rng.random((T, B))
+    first = rng.integers(0, 10, size=B)
+    np.testing.assert_array_equal(x[..., 0], values)
+    assert np.all(x[first, np.arange(B), 1] == 1)
+    lo, hi = marker_positions(x)
+    second = np.where(lo == first, hi, lo)
+    assert np.all(second != first) and second.min() >= 0 and second.max() < T // 2
+    # the first marker uniform over 0..9, the second uniform over the other 49 steps of
+    # the first half: P(second = s) = (1/49) * P(first != s)
+    c1 = np.bincount(first, minlength=10)
+    assert c1.size == 10 and c1.min() > 0.9 * B / 10 and c1.max() < 1.1 * B / 10
+    c2 = np.bincount(second, minlength=T // 2)
+    assert c2.size == T // 2
+    want = np.where(np.arange(T // 2) < 10, (1 - 1 / 10) / 49, 1 / 49) * B
+    assert np.all(np.abs(c2 - want) < 5 * np.sqrt(want))
+    # no marker ever in the last T - T//2 steps: a truncation window that short never
+    # contains one
+    assert not x[T // 2:, :, 1].any()
+    # targets: mean 1, variance 1/6 as for the arjovsky placement
+    assert y.mean() == pytest.approx(1.0, abs=0.01)
+    assert np.mean((y - 1.0) ** 2) == pytest.approx(data.ADDING_BASELINE_MSE, rel=0.03)
+    mk_first = x[first, np.arange(B), 0]
+    assert np.mean((y[:, 0] - mk_first - 0.5) ** 2) == pytest.approx(data.ADDING_HALF_MSE,
+                                                                    rel=0.03)
+
+
+def test_adding_problem_hochreiter_reproducible_and_stream():
+    a = data.adding_problem(6, 30, seed=4, placement="hochreiter")
+    b = data.adding_problem(6, 30, seed=4, placement="hochreiter")
+    c = data.adding_problem(6, 30, seed=5, placement="hochreiter")
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+    g1, g2 = np.random.default_rng(2), np.random.default_rng(2)
+    np.testing.assert_array_equal(
+        data.adding_problem(6, 30, seed=g1, placement="hochreiter")[0],
+        data.adding_problem(6, 30, seed=g2, placement="hochreiter")[0])
+    # the default placement is unchanged (arjovsky) and differs from hochreiter
+    d = data.adding_problem(6, 30, seed=4)
+    np.testing.assert_array_equal(d[0], data.adding_problem(6, 30, seed=4,
+                                                            placement="arjovsky")[0])
+    assert not np.array_equal(d[0][..., 1], a[0][..., 1])
+    s = data.adding_stream(3, 30, 2, seed=4, placement="hochreiter")
+    np.testing.assert_array_equal(s["x"][:30], a[0][:, :3])
+    np.testing.assert_array_equal(s["x"][30:], a[0][:, 3:])
+    assert s["y"][29, 2, 0] == a[1][2, 0] and s["y"][59, 0, 0] == a[1][3, 0]
+
+
 def test_seeded_and_reproducible():
     a = data.adding_problem(4, 10, seed=7)
     b = data.adding_problem(4, 10, seed=7)
@@ -101,5 +177,10 @@ def test_errors():
         data.adding_problem(2, 5, seed="x")
     with pytest.raises(TypeError, match="dtype"):
         data.adding_problem(2, 5, dtype=np.int32)
+    with pytest.raises(ValueError, match="placement"):
+        data.adding_problem(2, 8, placement="middle")
+    with pytest.raises(ValueError, match="seq_len"):
+        data.adding_problem(2, 3, placement="hochreiter")
+    data.adding_problem(2, 4, placement="hochreiter")
     with pytest.raises(ValueError, match="delay"):
         data.copy_task(2, 0)

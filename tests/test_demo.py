@@ -18,9 +18,17 @@ def check_results(report, cfg):
     assert len(res["full_bptt"]) == 2 * len(cfg.lengths) * cfg.seeds
     assert {(r["cell"], r["T"]) for r in res["full_bptt"]} == {
         (c, t) for c in ("rnn", "lstm") for t in cfg.lengths}
-    assert len(res["tbptt"]) == (len(cfg.tbptt_windows) + 1) * cfg.seeds
-    assert sorted({r["k2"] for r in res["tbptt"]}) == sorted(
-        {*cfg.tbptt_windows, cfg.tbptt_len})
+    windows = {*cfg.tbptt_windows, cfg.tbptt_len}
+    assert len(res["tbptt"]) == len(windows) * cfg.seeds
+    assert sorted({r["k2"] for r in res["tbptt"]}) == sorted(windows)
+    for r in res["tbptt"]:
+        assert r["placement"] == cfg.tbptt_placement
+        assert r["markers_in_window"] in {"never", "sometimes", "always (both)"}
+        assert 0 <= r["frac_episodes_both_markers_in_window"] <= 1
+        assert (r["markers_in_window"] == "never") == (
+            r["frac_episodes_any_marker_in_window"] == 0 and r["k2"] <= r["T"] - r["T"] // 2)
+        assert r["best_test_mse"] <= r["curve"][-1][1] == r["final_test_mse"]
+    assert report["baselines"]["experiment_3_placement"] == cfg.tbptt_placement
     assert len(res["clipping"]) == 2 * cfg.clip_seeds
     for r in res["full_bptt"]:
         assert len(r["dh_norm_after"]) == r["T"]
@@ -52,6 +60,34 @@ def test_run_demo_tiny_writes_files(tmp_path):
     assert table.count("\n4 ") == 2 * cfg.clip_seeds
 
 
+def tb_run(k, final, best=None, T=100):
+    return {"k2": k, "T": T, "seed": 0, "final_test_mse": final,
+            "best_test_mse": final if best is None else best, "updates": 10,
+            "max_updates": 10, "markers_in_window": "never" if k <= T // 2 else "always (both)"}
+
+
+def test_truncation_verdict_needs_both_halves():
+    cfg = demo.DemoConfig()
+    assert cfg.tbptt_placement == "hochreiter" and max(cfg.tbptt_windows) <= cfg.tbptt_len // 2
+    v = demo._truncation_verdict
+    ok = v([tb_run(10, 0.165), tb_run(25, 0.160), tb_run(100, 0.004)], cfg)
+    assert ok["shown"] is True and "hochreiter" in ok["evidence"] and "NOT" not in ok["evidence"]
+    # a short window that learnt something: not shown, whatever the full window did
+    partly = v([tb_run(10, 0.165), tb_run(25, 0.09), tb_run(100, 0.004)], cfg)
+    assert partly["shown"] is False and "NOT shown" in partly["evidence"]
+    dipped = v([tb_run(10, 0.165, best=0.11), tb_run(100, 0.004)], cfg)
+    assert dipped["shown"] is False
+    # the full window did not solve it: not shown either
+    stuck = v([tb_run(10, 0.165), tb_run(100, 0.15)], cfg)
+    assert stuck["shown"] is False and "full window did not solve" in stuck["evidence"]
+    # missing either kind of run: not shown
+    assert v([tb_run(100, 0.004)], cfg)["shown"] is False
+    assert v([tb_run(10, 0.165)], cfg)["shown"] is False
+    # windows in between are reported but not judged
+    mid = v([tb_run(10, 0.165), tb_run(75, 0.02), tb_run(100, 0.004)], cfg)
+    assert mid["shown"] is True and "k=75" in mid["evidence"]
+
+
 def test_command_line(tmp_path, capsys):
     rc = cli.main(["demo", "--tiny", "--out", str(tmp_path / "cli"), "--seed", "3",
                    "--no-plot"])
@@ -72,6 +108,11 @@ def test_presets_and_options():
     args = demo.build_parser().parse_args(["--quick", "--lengths", "10,20", "--seeds", "2"])
     cfg = demo.config_from_args(args)
     assert cfg.lengths == (10, 20) and cfg.seeds == 2 and cfg.rnn_iters == q.rnn_iters
+    assert cfg.tbptt_placement == "hochreiter"
+    args = demo.build_parser().parse_args(["--tiny", "--tbptt-placement", "arjovsky"])
+    assert demo.config_from_args(args).tbptt_placement == "arjovsky"
+    with pytest.raises(SystemExit):
+        demo.build_parser().parse_args(["--tbptt-placement", "middle"])
     with pytest.raises(SystemExit):
         demo.build_parser().parse_args(["--lengths", "a,b"])
     with pytest.raises(SystemExit):

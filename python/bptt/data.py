@@ -11,20 +11,39 @@ networks", section 4.2; originally Hochreiter & Schmidhuber 1997)
 Each sequence has ``T`` steps and 2 input features ``x[t] = (v_t, m_t)``:
 
 - ``v_t ~ U[0, 1)`` independently;
-- ``m_t`` is 0 except at exactly two steps: ``i ~ U{0, ..., T//2 - 1}`` (first half) and
-  ``j ~ U{T//2, ..., T - 1}`` (second half), where it is 1;
+- ``m_t`` is 0 except at exactly two distinct steps ``i`` and ``j``, where it is 1;
 - the target, read after the last step, is ``y = v_i + v_j``.
 
-Baselines (mean squared error of a predictor of ``y``):
+Where the two markers go (``placement=``), with ``half = T // 2``:
+
+- ``"arjovsky"`` (the default; Arjovsky et al. 2016): ``i ~ U{0, ..., half - 1}`` (first
+  half) and ``j ~ U{half, ..., T - 1}`` (second half). The dependency that matters spans
+  from the first marker to the end: at least ``T - half + 1`` and up to ``T`` steps; the
+  second marker can lie anywhere in the second half, i.e. close to the end.
+- ``"hochreiter"`` (Hochreiter & Schmidhuber 1997, "Long short-term memory", Neural
+  Computation 9(8), section 5.4, experiment 4): "we first randomly select and mark one of
+  the first ten pairs [...]. Then we randomly select and mark one of the first T/2 - 1
+  still unmarked pairs". Implemented as ``i ~ U{0, ..., min(10, half) - 1}`` and ``j``
+  uniform over the ``half - 1`` steps of ``{0, ..., half - 1}`` other than ``i`` (the
+  still unmarked steps of the first half; ``j`` may come before ``i``). Both markers
+  lie in the first half, so every marker is at least ``T - half + 1`` steps from the end
+  (counting the step ``T - 1``, where the target is read, as 1): a truncated-BPTT window
+  of ``k2 <= T - half`` steps that ends at the last step never contains a marker. Needs ``T >= 4``. What is kept from the
+  paper is the marker placement only; unlike the paper, the values are ``U[0, 1)`` (not
+  ``U[-1, 1]``), the target is the plain sum (not ``0.5 + (X1 + X2) / 4``), every
+  sequence has exactly ``T`` steps (not a random length in ``[T, T + T/10]``), the first
+  and last steps carry no ``-1`` marker, and ``X1`` is not zeroed when ``i == 0``. With
+  these choices the statistics of ``y`` (and so the baselines below) are the same as for
+  ``"arjovsky"``.
+
+Baselines (mean squared error of a predictor of ``y``; the same for both placements,
+since ``v_i`` and ``v_j`` are two independent ``U[0, 1)`` values either way):
 
 - predict the constant ``E[y] = 1``: ``Var(v_i + v_j) = 2/12 = 1/6 ~= 0.1667``
   (``ADDING_BASELINE_MSE``) -- what a network that has learnt nothing reaches;
-- predict ``v_j + 0.5`` (remember only the second, closer marked value):
+- remember only one of the two marked values, e.g. predict ``v_j + 0.5``:
   ``Var(v_i) = 1/12 ~= 0.0833`` (``ADDING_HALF_MSE``);
 - "solved" is conventionally an MSE far below these, e.g. < 0.01.
-
-The dependency that matters spans from the first marker to the end: at least ``T//2 + 1``
-and up to ``T`` steps.
 
 Copy task (Arjovsky et al. 2016, section 4.1; Hochreiter & Schmidhuber 1997)
 --------------------------------------------------------------------------
@@ -53,6 +72,7 @@ from ._checks import model_dtype, positive_int
 __all__ = [
     "ADDING_BASELINE_MSE",
     "ADDING_HALF_MSE",
+    "ADDING_PLACEMENTS",
     "adding_problem",
     "adding_stream",
     "copy_baseline",
@@ -61,6 +81,7 @@ __all__ = [
 
 ADDING_BASELINE_MSE = 1.0 / 6.0
 ADDING_HALF_MSE = 1.0 / 12.0
+ADDING_PLACEMENTS = ("arjovsky", "hochreiter")
 
 
 def _rng(seed: Any) -> np.random.Generator:
@@ -79,23 +100,38 @@ def _layout(a: np.ndarray, batch_first: bool) -> np.ndarray:
 
 
 def adding_problem(batch_size: int, seq_len: int, *, seed: Any = None, dtype: Any = np.float32,
-                   batch_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   batch_first: bool = False,
+                   placement: str = "arjovsky") -> tuple[np.ndarray, np.ndarray]:
     """``x, y = adding_problem(batch_size, seq_len, seed=...)`` (definition in the module
     docstring).
 
     Returns ``x`` (seq_len, batch_size, 2) with ``x[..., 0]`` the values and ``x[..., 1]``
-    the markers, and ``y`` (batch_size, 1) the targets. ``seq_len >= 2``.
+    the markers, and ``y`` (batch_size, 1) the targets. ``placement``: ``"arjovsky"`` (one
+    marker in each half; ``seq_len >= 2``) or ``"hochreiter"`` (one marker in the first 10
+    steps, the other elsewhere in the first half; ``seq_len >= 4``).
     """
     b = positive_int("batch_size", batch_size)
     t = positive_int("seq_len", seq_len)
-    if t < 2:
+    if placement not in ADDING_PLACEMENTS:
+        raise ValueError(f"placement: expected one of {', '.join(ADDING_PLACEMENTS)}, "
+                         f"got {placement!r}")
+    if placement == "arjovsky" and t < 2:
         raise ValueError(f"seq_len: expected >= 2 (one marker in each half), got {t}")
+    if placement == "hochreiter" and t < 4:
+        raise ValueError(f"seq_len: expected >= 4 with placement='hochreiter' (two "
+                         f"markers in the first half), got {t}")
     dt = model_dtype(dtype)
     rng = _rng(seed)
     half = t // 2
     values = rng.random((t, b))
-    first = rng.integers(0, half, size=b)
-    second = rng.integers(half, t, size=b)
+    if placement == "arjovsky":
+        first = rng.integers(0, half, size=b)
+        second = rng.integers(half, t, size=b)
+    else:
+        first = rng.integers(0, min(10, half), size=b)
+        # uniform over the half - 1 steps of [0, half) other than `first`
+        r = rng.integers(0, half - 1, size=b)
+        second = r + (r >= first)
     x = np.zeros((t, b, 2), dtype=np.float64)
     x[..., 0] = values
     cols = np.arange(b)
@@ -106,7 +142,7 @@ def adding_problem(batch_size: int, seq_len: int, *, seed: Any = None, dtype: An
 
 
 def adding_stream(n_streams: int, seq_len: int, n_episodes: int, *, seed: Any = None,
-                  dtype: Any = np.float32) -> dict[str, np.ndarray]:
+                  dtype: Any = np.float32, placement: str = "arjovsky") -> dict[str, np.ndarray]:
     """Adding-problem episodes laid end to end: a long stream for truncated BPTT.
 
     Each of ``n_streams`` parallel streams is ``n_episodes`` independent adding-problem
@@ -120,13 +156,13 @@ def adding_stream(n_streams: int, seq_len: int, n_episodes: int, *, seed: Any = 
     - ``resets`` (L, n_streams) bool: True at the first step of each episode (the state is
       reset to zero before that step).
 
-    Equivalent to ``adding_problem(n_streams * n_episodes, seq_len, seed=seed)`` with the
-    batch regrouped: episode ``e`` of stream ``s`` is batch row ``e * n_streams + s``.
+    Equivalent to ``adding_problem(n_streams * n_episodes, seq_len, seed=seed,
+    placement=placement)`` with the batch regrouped: episode ``e`` of stream ``s`` is batch row ``e * n_streams + s``.
     """
     s = positive_int("n_streams", n_streams)
     t = positive_int("seq_len", seq_len)
     e = positive_int("n_episodes", n_episodes)
-    x, y = adding_problem(s * e, t, seed=seed, dtype=dtype)
+    x, y = adding_problem(s * e, t, seed=seed, dtype=dtype, placement=placement)
     # (t, e*s, 2) -> (t, e, s, 2) -> (e, t, s, 2) -> (e*t, s, 2)
     xs = np.ascontiguousarray(x.reshape(t, e, s, 2).transpose(1, 0, 2, 3).reshape(e * t, s, 2))
     ys = np.zeros((e * t, s, 1), dtype=x.dtype)

@@ -8,10 +8,16 @@ measured, never assumed; the verdict printed for each is computed from those num
    after training (``Gradients.dh_norm``), summarised by the first/last-step ratio.
 2. *Gating.* The same for an LSTM (forget-gate bias initialised to +1, the usual practice
    since Gers et al. 2000), same data, same budget.
-3. *Truncation.* An LSTM trained with ``TBPTT`` on streams of adding-problem episodes (state
-   reset at each episode start, loss at each episode's last step), with windows ``k2``
-   shorter than the distance from the first marker to the target (``< T/2``, so no
-   gradient path ever reaches the first marker) and with the full window ``k2 = T``.
+3. *Truncation.* An LSTM trained with ``TBPTT(k1=k2=k)`` on streams of adding-problem
+   episodes (state reset at each episode start, loss at each episode's last step), with
+   the markers placed as in Hochreiter & Schmidhuber 1997 (``placement="hochreiter"``:
+   one in the first 10 steps, the other elsewhere in the first half; see ``bptt.data``),
+   with windows ``k <= T - T//2`` (the window that carries the loss never contains a
+   marker, so no gradient ever connects a marker to the target) and with the full window
+   ``k = T`` (full BPTT per episode). All windows use the same hyperparameters.
+   (``--tbptt-placement arjovsky`` runs it with one marker in each half instead: there the
+   second marker often falls inside a short window, and the LSTM can learn the task
+   anyway; see ``verdicts``.)
 4. *Exploding gradients and clipping.* A tanh RNN trained with plain SGD at a large
    learning rate, several seeds, with and without ``clip_grad_norm``; gradient norms and
    whether the loss diverged.
@@ -71,7 +77,8 @@ class DemoConfig:
     rnn_iters: int = 2000
     lstm_iters: int = 2500
     tbptt_len: int = 100           # episode length T in experiment 3
-    tbptt_windows: tuple[int, ...] = (10, 50)
+    tbptt_windows: tuple[int, ...] = (10, 25)   # the full window k = T is always added
+    tbptt_placement: str = "hochreiter"         # marker placement in experiment 3
     tbptt_episodes: int = 2000     # per stream... in updates: one per episode
     tbptt_per_call: int = 25
     clip_len: int = 50
@@ -80,6 +87,7 @@ class DemoConfig:
     clip_seeds: int = 6
     clip_iters: int = 300
     blowup_loss: float = 10.0      # a loss above this (60x the baseline) or NaN = blew up
+    near_baseline: float = 0.75    # exp. 3: "near the baseline" = MSE >= this x 0.167
 
     @classmethod
     def preset(cls, name: str) -> DemoConfig:
@@ -254,17 +262,39 @@ def run_full_bptt(cell: str, T: int, seed: int, cfg: DemoConfig, bar: Progress) 
     }
 
 
+def _marker_reach(x: np.ndarray, T: int, k2: int, placement: str) -> dict[str, Any]:
+    """Where the markers of the episodes ``x`` (T, B, 2) lie relative to the last ``k2``
+    steps ``[T - k2, T)``, the most that the window carrying an episode's loss (at step
+    ``T - 1``) can cover (exactly that when ``k2`` divides ``T``; when it does not, the
+    window of some episodes is shorter, so the fractions are upper bounds)."""
+    start = T - k2
+    inside = x[max(start, 0):, :, 1].sum(axis=0)     # markers per episode in the window
+    latest = T // 2 - 1 if placement == "hochreiter" else T - 1   # latest possible marker
+    if start > latest:
+        label = "never"           # guaranteed by the placement: no marker in the window
+    elif start <= 0:
+        label = "always (both)"
+    else:
+        label = "sometimes"
+    return {"markers_in_window": label,
+            "frac_episodes_any_marker_in_window": float(np.mean(inside >= 1)),
+            "frac_episodes_both_markers_in_window": float(np.mean(inside == 2))}
+
+
 def run_tbptt(window: int, seed: int, cfg: DemoConfig, bar: Progress) -> dict[str, Any]:
     """Experiment 3: an LSTM trained by ``TBPTT(k1=k2=window)`` on streams of adding
-    episodes of length ``cfg.tbptt_len`` (state reset at episode starts, loss at the last
-    step of each episode: one update per episode per stream batch)."""
+    episodes of length ``cfg.tbptt_len`` with the markers placed by
+    ``cfg.tbptt_placement`` (state reset at episode starts, loss at the last step of each
+    episode: one update per episode per stream batch). The hyperparameters are the same
+    for every window."""
     t0 = time.perf_counter()
     T = cfg.tbptt_len
+    placement = cfg.tbptt_placement
     m = _model("lstm", cfg.hidden, seed, cfg.forget_bias)
     ro = Linear(cfg.hidden, 1, seed=seed + 1000)
     opt = Adam(parameters(m, ro), lr=cfg.lstm_lr)
     trainer = TBPTT(m, ro, mse_loss, opt, k1=window, k2=window, clip_norm=cfg.train_clip)
-    xt, yt = data.adding_problem(cfg.test_size, T, seed=10_000 + T)
+    xt, yt = data.adding_problem(cfg.test_size, T, seed=10_000 + T, placement=placement)
     rng = np.random.default_rng([seed, T, window, 3])
     curve = [(0, _test_mse(m, ro, xt, yt))]
     norms: list[float] = []
@@ -272,7 +302,7 @@ def run_tbptt(window: int, seed: int, cfg: DemoConfig, bar: Progress) -> dict[st
     done = 0
     while done < cfg.tbptt_episodes:
         n = min(cfg.tbptt_per_call, cfg.tbptt_episodes - done)
-        s = data.adding_stream(cfg.batch, T, n, seed=rng)
+        s = data.adding_stream(cfg.batch, T, n, seed=rng, placement=placement)
         res = trainer.train(s["x"], s["y"], mask=s["mask"], resets=s["resets"])
         norms.extend(res.grad_norms[res.updated].tolist())
         done += n
@@ -282,14 +312,13 @@ def run_tbptt(window: int, seed: int, cfg: DemoConfig, bar: Progress) -> dict[st
             break
     bar.advance((cfg.tbptt_episodes - done) * T)
     final = curve[-1][1]
-    first_marker_reachable = window >= T  # the first marker is at t < T//2, the loss at T-1
     return {
         "experiment": "tbptt", "cell": "lstm", "T": T, "k1": window, "k2": window,
+        "placement": placement,
         "seed": seed, "lr": cfg.lstm_lr, "updates": done, "max_updates": cfg.tbptt_episodes,
         "stopped_early": done < cfg.tbptt_episodes,
-        "window_reaches_first_marker": "always" if first_marker_reachable else (
-            "never" if window <= T - T // 2 else "sometimes"),
-        "final_test_mse": final, "best_test_mse": min(c[1] for c in curve),
+        **_marker_reach(xt, T, window, placement),
+        "final_test_mse": final, "best_test_mse": min(c[1] for c in curve[1:] or curve),
         "status": _status(final, cfg.solve_mse),
         "curve": [[i, v] for i, v in curve],
         "grad_norm_median": float(np.median(norms)) if norms else None,
@@ -343,6 +372,66 @@ def run_clipping(seed: int, clip: bool, cfg: DemoConfig, bar: Progress) -> dict[
     }
 
 
+def _truncation_verdict(tb: list[dict[str, Any]], cfg: DemoConfig) -> dict[str, Any]:
+    """Claim 3, from the TBPTT runs: every run with a window ``k <= T - T//2`` (it never
+    reaches into the first half, so with the hochreiter placement it never contains a
+    marker; with the arjovsky placement, never the first one) must stay near the
+    baseline (final and best held-out MSE >= ``cfg.near_baseline`` x 0.167, i.e. at most
+    25% of the target's variance explained with the default), and every run with the
+    full window ``k = T`` (both markers always inside) must solve it (final MSE <
+    ``cfg.solve_mse``). Runs with windows in between are reported but not judged."""
+    T = cfg.tbptt_len
+    short = [r for r in tb if r["k2"] <= T - T // 2]
+    whole = [r for r in tb if r["k2"] >= T]
+    floor = cfg.near_baseline * BASELINE
+    short_fail = bool(short) and all(
+        r["final_test_mse"] >= floor and r["best_test_mse"] >= floor for r in short)
+    whole_ok = bool(whole) and all(r["final_test_mse"] < cfg.solve_mse for r in whole)
+    desc = "; ".join(f"k={r['k2']} (markers in window: {r['markers_in_window']}, seed "
+                     f"{r['seed']}): final {r['final_test_mse']:.4f}, best "
+                     f"{r['best_test_mse']:.4f}, {r['updates']}/{r['max_updates']} updates"
+                     for r in tb)
+    problems = []
+    if not short:
+        problems.append(f"no run with a window k <= {T - T // 2}")
+    elif not short_fail:
+        if cfg.tbptt_placement == "arjovsky":
+            why = ("with the arjovsky placement the second marker can fall inside a short "
+                   "window: the LSTM learns 'write the value when a marker comes, then "
+                   "hold it' from those episodes, and the same weights also store the "
+                   "first value")
+        else:
+            why = ("the truncated gradient never links a marker to the target, but the "
+                   "forward pass still carries the state across the window boundary, and "
+                   "the readout (and the recurrent weights, from the steps inside the "
+                   "window) can learn to use whatever that state holds")
+        problems.append(f"a window k <= {T - T // 2} got below {floor:.3f} "
+                        f"({cfg.near_baseline:g} x the baseline); likely reason: {why}")
+    if not whole:
+        problems.append("no run with the full window k = T")
+    elif not whole_ok:
+        problems.append(f"the full window did not solve it (MSE >= {cfg.solve_mse:g}) "
+                        f"within {whole[0]['max_updates']} updates")
+    note = f" -- NOT shown: {'; '.join(problems)}." if problems else ""
+    return {
+        "claim": "3. truncated BPTT with a window shorter than the distance from the markers "
+                 "to the target cannot solve it, even for the LSTM, while a window that "
+                 "covers the markers (full BPTT) can",
+        "shown": bool(short_fail and whole_ok),
+        "evidence": f"LSTM TBPTT(k1=k2=k) at T={T}, marker placement "
+                    f"'{cfg.tbptt_placement}' ({_placement_words(cfg.tbptt_placement, T)}), "
+                    f"'near baseline' = MSE >= {floor:.3f}: {desc}{note}",
+    }
+
+
+def _placement_words(placement: str, T: int) -> str:
+    half = T // 2
+    if placement == "hochreiter":
+        return (f"Hochreiter & Schmidhuber 1997: one marker in steps 0..{min(10, half) - 1}, "
+                f"the other elsewhere in 0..{half - 1}")
+    return f"Arjovsky et al. 2016: one marker in 0..{half - 1}, one in {half}..{T - 1}"
+
+
 # ---------------------------------------------------------------------- verdicts
 def verdicts(results: dict[str, list[dict[str, Any]]], cfg: DemoConfig) -> list[dict[str, Any]]:
     """One verdict per claim, computed from the measured numbers."""
@@ -371,28 +460,7 @@ def verdicts(results: dict[str, list[dict[str, Any]]], cfg: DemoConfig) -> list[
         "shown": all(r["final_test_mse"] < cfg.solve_mse for r in lstm),
         "evidence": f"LSTM held-out MSE {lstm_desc}",
     })
-    tb = results["tbptt"]
-    trunc = [r for r in tb if r["k2"] < r["T"]]
-    whole = [r for r in tb if r["k2"] >= r["T"]]
-    trunc_fail = all(r["final_test_mse"] > HALF * 0.5 for r in trunc)
-    whole_ok = all(r["final_test_mse"] < cfg.solve_mse for r in whole)
-    desc = ", ".join(f"k2={r['k2']}: {r['final_test_mse']:.4f}" for r in tb)
-    note = ""
-    if not trunc_fail:
-        reached = (f"solved it (MSE < {cfg.solve_mse:g})"
-                   if all(r["final_test_mse"] < cfg.solve_mse for r in trunc) else
-                   f"got below {HALF:.3f}, the level of remembering only the second value")
-        note = (f" -- NOT reproduced: truncated windows still {reached}. Likely reason: "
-                "the LSTM learns 'write the value when a marker comes, then hold it' from "
-                "the second marker, inside the window; the same weights also store the "
-                "first value, which reaches the window in the carried state. "
-                "Truncation cuts the gradient path to the first marker, not the forward path.")
-    out.append({
-        "claim": "3. truncated BPTT with a window shorter than the marker distance cannot "
-                 "solve it, even for the LSTM, while a longer window can",
-        "shown": bool(trunc_fail and whole_ok),
-        "evidence": f"LSTM TBPTT at T={cfg.tbptt_len}: {desc}{note}",
-    })
+    out.append(_truncation_verdict(results["tbptt"], cfg))
     cl = results["clipping"]
     raw = [r for r in cl if r["clip_max_norm"] is None]
     clipped = [r for r in cl if r["clip_max_norm"] is not None]
@@ -426,9 +494,10 @@ def format_table(results: dict[str, list[dict[str, Any]]], cfg: DemoConfig) -> s
                      f"{r['final_test_mse']:.4f}", r["status"],
                      f"|dh_0|/|dh_T-1| = {flow}"))
     for r in results["tbptt"]:
-        rows.append(("3", "LSTM", str(r["T"]), f"TBPTT k1=k2={r['k2']}", str(r["seed"]),
-                     f"{r['updates']}/{r['max_updates']}", f"{r['final_test_mse']:.4f}",
-                     r["status"], f"1st marker in window: {r['window_reaches_first_marker']}"))
+        rows.append(("3", "LSTM", str(r["T"]), f"TBPTT k1=k2={r['k2']}, {r['placement']}",
+                     str(r["seed"]), f"{r['updates']}/{r['max_updates']}",
+                     f"{r['final_test_mse']:.4f}", r["status"],
+                     f"markers in window: {r['markers_in_window']}"))
     for r in results["clipping"]:
         clip = "no clip" if r["clip_max_norm"] is None else f"clip {r['clip_max_norm']:g}"
         if r["first_nonfinite_iteration"]:
@@ -451,6 +520,9 @@ def format_table(results: dict[str, list[dict[str, Any]]], cfg: DemoConfig) -> s
     lines.append(f"Baselines: predict the mean -> MSE {BASELINE:.4f}; remember only the "
                  f"second value -> {HALF:.4f}; 'solved' = MSE < {cfg.solve_mse:g} "
                  f"(held-out set of {cfg.test_size}).")
+    lines.append(f"Experiment 3 places the markers by '{cfg.tbptt_placement}' "
+                 f"({_placement_words(cfg.tbptt_placement, cfg.tbptt_len)}); the window "
+                 f"carrying the loss covers at most the last k steps of an episode.")
     return "\n".join(lines)
 
 
@@ -489,7 +561,8 @@ def write_report(path: Path, results: dict[str, list[dict[str, Any]]], cfg: Demo
     ax.set_yscale("log")
     ax.set_xlabel("updates (episodes)")
     ax.set_ylabel("held-out MSE")
-    ax.set_title(f"3. LSTM, truncated BPTT, T={cfg.tbptt_len}")
+    ax.set_title(f"3. LSTM, truncated BPTT, T={cfg.tbptt_len}, "
+                 f"{cfg.tbptt_placement} markers")
     ax.legend(fontsize="small")
     ax = axes[1, 1]
     for r in results["clipping"]:
@@ -521,7 +594,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike[str], *, plot: bool = T
     t0 = time.perf_counter()
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     units = (cfg.seeds * sum(cfg.lengths) * (cfg.rnn_iters + cfg.lstm_iters)
-             + cfg.seeds * (len(cfg.tbptt_windows) + 1) * cfg.tbptt_episodes * cfg.tbptt_len
+             + cfg.seeds * len(_windows(cfg)) * cfg.tbptt_episodes * cfg.tbptt_len
              + 2 * cfg.clip_seeds * cfg.clip_iters * cfg.clip_len)
     bar = Progress(units, quiet=quiet)
     results: dict[str, list[dict[str, Any]]] = {"full_bptt": [], "tbptt": [], "clipping": []}
@@ -529,7 +602,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike[str], *, plot: bool = T
         for T in cfg.lengths:
             for s in seeds:
                 results["full_bptt"].append(run_full_bptt(cell, T, s, cfg, bar))
-    for k in (*cfg.tbptt_windows, cfg.tbptt_len):
+    for k in _windows(cfg):
         for s in seeds:
             results["tbptt"].append(run_tbptt(k, s, cfg, bar))
     for clip in (False, True):
@@ -545,7 +618,11 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike[str], *, plot: bool = T
                         "python": platform.python_version(), "machine": platform.machine(),
                         "cpus": os.cpu_count()},
         "wall_time_s": elapsed,
-        "baselines": {"mean_prediction_mse": BASELINE, "second_value_only_mse": HALF},
+        "baselines": {"mean_prediction_mse": BASELINE, "second_value_only_mse": HALF,
+                      "experiment_3_placement": cfg.tbptt_placement,
+                      "experiment_3_markers": _placement_words(cfg.tbptt_placement,
+                                                               cfg.tbptt_len),
+                      "experiment_3_near_baseline_mse": cfg.near_baseline * BASELINE},
         "verdicts": verdict,
         "results": results,
     }
@@ -573,6 +650,11 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike[str], *, plot: bool = T
             w(plot_note + "\n")
     report["files"] = sorted(p.name for p in out.iterdir())
     return report
+
+
+def _windows(cfg: DemoConfig) -> list[int]:
+    """Experiment 3's windows: ``cfg.tbptt_windows`` plus the full window ``T``."""
+    return sorted({*cfg.tbptt_windows, cfg.tbptt_len})
 
 
 def _version() -> str:
@@ -617,6 +699,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="truncation windows for experiment 3 (the full window is added)")
     p.add_argument("--tbptt-episodes", type=int, default=None,
                    help="max updates (episodes) per TBPTT run")
+    p.add_argument("--tbptt-placement", choices=data.ADDING_PLACEMENTS, default=None,
+                   help="marker placement in experiment 3 (default hochreiter: both "
+                        "markers in the first half)")
     p.add_argument("--clip-seeds", type=int, default=None, help="seeds in experiment 4")
     p.add_argument("--clip-lr", type=float, default=None, help="SGD learning rate, exp. 4")
     p.add_argument("--no-plot", action="store_true", help="do not write report.png")
@@ -632,6 +717,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
             "hidden": args.hidden, "batch": args.batch, "rnn_iters": args.rnn_iters,
             "lstm_iters": args.lstm_iters, "tbptt_len": args.tbptt_len,
             "tbptt_windows": args.tbptt_windows, "tbptt_episodes": args.tbptt_episodes,
+            "tbptt_placement": args.tbptt_placement,
             "clip_seeds": args.clip_seeds, "clip_lr": args.clip_lr}
     for k, v in over.items():
         if v is not None:
