@@ -1,8 +1,9 @@
 """bptt against the plain-NumPy reference and torch.nn.{RNN,LSTM,GRU}, side by side.
 
 One pytest-benchmark group per (cell, shape, mode, threads); FLOPs in ``extra_info``.
-Run: ``python -m pytest benches --benchmark-only --benchmark-json=bench.json`` and then
-``python benches/table.py bench.json``. torch is optional (skipped when absent); the NumPy
+Run ``python -m pytest benches --benchmark-enable --benchmark-only --benchmark-json=b.json``
+(the project's pytest settings disable benchmarks by default), then
+``python benches/table.py b.json``. torch is optional (skipped when absent); the NumPy
 reference runs only where it finishes in reasonable time (tiny, small).
 
 FLOP model: forward ``2·T·B·(I+H)·G·H`` with G = 4, 3, 1 for LSTM, GRU, RNN; backward
