@@ -7,13 +7,11 @@
 //! so a portable wheel uses the widest vectors the CPU has. No kernel uses `mul_add`, so
 //! all levels give bitwise-identical results: only the vector width changes.
 //!
-//! `f32` activations are evaluated in `f64` and rounded once:
-//! `exp(y) = 2^k · p(r)`, `k = round(y / ln 2)`, `r = y − k·ln 2` (`|r| ≤ ln2 / 2`),
-//! `p` the degree-11 Taylor polynomial (relative error < 1e-13 before rounding);
-//! `sigmoid(x) = 1 / (1 + exp(−x))`; `tanh(x) = 1 − 2 / (exp(2x) + 1)`, and
-//! `tanh(x) = x·(1 − x²/3)` for `|x| < 2⁻⁷`, where the first form would cancel. The
-//! result is within 1 ulp of the correctly rounded value; ±inf saturate, NaN propagates.
-//! `f64` uses the standard library's `exp` and `tanh`.
+//! `f32` activations are evaluated in f32 from `e = exp(−|x|)` (see [`sigmoid_f32`],
+//! [`tanh_f32`]), so that 16 lanes fit an AVX-512 register; they stay within 4 ulp of
+//! the correctly rounded value over the whole f32 range (tested on a sweep of bit
+//! patterns, subnormals, ±0, ±inf and NaN). `f64` uses the standard library's `exp` and
+//! `tanh`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -137,30 +135,25 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
-const LN2_HI: f64 = 0.693_147_180_369_123_8;
-const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
-const LOG2E: f64 = std::f64::consts::LOG2_E;
-/// `1.5 · 2^52`: adding it rounds to the nearest integer, kept in the low mantissa bits.
-const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0;
+/// `1.5 · 2^23`: adding it to an f32 rounds to the nearest integer, kept in the low bits.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+/// `ln 2` split so that `k · LN2_HI` is exact for the `k` that occur (|k| < 2^9).
+const LN2_HI: f32 = f32::from_bits(0x3f31_7200); // 0.693145751953125
+const LN2_LO: f32 = 1.428_606_8e-6;
 
-/// `exp(y)` in f64, branch-free (vectorisable), relative error < 1e-13 for the clamped
-/// range `|y| ≤ 708`; larger `|y|` saturate there, NaN propagates.
+/// `exp(y)` for `y <= 0` in f32 (subnormal results included), branch-free.
+///
+/// `k = round(y / ln 2)`, `r = y − k·ln 2` (`|r| ≤ ln2/2`), `exp(r)` by its degree-7 Taylor
+/// polynomial (truncation < 6e-9 relative), then `2^k` applied in two halves so that
+/// results down to the subnormal range round once. `y` below −110 gives 0; NaN stays NaN.
 #[inline(always)]
-pub fn exp_approx(y: f64) -> f64 {
-    // `clamp` (unlike min/max) lets NaN through.
-    let y = y.clamp(-708.0, 708.0);
+fn exp_neg(y: f32) -> f32 {
+    let y = y.max(-110.0);
     let t = y * LOG2E + ROUND_MAGIC;
     let k = t - ROUND_MAGIC;
     let r = (y - k * LN2_HI) - k * LN2_LO;
-    // 2^k from the integer k sitting in the low bits of t.
-    let ki = t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
-    let scale = f64::from_bits(ki.wrapping_add(1023) << 52);
-    // Taylor polynomial of degree 11 on |r| <= ln2/2, Horner form.
-    let mut p = 1.0 / 39_916_800.0;
-    p = p * r + 1.0 / 3_628_800.0;
-    p = p * r + 1.0 / 362_880.0;
-    p = p * r + 1.0 / 40_320.0;
-    p = p * r + 1.0 / 5_040.0;
+    let mut p = 1.0 / 5040.0;
     p = p * r + 1.0 / 720.0;
     p = p * r + 1.0 / 120.0;
     p = p * r + 1.0 / 24.0;
@@ -168,22 +161,52 @@ pub fn exp_approx(y: f64) -> f64 {
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    p * scale
+    // k in [-159, 0] sits in the low bits of t; split it into two normal powers of two.
+    let ki = (t.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
+    let k1 = ki >> 1;
+    let k2 = ki - k1;
+    let pow2 = |e: i32| f32::from_bits(((e + 127) as u32) << 23);
+    p * pow2(k1) * pow2(k2)
 }
 
-/// Logistic sigmoid of an f32, within 1 ulp.
+/// Logistic sigmoid of an f32 (within 4 ulp, tested over the whole range):
+/// `1 / (1 + e)` for `x ≥ 0` and `e / (1 + e)` below, with `e = exp(−|x|)`, so neither
+/// side cancels and tiny results keep their subnormal precision.
 #[inline(always)]
 pub fn sigmoid_f32(x: f32) -> f32 {
-    (1.0 / (1.0 + exp_approx(-(x as f64)))) as f32
+    // `y.max()` above maps NaN to -110; keep NaN by taking it from `x` itself.
+    let e = exp_neg(-x.abs());
+    let num = if x >= 0.0 { 1.0 } else { e };
+    let s = num / (1.0 + e);
+    if x.is_nan() {
+        x
+    } else {
+        s
+    }
 }
 
-/// `tanh` of an f32, within 1 ulp; keeps the sign of ±0.
+/// `tanh` of an f32 (within 4 ulp, tested over the whole range); keeps the sign of ±0.
+/// `|x| < 0.3`: `x·(1 + x²·P(x²))`, the Taylor series to `x¹³` (truncation < 2e-9
+/// relative); above: `(1 − e)/(1 + e)` with `e = exp(−2|x|)`, which does not cancel there.
 #[inline(always)]
 pub fn tanh_f32(x: f32) -> f32 {
-    let xd = x as f64;
-    let big = 1.0 - 2.0 / (exp_approx(2.0 * xd) + 1.0);
-    let small = xd * (1.0 - xd * xd * (1.0 / 3.0));
-    (if xd.abs() < 1.0 / 128.0 { small } else { big }) as f32
+    let a = x.abs();
+    let e = exp_neg(-2.0 * a);
+    let big = (1.0 - e) / (1.0 + e);
+    let big = if x < 0.0 { -big } else { big };
+    let z = x * x;
+    let mut p = 21_844.0 / 6_081_075.0;
+    p = p * z - 1_382.0 / 155_925.0;
+    p = p * z + 62.0 / 2_835.0;
+    p = p * z - 17.0 / 315.0;
+    p = p * z + 2.0 / 15.0;
+    p = p * z - 1.0 / 3.0;
+    let small = x * (1.0 + z * p);
+    if a < 0.3 || x.is_nan() {
+        small
+    } else {
+        big
+    }
 }
 
 #[cfg(test)]
@@ -231,22 +254,23 @@ mod tests {
     }
 
     #[test]
-    fn f32_activations_within_one_ulp_over_the_whole_range() {
+    fn f32_activations_within_four_ulp_over_the_whole_range() {
         let mut worst = (0u32, 0u32);
         sweep(|x| {
             let want_t = (x as f64).tanh() as f32;
             let want_s = (1.0 / (1.0 + (-(x as f64)).exp())) as f32;
             let dt = ulp_diff(tanh_f32(x), want_t);
             let ds = ulp_diff(sigmoid_f32(x), want_s);
-            assert!(dt <= 1, "tanh({x:e}) = {:e}, want {want_t:e}", tanh_f32(x));
+            assert!(dt <= 4, "tanh({x:e}) = {:e}, want {want_t:e}", tanh_f32(x));
             assert!(
-                ds <= 1,
+                ds <= 4,
                 "sigmoid({x:e}) = {:e}, want {want_s:e}",
                 sigmoid_f32(x)
             );
             worst = (worst.0.max(dt), worst.1.max(ds));
         });
-        assert!(worst.0 <= 1 && worst.1 <= 1);
+        // Seen here: tanh 2 ulp, sigmoid 2 ulp.
+        eprintln!("max ulp error: tanh {}, sigmoid {}", worst.0, worst.1);
     }
 
     #[test]
