@@ -753,7 +753,7 @@ fn run_segment<T: Float>(
                 None => Default::default(),
             },
         };
-        forward_rows_par(rows, threads);
+        run_rows_par(rows, threads);
         if let Some(out) = out.as_mut() {
             let mut out_t = out.index_axis_mut(Axis(0), local);
             out_t.assign(h);
@@ -807,7 +807,15 @@ fn split_mask(m: Mask<'_>, b: usize) -> (Mask<'_>, Mask<'_>) {
 /// Below this many gate values per step the fused step runs on one thread.
 const PAR_ROWS_MIN: usize = 1 << 14;
 
-impl<'a, T: Float> ForwardRows<'a, T> {
+impl<T: Float> Rows for ForwardRows<'_, T> {
+    fn size(&self) -> (usize, usize) {
+        (self.batch, self.batch * self.kind.gates() * self.hidden)
+    }
+
+    fn run(self) {
+        forward_rows(self)
+    }
+
     fn split(self, b: usize) -> (Self, Self) {
         let (n, gh) = (self.hidden, self.kind.gates() * self.hidden);
         let (m0, m1) = split_mask(self.mask, b);
@@ -835,18 +843,24 @@ impl<'a, T: Float> ForwardRows<'a, T> {
     }
 }
 
-/// The fused step over all rows, split across `threads` when the step is big enough.
-fn forward_rows_par<T: Float>(r: ForwardRows<'_, T>, threads: usize) {
-    if threads < 2 || r.batch < 2 || r.batch * r.kind.gates() * r.hidden < PAR_ROWS_MIN {
-        return forward_rows(r);
+/// The rows of one fused step, which can be halved and run.
+trait Rows: Sized + Send {
+    /// `(rows, gate values per step)`.
+    fn size(&self) -> (usize, usize);
+    fn split(self, b: usize) -> (Self, Self);
+    fn run(self);
+}
+
+/// Runs the fused step over all rows, halving them across `threads` when the step is big
+/// enough. Rows are independent, so the results do not depend on the split.
+fn run_rows_par<R: Rows>(r: R, threads: usize) {
+    let (batch, work) = r.size();
+    if threads < 2 || batch < 2 || work < PAR_ROWS_MIN {
+        return r.run();
     }
-    let mid = r.batch / 2;
-    let (a, b) = r.split(mid);
+    let (a, b) = r.split(batch / 2);
     let half = threads / 2;
-    rayon::join(
-        || forward_rows_par(a, threads - half),
-        || forward_rows_par(b, half),
-    );
+    rayon::join(|| run_rows_par(a, threads - half), || run_rows_par(b, half));
 }
 
 fn forward_rows<T: Float>(r: ForwardRows<'_, T>) {
@@ -896,7 +910,15 @@ struct BackwardRows<'a, T> {
     sumsq: &'a mut [T],
 }
 
-impl<'a, T: Float> BackwardRows<'a, T> {
+impl<T: Float> Rows for BackwardRows<'_, T> {
+    fn size(&self) -> (usize, usize) {
+        (self.batch, self.batch * self.kind.gates() * self.hidden)
+    }
+
+    fn run(self) {
+        backward_rows(self)
+    }
+
     fn split(self, b: usize) -> (Self, Self) {
         let (n, gh) = (self.hidden, self.kind.gates() * self.hidden);
         let (m0, m1) = split_mask(self.mask, b);
@@ -948,20 +970,6 @@ impl<'a, T: Float> BackwardRows<'a, T> {
         };
         (first, second)
     }
-}
-
-/// The fused backward step over all rows, split across `threads` when big enough.
-fn backward_rows_par<T: Float>(r: BackwardRows<'_, T>, threads: usize) {
-    if threads < 2 || r.batch < 2 || r.batch * r.kind.gates() * r.hidden < PAR_ROWS_MIN {
-        return backward_rows(r);
-    }
-    let mid = r.batch / 2;
-    let (a, b) = r.split(mid);
-    let half = threads / 2;
-    rayon::join(
-        || backward_rows_par(a, threads - half),
-        || backward_rows_par(b, half),
-    );
 }
 
 fn backward_rows<T: Float>(r: BackwardRows<'_, T>) {
@@ -1405,7 +1413,7 @@ impl<T: Float> SegmentGrad<'_, '_, T> {
                 },
                 sumsq: &mut sumsq,
             };
-            backward_rows_par(rows, self.threads);
+            run_rows_par(rows, self.threads);
             dh_norm[t] = sumsq.iter().fold(T::zero(), |acc, &v| acc + v).sqrt();
             let drec_t = if split_rec {
                 drec.index_axis(Axis(0), local)
