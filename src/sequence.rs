@@ -768,7 +768,7 @@ fn run_segment<T: Float>(
     }
 }
 
-const PAR_GEMM_MIN: usize = 1 << 20;
+const PAR_GEMM_MIN: usize = 1 << 22;
 
 /// All rows of one forward step (flat `[B, ·]` slices; empty where the cell has none).
 struct ForwardRows<'a, T> {
