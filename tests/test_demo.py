@@ -22,7 +22,8 @@ def check_results(report, cfg):
     assert len(res["tbptt"]) == len(windows) * cfg.seeds
     assert sorted({r["k2"] for r in res["tbptt"]}) == sorted(windows)
     for r in res["tbptt"]:
-        assert r["placement"] == cfg.tbptt_placement
+        assert r["placement"] == cfg.tbptt_placement and r["init"] == cfg.tbptt_init
+        assert r["test_mean_prediction_mse"] > 0
         assert r["markers_in_window"] in {"never", "sometimes", "always (both)"}
         assert 0 <= r["frac_episodes_both_markers_in_window"] <= 1
         assert (r["markers_in_window"] == "never") == (
@@ -68,7 +69,11 @@ def tb_run(k, final, best=None, T=100):
 
 def test_truncation_verdict_needs_both_halves():
     cfg = demo.DemoConfig()
-    assert cfg.tbptt_placement == "hochreiter" and max(cfg.tbptt_windows) <= cfg.tbptt_len // 2
+    assert cfg.tbptt_placement == "hochreiter" and cfg.tbptt_init == "chrono"
+    for preset in ("default", "quick", "full"):
+        c = demo.DemoConfig.preset(preset)
+        # at least two windows that never contain a marker, judged against the full one
+        assert len([k for k in c.tbptt_windows if k <= c.tbptt_len - c.tbptt_len // 2]) >= 2
     v = demo._truncation_verdict
     ok = v([tb_run(10, 0.165), tb_run(25, 0.160), tb_run(100, 0.004)], cfg)
     assert ok["shown"] is True and "hochreiter" in ok["evidence"] and "NOT" not in ok["evidence"]
@@ -111,6 +116,8 @@ def test_presets_and_options():
     assert cfg.tbptt_placement == "hochreiter"
     args = demo.build_parser().parse_args(["--tiny", "--tbptt-placement", "arjovsky"])
     assert demo.config_from_args(args).tbptt_placement == "arjovsky"
+    args = demo.build_parser().parse_args(["--tiny", "--tbptt-init", "forget_bias"])
+    assert demo.config_from_args(args).tbptt_init == "forget_bias"
     with pytest.raises(SystemExit):
         demo.build_parser().parse_args(["--tbptt-placement", "middle"])
     with pytest.raises(SystemExit):

@@ -14,7 +14,14 @@ measured, never assumed; the verdict printed for each is computed from those num
    one in the first 10 steps, the other elsewhere in the first half; see ``bptt.data``),
    with windows ``k <= T - T//2`` (the window that carries the loss never contains a
    marker, so no gradient ever connects a marker to the target) and with the full window
-   ``k = T`` (full BPTT per episode). All windows use the same hyperparameters.
+   ``k = T`` (full BPTT per episode); the default also runs ``k = 75`` at ``T = 100``,
+   which reaches the second marker in some episodes (reported, not judged). All windows
+   use the same
+   hyperparameters, including the LSTM's "chrono" initialisation (Tallec & Ollivier
+   2018: forget-gate bias ``log(u)``, input-gate bias ``-log(u)``, ``u ~ U[1, T - 1]`` per
+   unit): with both markers at least ``T/2`` steps back, the usual forget bias of +1
+   forgets them within a few dozen steps and even full BPTT sits on the baseline
+   plateau for thousands of updates (``--tbptt-init forget_bias`` shows it).
    (``--tbptt-placement arjovsky`` runs it with one marker in each half instead: there the
    second marker often falls inside a short window, and the LSTM can learn the task
    anyway; see ``verdicts``.)
@@ -77,8 +84,9 @@ class DemoConfig:
     rnn_iters: int = 2000
     lstm_iters: int = 2500
     tbptt_len: int = 100           # episode length T in experiment 3
-    tbptt_windows: tuple[int, ...] = (10, 25)   # the full window k = T is always added
+    tbptt_windows: tuple[int, ...] = (10, 25, 75)   # the full window k = T is always added
     tbptt_placement: str = "hochreiter"         # marker placement in experiment 3
+    tbptt_init: str = "chrono"     # exp. 3 LSTM init: "chrono" or "forget_bias" (as exp. 2)
     tbptt_episodes: int = 2000     # per stream... in updates: one per episode
     tbptt_per_call: int = 25
     clip_len: int = 50
@@ -100,7 +108,8 @@ class DemoConfig:
                        clip_seeds=4, clip_iters=200, test_size=300)
         if name == "full":
             return cls(lengths=(50, 100, 200, 400), seeds=3, rnn_iters=5000,
-                       lstm_iters=6000, tbptt_windows=(10, 25, 50), tbptt_episodes=4000,
+                       lstm_iters=6000, tbptt_windows=(10, 25, 50, 75, 90),
+                       tbptt_episodes=4000,
                        clip_seeds=10, clip_iters=500)
         if name == "tiny":
             return cls(lengths=(6,), hidden=4, batch=4, test_size=16, eval_every=5,
@@ -178,6 +187,20 @@ def _model(cell: str, hidden: int, seed: int, forget_bias: float) -> Any:
     m = _models.LSTM(2, hidden, seed=seed)
     # Gate order i, f, g, o: rows [H, 2H) of the bias are the forget gate's.
     m.params["bias_ih_l0"][hidden:2 * hidden] += np.float32(forget_bias)
+    return m
+
+
+def _chrono(m: Any, hidden: int, t_max: int, seed: int) -> Any:
+    """Chrono initialisation of an LSTM (Tallec & Ollivier 2018, "Can recurrent neural
+    networks warp time?"), added to the default biases: per unit, ``u ~ U[1, t_max - 1]``,
+    forget-gate bias ``+= log(u)`` and input-gate bias ``-= log(u)`` (characteristic
+    memory times spread up to ``t_max`` steps, and a mostly closed input gate so the cell
+    does not saturate by accumulating every input)."""
+    u = np.random.default_rng([seed, t_max, 5]).uniform(1.0, max(t_max - 1.0, 1.0), hidden)
+    b = np.log(u).astype(m.params["bias_ih_l0"].dtype)
+    # Gate order i, f, g, o.
+    m.params["bias_ih_l0"][hidden:2 * hidden] += b
+    m.params["bias_ih_l0"][:hidden] -= b
     return m
 
 
@@ -290,7 +313,13 @@ def run_tbptt(window: int, seed: int, cfg: DemoConfig, bar: Progress) -> dict[st
     t0 = time.perf_counter()
     T = cfg.tbptt_len
     placement = cfg.tbptt_placement
-    m = _model("lstm", cfg.hidden, seed, cfg.forget_bias)
+    if cfg.tbptt_init == "chrono":
+        m = _chrono(_model("lstm", cfg.hidden, seed, 0.0), cfg.hidden, T, seed)
+    elif cfg.tbptt_init == "forget_bias":
+        m = _model("lstm", cfg.hidden, seed, cfg.forget_bias)
+    else:
+        raise ValueError(f"tbptt_init: expected 'chrono' or 'forget_bias', got "
+                         f"{cfg.tbptt_init!r}")
     ro = Linear(cfg.hidden, 1, seed=seed + 1000)
     opt = Adam(parameters(m, ro), lr=cfg.lstm_lr)
     trainer = TBPTT(m, ro, mse_loss, opt, k1=window, k2=window, clip_norm=cfg.train_clip)
@@ -314,10 +343,11 @@ def run_tbptt(window: int, seed: int, cfg: DemoConfig, bar: Progress) -> dict[st
     final = curve[-1][1]
     return {
         "experiment": "tbptt", "cell": "lstm", "T": T, "k1": window, "k2": window,
-        "placement": placement,
+        "placement": placement, "init": cfg.tbptt_init,
         "seed": seed, "lr": cfg.lstm_lr, "updates": done, "max_updates": cfg.tbptt_episodes,
         "stopped_early": done < cfg.tbptt_episodes,
         **_marker_reach(xt, T, window, placement),
+        "test_mean_prediction_mse": float(np.mean((yt.astype(np.float64) - 1.0) ** 2)),
         "final_test_mse": final, "best_test_mse": min(c[1] for c in curve[1:] or curve),
         "status": _status(final, cfg.solve_mse),
         "curve": [[i, v] for i, v in curve],
@@ -413,6 +443,9 @@ def _truncation_verdict(tb: list[dict[str, Any]], cfg: DemoConfig) -> dict[str, 
         problems.append(f"the full window did not solve it (MSE >= {cfg.solve_mse:g}) "
                         f"within {whole[0]['max_updates']} updates")
     note = f" -- NOT shown: {'; '.join(problems)}." if problems else ""
+    mean_mse = [r["test_mean_prediction_mse"] for r in tb if "test_mean_prediction_mse" in r]
+    held = (f"; predicting the mean (1.0) scores {mean_mse[0]:.4f} on this held-out set"
+            if mean_mse else "")
     return {
         "claim": "3. truncated BPTT with a window shorter than the distance from the markers "
                  "to the target cannot solve it, even for the LSTM, while a window that "
@@ -420,7 +453,9 @@ def _truncation_verdict(tb: list[dict[str, Any]], cfg: DemoConfig) -> dict[str, 
         "shown": bool(short_fail and whole_ok),
         "evidence": f"LSTM TBPTT(k1=k2=k) at T={T}, marker placement "
                     f"'{cfg.tbptt_placement}' ({_placement_words(cfg.tbptt_placement, T)}), "
-                    f"'near baseline' = MSE >= {floor:.3f}: {desc}{note}",
+                    f"init '{cfg.tbptt_init}', Adam {cfg.lstm_lr:g} for every k; judged: "
+                    f"k <= {T - T // 2} must stay at or near the baseline (MSE >= {floor:.3f}), "
+                    f"k = {T} must solve it (MSE < {cfg.solve_mse:g}){held}: {desc}{note}",
     }
 
 
@@ -517,12 +552,14 @@ def format_table(results: dict[str, list[dict[str, Any]]], cfg: DemoConfig) -> s
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     lines.append("")
-    lines.append(f"Baselines: predict the mean -> MSE {BASELINE:.4f}; remember only the "
-                 f"second value -> {HALF:.4f}; 'solved' = MSE < {cfg.solve_mse:g} "
+    lines.append(f"Baselines: predict the mean -> MSE {BASELINE:.4f}; remember only one "
+                 f"of the two values -> {HALF:.4f}; 'solved' = MSE < {cfg.solve_mse:g} "
                  f"(held-out set of {cfg.test_size}).")
-    lines.append(f"Experiment 3 places the markers by '{cfg.tbptt_placement}' "
-                 f"({_placement_words(cfg.tbptt_placement, cfg.tbptt_len)}); the window "
-                 f"carrying the loss covers at most the last k steps of an episode.")
+    lines.append(f"Experiment 3: marker placement '{cfg.tbptt_placement}' "
+                 f"({_placement_words(cfg.tbptt_placement, cfg.tbptt_len)}); LSTM init "
+                 f"'{cfg.tbptt_init}', Adam {cfg.lstm_lr:g}, the same for every window; "
+                 f"the window carrying the loss covers at most the last k steps of an "
+                 f"episode.")
     return "\n".join(lines)
 
 
@@ -561,7 +598,7 @@ def write_report(path: Path, results: dict[str, list[dict[str, Any]]], cfg: Demo
     ax.set_yscale("log")
     ax.set_xlabel("updates (episodes)")
     ax.set_ylabel("held-out MSE")
-    ax.set_title(f"3. LSTM, truncated BPTT, T={cfg.tbptt_len}, "
+    ax.set_title(f"3. LSTM ({cfg.tbptt_init} init), truncated BPTT, T={cfg.tbptt_len}, "
                  f"{cfg.tbptt_placement} markers")
     ax.legend(fontsize="small")
     ax = axes[1, 1]
@@ -702,6 +739,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--tbptt-placement", choices=data.ADDING_PLACEMENTS, default=None,
                    help="marker placement in experiment 3 (default hochreiter: both "
                         "markers in the first half)")
+    p.add_argument("--tbptt-init", choices=("chrono", "forget_bias"), default=None,
+                   help="LSTM initialisation in experiment 3 (default chrono; forget_bias: "
+                        "as in experiment 2)")
     p.add_argument("--clip-seeds", type=int, default=None, help="seeds in experiment 4")
     p.add_argument("--clip-lr", type=float, default=None, help="SGD learning rate, exp. 4")
     p.add_argument("--no-plot", action="store_true", help="do not write report.png")
@@ -717,7 +757,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
             "hidden": args.hidden, "batch": args.batch, "rnn_iters": args.rnn_iters,
             "lstm_iters": args.lstm_iters, "tbptt_len": args.tbptt_len,
             "tbptt_windows": args.tbptt_windows, "tbptt_episodes": args.tbptt_episodes,
-            "tbptt_placement": args.tbptt_placement,
+            "tbptt_placement": args.tbptt_placement, "tbptt_init": args.tbptt_init,
             "clip_seeds": args.clip_seeds, "clip_lr": args.clip_lr}
     for k, v in over.items():
         if v is not None:
