@@ -207,3 +207,20 @@ def rng(request):
     """A generator seeded from the test id, so every test is reproducible."""
     # hash() of str is salted per process; crc32 is stable.
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture
+def no_matplotlib(monkeypatch):
+    """Makes ``import matplotlib`` fail for the duration of a test."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    for mod in [k for k in sys.modules if k == "matplotlib" or k.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setattr(builtins, "__import__", fake_import)

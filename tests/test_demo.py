@@ -3,10 +3,8 @@ here): files written, result structure, the command line, and the no-matplotlib 
 
 from __future__ import annotations
 
-import builtins
 import io
 import json
-import sys
 
 import pytest
 from bptt import __main__ as cli
@@ -128,17 +126,7 @@ def test_presets_and_options():
         demo.DemoConfig.preset("huge")
 
 
-def test_without_matplotlib_still_writes_json(tmp_path, monkeypatch):
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name == "matplotlib" or name.startswith("matplotlib."):
-            raise ImportError("No module named 'matplotlib'")
-        return real_import(name, *args, **kwargs)
-
-    for mod in [k for k in sys.modules if k == "matplotlib" or k.startswith("matplotlib.")]:
-        monkeypatch.delitem(sys.modules, mod)
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+def test_without_matplotlib_still_writes_json(tmp_path, no_matplotlib):
     out = io.StringIO()
     report = demo.run_demo(demo.DemoConfig.preset("tiny"), tmp_path, stream=out)
     assert "results.json" in report["files"] and "report.png" not in report["files"]

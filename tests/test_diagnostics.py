@@ -3,9 +3,6 @@ and without matplotlib."""
 
 from __future__ import annotations
 
-import builtins
-import sys
-
 import bptt
 import numpy as np
 import pytest
@@ -71,17 +68,7 @@ def test_plot_with_matplotlib(tmp_path):
     assert (tmp_path / "f.png").stat().st_size > 0
 
 
-def test_without_matplotlib(monkeypatch):
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name == "matplotlib" or name.startswith("matplotlib."):
-            raise ImportError("No module named 'matplotlib'")
-        return real_import(name, *args, **kwargs)
-
-    for mod in [k for k in sys.modules if k == "matplotlib" or k.startswith("matplotlib.")]:
-        monkeypatch.delitem(sys.modules, mod)
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+def test_without_matplotlib(no_matplotlib):
     assert dg.have_matplotlib() is False
     with pytest.raises(ImportError, match=r"pip install 'bptt\[plot\]'"):
         dg.plot_gradient_flow(np.ones((1, 3)))
