@@ -24,6 +24,9 @@ pub trait Float:
     /// Name of the type as NumPy spells it, for messages.
     const NAME: &'static str;
 
+    /// How the per-step recurrent product is computed for this type (`recurrent.rs`).
+    type Recurrent: crate::recurrent::RecurrentWeights<Self>;
+
     /// Logistic sigmoid `1 / (1 + exp(-x))`; saturates to 0 and 1, NaN stays NaN.
     fn sigmoid(self) -> Self;
 
@@ -43,6 +46,7 @@ pub trait Float:
 
 impl Float for f32 {
     const NAME: &'static str = "float32";
+    type Recurrent = crate::recurrent::PackedF32;
 
     #[inline(always)]
     fn sigmoid(self) -> Self {
@@ -57,6 +61,7 @@ impl Float for f32 {
 
 impl Float for f64 {
     const NAME: &'static str = "float64";
+    type Recurrent = crate::recurrent::GemmWeights<f64>;
 
     #[inline(always)]
     fn sigmoid(self) -> Self {

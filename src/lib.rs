@@ -15,6 +15,7 @@ pub mod float;
 pub mod linalg;
 pub mod model;
 pub mod parallel;
+pub mod recurrent;
 pub mod sequence;
 pub mod simd;
 

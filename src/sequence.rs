@@ -37,6 +37,7 @@ use crate::linalg::{gemm, par};
 use crate::model::{
     check_state, check_weights, Config, Grads, LayerGrads, LayerWeights, State, StateView,
 };
+use crate::recurrent::RecurrentWeights;
 use ndarray::{
     s, Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut3, Axis, CowArray, Ix3,
 };
@@ -590,7 +591,7 @@ fn run_direction<T: Float>(
 ) -> Option<DirTape<T>> {
     let (seq_len, batch, _) = input.dim();
     let bias = Bias::new(cfg, w);
-    let w_hh_t = w.w_hh.t().as_standard_layout().into_owned();
+    let w_hh_t = T::Recurrent::prepare(&w.w_hh.t());
     let seg_len = match keep {
         DirKeep::Full => seq_len,
         DirKeep::Nothing => SEGMENT.min(seq_len),
@@ -631,7 +632,7 @@ fn run_direction<T: Float>(
             cfg,
             w,
             &bias,
-            &w_hh_t.view(),
+            &w_hh_t,
             input.slice(s![r.clone(), .., ..]),
             r.start,
             reverse,
@@ -666,7 +667,7 @@ fn run_segment<T: Float>(
     cfg: &Config,
     w: &LayerWeights<'_, T>,
     bias: &Bias<T>,
-    w_hh_t: &ArrayView2<'_, T>,
+    w_hh_t: &T::Recurrent,
     input: ArrayView3<'_, T>,
     t0: usize,
     reverse: bool,
@@ -696,11 +697,7 @@ fn run_segment<T: Float>(
         }
         gemm(T::one(), &x2, &w.w_ih.t(), T::one(), &mut g2, par(threads));
     }
-    let step_par = par(if batch * gh * hidden >= PAR_GEMM_MIN {
-        threads
-    } else {
-        1
-    });
+
     for i in 0..len {
         let local = if reverse { len - 1 - i } else { i };
         let t = t0 + local;
@@ -714,23 +711,9 @@ fn run_segment<T: Float>(
         }
         let mut gates_t = gates.index_axis_mut(Axis(0), local);
         if gru {
-            gemm(
-                T::one(),
-                &h.view(),
-                w_hh_t,
-                T::zero(),
-                &mut rec.view_mut(),
-                step_par,
-            );
+            w_hh_t.apply(&h.view(), &mut rec.view_mut(), false, threads);
         } else {
-            gemm(
-                T::one(),
-                &h.view(),
-                w_hh_t,
-                T::one(),
-                &mut gates_t,
-                step_par,
-            );
+            w_hh_t.apply(&h.view(), &mut gates_t, true, threads);
         }
         let rows = ForwardRows {
             kind,
@@ -767,8 +750,6 @@ fn run_segment<T: Float>(
         }
     }
 }
-
-const PAR_GEMM_MIN: usize = 1 << 22;
 
 /// All rows of one forward step (flat `[B, ·]` slices; empty where the cell has none).
 struct ForwardRows<'a, T> {
@@ -1179,9 +1160,11 @@ fn backward_direction<T: Float>(
     let mut dxp = Array3::<T>::zeros((seq_len.min(seg_len), batch, gh));
     let split_rec = cfg.kind == CellKind::Gru;
     let mut drec = Array3::<T>::zeros(if split_rec { dxp.dim() } else { (0, 0, 0) });
+    let w_hh = T::Recurrent::prepare(&w.w_hh);
     let ctx = SegmentGrad {
         cfg,
         w,
+        w_hh: &w_hh,
         reverse,
         dir,
         lengths,
@@ -1218,7 +1201,7 @@ fn backward_direction<T: Float>(
         }
         DirTape::Checkpoints { h: ck_h, c: ck_c } => {
             let bias = Bias::new(cfg, w);
-            let w_hh_t = w.w_hh.t().as_standard_layout().into_owned();
+            let w_hh_t = T::Recurrent::prepare(&w.w_hh.t());
             let mut steps = Steps::new(cfg, seg_len, batch, true);
             let mut rec = Array2::<T>::zeros(if split_rec { (batch, gh) } else { (0, 0) });
             for (i, r) in segments(seq_len, seg_len, reverse)
@@ -1233,7 +1216,7 @@ fn backward_direction<T: Float>(
                     cfg,
                     w,
                     &bias,
-                    &w_hh_t.view(),
+                    &w_hh_t,
                     input.slice(s![r.clone(), .., ..]),
                     r.start,
                     reverse,
@@ -1325,9 +1308,11 @@ impl<'a, T: Float> StepsView<'a, T> {
 }
 
 /// What stays fixed while backward walks the segments of one direction.
-struct SegmentGrad<'a, 'w, T> {
+struct SegmentGrad<'a, 'w, T: Float> {
     cfg: &'a Config,
     w: &'a LayerWeights<'w, T>,
+    /// `W_hh [G·H, H]` prepared for the per-step `dh += drec · W_hh`.
+    w_hh: &'a T::Recurrent,
     reverse: bool,
     dir: usize,
     lengths: Option<&'a [usize]>,
@@ -1356,11 +1341,6 @@ impl<T: Float> SegmentGrad<'_, '_, T> {
         let (len, batch) = (r.len(), dh.nrows());
         let (hidden, gh, kind) = (cfg.hidden_size, cfg.gate_size(), cfg.kind);
         let split_rec = kind == CellKind::Gru;
-        let step_par = par(if batch * gh * hidden >= PAR_GEMM_MIN {
-            self.threads
-        } else {
-            1
-        });
         let dy_stride = d_y.shape()[2];
         let mut sumsq = vec![T::zero(); batch];
         for i in 0..len {
@@ -1420,14 +1400,8 @@ impl<T: Float> SegmentGrad<'_, '_, T> {
             } else {
                 dxp.index_axis(Axis(0), local)
             };
-            gemm(
-                T::one(),
-                &drec_t,
-                &self.w.w_hh,
-                T::one(),
-                &mut dh.view_mut(),
-                step_par,
-            );
+            self.w_hh
+                .apply(&drec_t, &mut dh.view_mut(), true, self.threads);
         }
 
         let rows = len * batch;

@@ -427,7 +427,7 @@ fn every_simd_level_gives_identical_bits() {
             .unwrap();
             (out, st, g)
         };
-        let _guard = LEVEL_LOCK.lock().unwrap();
+        let _guard = crate::simd::tests_lock();
         set_level(Some(Level::Scalar)).unwrap();
         let want = run();
         for level in [Level::Avx2, Level::Avx512] {
@@ -438,9 +438,6 @@ fn every_simd_level_gives_identical_bits() {
         set_level(None).unwrap();
     }
 }
-
-/// Serialises the tests that force a SIMD level.
-static LEVEL_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn budgets_give_the_full_tape_gradients() {

@@ -209,6 +209,13 @@ pub fn tanh_f32(x: f32) -> f32 {
     }
 }
 
+/// Serialises the tests that force a level (the choice is global).
+#[cfg(test)]
+pub(crate) fn tests_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
