@@ -29,11 +29,13 @@ cargo test --release
 
 # Types, against the installed wheel: the stub _core.pyi must match the compiled module
 # (stubtest imports it, so it runs with the test environment's packages on its path), and
-# a typed usage example must be clean under mypy --strict.
+# a typed usage example and the installed package itself must be clean under mypy --strict.
 SITE=$("$BUILD/test-venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 (cd "$BUILD" && PYTHONPATH="$SITE" build-venv/bin/python -m mypy.stubtest bptt._core)
 "$BUILD/build-venv/bin/mypy" --strict --cache-dir "$BUILD/mypy-cache" \
     --python-executable "$BUILD/test-venv/bin/python" examples/typed_usage.py
+(cd "$BUILD" && build-venv/bin/mypy --strict --cache-dir mypy-cache \
+    --config-file ../../pyproject.toml --python-executable test-venv/bin/python -p bptt)
 
 # Run from tests/ so that nothing from the source tree shadows the installed package.
 (cd tests && BPTT_EXPECT_INSTALLED=1 "../$BUILD/test-venv/bin/python" -m pytest -q -p no:cacheprovider .)

@@ -90,7 +90,7 @@ def _rng(seed: Any) -> np.random.Generator:
     if seed is None or (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
         if seed is not None and seed < 0:
             raise ValueError(f"seed: expected an int >= 0, got {seed}")
-        return np.random.default_rng(seed)
+        return np.random.default_rng(None if seed is None else int(seed))
     raise TypeError(f"seed: expected an int, a numpy Generator or None, got "
                     f"{type(seed).__name__}")
 

@@ -228,7 +228,8 @@ def _grad_step(m: Any, ro: Linear, x: np.ndarray, y: np.ndarray
 
 def _gradient_flow(m: Any, ro: Linear, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``dh_norm`` of the test batch's loss (no update)."""
-    return _grad_step(m, ro, x, y)[2].dh_norm
+    norms: np.ndarray = _grad_step(m, ro, x, y)[2].dh_norm
+    return norms
 
 
 def _status(mse: float, solve: float) -> str:

@@ -41,10 +41,8 @@ def _float_input(name: str, value: Any, dtype: np.dtype | None = None) -> np.nda
     return arr
 
 
-def _mask_array(mask: Any, lead_shape: tuple[int, ...]) -> np.ndarray | None:
-    """``mask`` as a float64 0/1 array of shape ``lead_shape`` (None stays None)."""
-    if mask is None:
-        return None
+def _mask_array(mask: Any, lead_shape: tuple[int, ...]) -> np.ndarray:
+    """``mask`` (not None) as a float64 0/1 array of shape ``lead_shape``."""
     m = np.asarray(mask)
     if m.dtype.kind not in "biuf":
         raise TypeError(f"mask: expected a bool or 0/1 array, got dtype {m.dtype}")
@@ -221,7 +219,7 @@ def cross_entropy_loss(logits: Any, labels: Any, mask: Any = None) -> tuple[floa
     if lab.shape != z.shape[:-1]:
         raise ValueError(f"labels: expected shape {z.shape[:-1]}, got {lab.shape}")
     n_classes = z.shape[-1]
-    sel = None if mask is None else _mask_array(mask, z.shape[:-1]) > 0
+    sel = None if mask is None else np.greater(_mask_array(mask, z.shape[:-1]), 0)
     bad = (lab < 0) | (lab >= n_classes)
     if sel is not None:
         bad &= sel

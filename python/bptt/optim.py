@@ -86,7 +86,8 @@ class Optimizer:
                             f"{g.dtype}")
         if g.shape != p.shape:
             raise ValueError(f"grads[{name!r}]: expected shape {p.shape}, got {g.shape}")
-        return g.astype(p.dtype, copy=False)
+        out: np.ndarray = g.astype(p.dtype, copy=False)
+        return out
 
     def step(self, grads: Mapping[str, Any]) -> None:
         """One update of every parameter whose key is in ``grads`` (in place).

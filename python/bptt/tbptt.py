@@ -355,10 +355,10 @@ class TBPTT:
         else:
             cur = [np.ascontiguousarray(s, dtype=m.dtype) for s in self._parts(state)]
             want = (m.num_layers, B, m.hidden_size)
-            for i, s in enumerate(cur):
-                if s.shape != want:
+            for i, part in enumerate(cur):
+                if part.shape != want:
                     name = "state" if not self._lstm else f"state[{i}]"
-                    raise ValueError(f"{name}: expected shape {want}, got {s.shape}")
+                    raise ValueError(f"{name}: expected shape {want}, got {part.shape}")
 
         n_chunks = -(-T // self.k1)
         losses = np.full(n_chunks, np.nan)
