@@ -17,6 +17,14 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 
+/// The extension's allocator. The core allocates its tape and buffers afresh on every call;
+/// mimalloc keeps freed memory for reuse instead of returning it to the OS, so repeated
+/// calls do not pay page faults on every new array (measured: LSTM T=100, B=16, H=128
+/// forward+backward while the previous result is alive, ~13 ms with the system
+/// allocator, see the issue note). Arrays handed to NumPy are freed through it as well.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn value_error(e: Error) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
