@@ -242,156 +242,109 @@ mod x86 {
     use super::{store, NR};
     use std::arch::x86_64::*;
 
-    /// Rows in blocks of 8 with 8 × 32 accumulators in 16 zmm registers, then single
-    /// rows; returns the number of rows done (all).
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn rows_avx512(
-        a: &[f32],
-        lda: usize,
-        m: usize,
-        k: usize,
-        w: &[f32],
-        c: &mut [f32],
-        ldc: usize,
-        c0: usize,
-        cols: usize,
-        accumulate: bool,
-    ) -> usize {
-        const MR: usize = 8;
-        assert!(w.len() >= k * NR);
-        let mut r0 = 0;
-        while r0 + MR <= m {
-            assert!((r0 + MR - 1) * lda + k <= a.len());
-            let mut acc = [_mm512_setzero_ps(); 2 * MR];
-            for kk in 0..k {
-                // SAFETY: `kk * NR + 32 <= k * NR <= w.len()` (asserted above).
-                let (w0, w1) = unsafe {
-                    let p = w.as_ptr().add(kk * NR);
-                    (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
-                };
-                for r in 0..MR {
-                    // SAFETY: `(r0 + r) * lda + kk < a.len()` (asserted above).
-                    let av = _mm512_set1_ps(unsafe { *a.get_unchecked((r0 + r) * lda + kk) });
-                    acc[2 * r] = _mm512_fmadd_ps(av, w0, acc[2 * r]);
-                    acc[2 * r + 1] = _mm512_fmadd_ps(av, w1, acc[2 * r + 1]);
+    /// Defines `$rows(a, lda, m, k, w, c, ldc, c0, cols, accumulate) -> usize`: all rows,
+    /// in blocks of `$mr` (an `$mr × NR` block of `c` in registers), then one at a time;
+    /// `acc = fma(a[r, k], w[k, :], acc)` over `k` in order, as the baseline path does.
+    macro_rules! panel_rows {
+        ($rows:ident, $block:ident, $feat:literal, $vec:ty, $lanes:expr, $mr:expr,
+         $zero:ident, $load:ident, $set1:ident, $fmadd:ident, $storeu:ident) => {
+            /// One block of `R` rows starting at row `r0`.
+            #[target_feature(enable = $feat)]
+            #[allow(clippy::too_many_arguments)]
+            fn $block<const R: usize>(
+                a: &[f32],
+                lda: usize,
+                r0: usize,
+                k: usize,
+                w: &[f32],
+                c: &mut [f32],
+                ldc: usize,
+                c0: usize,
+                cols: usize,
+                accumulate: bool,
+            ) {
+                const V: usize = NR / $lanes;
+                assert!(w.len() >= k * NR && (r0 + R - 1) * lda + k <= a.len());
+                let mut acc = [[$zero(); V]; R];
+                for kk in 0..k {
+                    // SAFETY: `kk * NR + NR <= k * NR <= w.len()` (asserted above).
+                    let wv: [$vec; V] = std::array::from_fn(|q| unsafe {
+                        $load(w.as_ptr().add(kk * NR + q * $lanes))
+                    });
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        // SAFETY: `(r0 + r) * lda + kk < a.len()` (asserted above).
+                        let av = $set1(unsafe { *a.get_unchecked((r0 + r) * lda + kk) });
+                        for (s, &wq) in acc_r.iter_mut().zip(&wv) {
+                            *s = $fmadd(av, wq, *s);
+                        }
+                    }
+                }
+                let mut buf = [0.0f32; NR];
+                for (r, acc_r) in acc.iter().enumerate() {
+                    for (q, &v) in acc_r.iter().enumerate() {
+                        // SAFETY: `buf` holds NR = V · lanes floats.
+                        unsafe { $storeu(buf.as_mut_ptr().add(q * $lanes), v) };
+                    }
+                    let row = (r0 + r) * ldc + c0;
+                    store(&buf[..cols], &mut c[row..row + cols], accumulate);
                 }
             }
-            let mut buf = [0.0f32; NR];
-            for r in 0..MR {
-                // SAFETY: `buf` holds NR = 32 floats.
-                unsafe {
-                    _mm512_storeu_ps(buf.as_mut_ptr(), acc[2 * r]);
-                    _mm512_storeu_ps(buf.as_mut_ptr().add(16), acc[2 * r + 1]);
+
+            #[target_feature(enable = $feat)]
+            #[allow(clippy::too_many_arguments)]
+            pub(super) fn $rows(
+                a: &[f32],
+                lda: usize,
+                m: usize,
+                k: usize,
+                w: &[f32],
+                c: &mut [f32],
+                ldc: usize,
+                c0: usize,
+                cols: usize,
+                accumulate: bool,
+            ) -> usize {
+                let mut r0 = 0;
+                while r0 + $mr <= m {
+                    $block::<{ $mr }>(a, lda, r0, k, w, c, ldc, c0, cols, accumulate);
+                    r0 += $mr;
                 }
-                let row = (r0 + r) * ldc + c0;
-                store(&buf[..cols], &mut c[row..row + cols], accumulate);
-            }
-            r0 += MR;
-        }
-        // The remaining rows one at a time, two accumulators each.
-        while r0 < m {
-            assert!(r0 * lda + k <= a.len());
-            let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-            for kk in 0..k {
-                // SAFETY: as in the blocked loop above.
-                unsafe {
-                    let p = w.as_ptr().add(kk * NR);
-                    let av = _mm512_set1_ps(*a.get_unchecked(r0 * lda + kk));
-                    s0 = _mm512_fmadd_ps(av, _mm512_loadu_ps(p), s0);
-                    s1 = _mm512_fmadd_ps(av, _mm512_loadu_ps(p.add(16)), s1);
+                while r0 < m {
+                    $block::<1>(a, lda, r0, k, w, c, ldc, c0, cols, accumulate);
+                    r0 += 1;
                 }
+                r0
             }
-            let mut buf = [0.0f32; NR];
-            // SAFETY: `buf` holds NR = 32 floats.
-            unsafe {
-                _mm512_storeu_ps(buf.as_mut_ptr(), s0);
-                _mm512_storeu_ps(buf.as_mut_ptr().add(16), s1);
-            }
-            let row = r0 * ldc + c0;
-            store(&buf[..cols], &mut c[row..row + cols], accumulate);
-            r0 += 1;
-        }
-        r0
+        };
     }
 
-    /// Rows in blocks of 4 with 4 × 32 accumulators in 16 ymm registers, then single
-    /// rows; returns the number of rows done (all).
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn rows_avx2(
-        a: &[f32],
-        lda: usize,
-        m: usize,
-        k: usize,
-        w: &[f32],
-        c: &mut [f32],
-        ldc: usize,
-        c0: usize,
-        cols: usize,
-        accumulate: bool,
-    ) -> usize {
-        const MR: usize = 4;
-        assert!(w.len() >= k * NR);
-        let mut r0 = 0;
-        while r0 + MR <= m {
-            assert!((r0 + MR - 1) * lda + k <= a.len());
-            let mut acc = [_mm256_setzero_ps(); 4 * MR];
-            for kk in 0..k {
-                // SAFETY: `kk * NR + 32 <= w.len()` (asserted above).
-                let wv = unsafe {
-                    let p = w.as_ptr().add(kk * NR);
-                    [
-                        _mm256_loadu_ps(p),
-                        _mm256_loadu_ps(p.add(8)),
-                        _mm256_loadu_ps(p.add(16)),
-                        _mm256_loadu_ps(p.add(24)),
-                    ]
-                };
-                for r in 0..MR {
-                    // SAFETY: `(r0 + r) * lda + kk < a.len()` (asserted above).
-                    let av = _mm256_set1_ps(unsafe { *a.get_unchecked((r0 + r) * lda + kk) });
-                    for (q, &wq) in wv.iter().enumerate() {
-                        acc[4 * r + q] = _mm256_fmadd_ps(av, wq, acc[4 * r + q]);
-                    }
-                }
-            }
-            let mut buf = [0.0f32; NR];
-            for r in 0..MR {
-                for q in 0..4 {
-                    // SAFETY: `buf` holds NR = 32 floats.
-                    unsafe { _mm256_storeu_ps(buf.as_mut_ptr().add(8 * q), acc[4 * r + q]) };
-                }
-                let row = (r0 + r) * ldc + c0;
-                store(&buf[..cols], &mut c[row..row + cols], accumulate);
-            }
-            r0 += MR;
-        }
-        // The remaining rows one at a time, four accumulators each.
-        while r0 < m {
-            assert!(r0 * lda + k <= a.len());
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for kk in 0..k {
-                // SAFETY: as in the blocked loop above.
-                unsafe {
-                    let p = w.as_ptr().add(kk * NR);
-                    let av = _mm256_set1_ps(*a.get_unchecked(r0 * lda + kk));
-                    for (q, s) in acc.iter_mut().enumerate() {
-                        *s = _mm256_fmadd_ps(av, _mm256_loadu_ps(p.add(8 * q)), *s);
-                    }
-                }
-            }
-            let mut buf = [0.0f32; NR];
-            for (q, s) in acc.iter().enumerate() {
-                // SAFETY: `buf` holds NR = 32 floats.
-                unsafe { _mm256_storeu_ps(buf.as_mut_ptr().add(8 * q), *s) };
-            }
-            let row = r0 * ldc + c0;
-            store(&buf[..cols], &mut c[row..row + cols], accumulate);
-            r0 += 1;
-        }
-        r0
-    }
+    // AVX-512: 8 rows × 2 zmm; AVX2: 4 rows × 4 ymm (16 accumulator registers each).
+    panel_rows!(
+        rows_avx512,
+        block_avx512,
+        "avx512f",
+        __m512,
+        16,
+        8,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps,
+        _mm512_storeu_ps
+    );
+    panel_rows!(
+        rows_avx2,
+        block_avx2,
+        "avx2,fma",
+        __m256,
+        8,
+        4,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps,
+        _mm256_storeu_ps
+    );
 }
 
 #[cfg(test)]
