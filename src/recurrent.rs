@@ -109,55 +109,50 @@ impl RecurrentWeights<f32> for PackedF32 {
         let a = a.as_slice_memory_order().expect("contiguous rows");
         let c = c.as_slice_memory_order_mut().expect("contiguous rows");
         let np = self.n.div_ceil(NR);
-        let panel = |p: usize| &self.panels[p * self.k * NR..(p + 1) * self.k * NR];
-        let cols = |p: usize| NR.min(self.n - p * NR);
         let level = crate::simd::level();
-        if threads < 2 || np < 2 || m * self.k * self.n < (1 << 22) {
-            for p in 0..np {
+        let run = |panels: std::ops::Range<usize>, c: &mut [f32]| {
+            for p in panels {
+                let w = &self.panels[p * self.k * NR..(p + 1) * self.k * NR];
+                let cols = NR.min(self.n - p * NR);
                 panel_product(
                     level,
                     a,
                     lda,
                     m,
                     self.k,
-                    panel(p),
+                    w,
                     c,
                     ldc,
                     p * NR,
-                    cols(p),
+                    cols,
                     accumulate,
                 );
             }
-            return;
+        };
+        if threads < 2 || np < 2 || m * self.k * self.n < (1 << 22) {
+            return run(0..np, c);
         }
-        let out = SharedOut(c.as_mut_ptr(), c.len());
-        let chunk = np.div_ceil(threads);
-        rayon::scope(|s| {
-            for first in (0..np).step_by(chunk) {
-                let out = &out;
-                s.spawn(move |_| {
-                    // SAFETY: `out` covers all of `c`, which outlives the scope; the
-                    // panels `first..first + chunk` write only their own columns of each
-                    // row, so different tasks touch disjoint elements.
-                    let c = unsafe { out.slice() };
-                    for p in first..(first + chunk).min(np) {
-                        panel_product(
-                            level,
-                            a,
-                            lda,
-                            m,
-                            self.k,
-                            panel(p),
-                            c,
-                            ldc,
-                            p * NR,
-                            cols(p),
-                            accumulate,
-                        );
-                    }
-                });
+        // Halve the panels across the threads with `rayon::join` (no allocation per step).
+        fn split(
+            panels: std::ops::Range<usize>,
+            threads: usize,
+            out: &SharedOut,
+            run: &(dyn Fn(std::ops::Range<usize>, &mut [f32]) + Sync),
+        ) {
+            if threads < 2 || panels.len() < 2 {
+                // SAFETY: `out` covers all of `c`, which outlives the call; the panels
+                // of this range write only their own columns of each row, and the
+                // ranges given to concurrent calls are disjoint.
+                return run(panels, unsafe { out.slice() });
             }
-        });
+            let mid = panels.start + panels.len() / 2;
+            let half = threads / 2;
+            rayon::join(
+                || split(panels.start..mid, threads - half, out, run),
+                || split(mid..panels.end, half, out, run),
+            );
+        }
+        split(0..np, threads, &SharedOut(c.as_mut_ptr(), c.len()), &run);
     }
 }
 
