@@ -20,6 +20,7 @@
 
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::recurrent::UNIT_ALIGN;
 use crate::simd::multiversion;
 
 /// Which recurrent cell a model uses.
@@ -78,63 +79,44 @@ impl CellKind {
     }
 }
 
-/// Inputs and outputs of one forward step of one batch row.
+/// Inputs and outputs of one forward step of one batch row, for a range of its hidden
+/// units (all of them, or one member's tile of the step team).
 pub(crate) struct StepRow<'a, T> {
-    /// In: the pre-activations `[G·H]`: `x·W_ihᵀ + b_ih + b_hh` plus, for the RNN and LSTM,
-    /// `h·W_hhᵀ`; for the GRU only the `r, z` blocks hold `b_hh` and nothing of `h`.
-    /// Out: the activated gates.
-    pub gates: &'a mut [T],
-    /// GRU: `h·W_hhᵀ` `[3H]` without bias; empty otherwise.
-    pub rec: &'a [T],
-    /// GRU: `b_hn` `[H]` (zeros without biases); empty otherwise.
+    /// In: the pre-activations of these units in each gate block (the first `G` used):
+    /// `x·W_ihᵀ + b_ih + b_hh` plus, for the RNN and LSTM, `h·W_hhᵀ`; for the GRU only the
+    /// `r, z` blocks hold `b_hh` and nothing of `h`. Out: the activated gates.
+    pub gates: [&'a mut [T]; 4],
+    /// GRU: `h·W_hhᵀ` of these units in the `r, z, n` blocks, without bias; empty otherwise.
+    pub rec: [&'a [T]; 3],
+    /// GRU: `b_hn` of these units (zeros without biases); empty otherwise.
     pub b_hn: &'a [T],
-    /// In: `h`; out: `h'` `[H]`.
+    /// In: `h`; out: `h'`.
     pub h: &'a mut [T],
-    /// In: `c`; out: `c'` `[H]` (LSTM; empty otherwise).
+    /// In: `c`; out: `c'` (LSTM; empty otherwise).
     pub c: &'a mut [T],
-    /// Out: `rec_n + b_hn` `[H]` (GRU; empty otherwise).
+    /// Out: `rec_n + b_hn` (GRU when kept; empty otherwise).
     pub gh_n: &'a mut [T],
 }
 
-/// Splits `s` into `k` consecutive blocks of `n` (bounds checks then vanish in the loops).
-#[inline(always)]
-fn blocks_mut<T, const K: usize>(s: &mut [T], n: usize) -> [&mut [T]; K] {
-    let mut rest = &mut s[..K * n];
-    std::array::from_fn(|_| {
-        let (head, tail) = std::mem::take(&mut rest).split_at_mut(n);
-        rest = tail;
-        head
-    })
-}
-
-#[inline(always)]
-fn blocks<T, const K: usize>(s: &[T], n: usize) -> [&[T]; K] {
-    std::array::from_fn(|k| &s[k * n..(k + 1) * n])
-}
-
-/// One forward step of one row, in place (see the module docs for the equations).
+/// One forward step of one row's units, in place (see the module docs for the equations).
 /// Each cell's loop is its own function (`multiversion!`), compiled per instruction set.
 #[inline(always)]
-pub(crate) fn step_forward<T: Float>(kind: CellKind, n: usize, row: StepRow<'_, T>) {
+pub(crate) fn step_forward<T: Float>(kind: CellKind, row: StepRow<'_, T>) {
     let StepRow {
-        gates,
-        rec,
+        gates: [gi, gf, gg, go],
+        rec: [rr, rz, rn],
         b_hn,
         h,
         c,
         gh_n,
     } = row;
+    let n = h.len();
     match kind {
-        CellKind::RnnTanh => rnn_forward(&mut gates[..n], &mut h[..n], true),
-        CellKind::RnnRelu => rnn_forward(&mut gates[..n], &mut h[..n], false),
-        CellKind::Lstm => {
-            let [gi, gf, gg, go] = blocks_mut::<T, 4>(gates, n);
-            lstm_forward(gi, gf, gg, go, &mut c[..n], &mut h[..n]);
-        }
+        CellKind::RnnTanh => rnn_forward(&mut gi[..n], h, true),
+        CellKind::RnnRelu => rnn_forward(&mut gi[..n], h, false),
+        CellKind::Lstm => lstm_forward(gi, gf, gg, go, &mut c[..n], h),
         CellKind::Gru => {
-            let [gr, gz, gn] = blocks_mut::<T, 3>(gates, n);
-            let [rr, rz, rn] = blocks::<T, 3>(rec, n);
-            gru_forward(gr, gz, gn, rr, rz, rn, &b_hn[..n], &mut h[..n]);
+            gru_forward(gi, gf, gg, rr, rz, rn, &b_hn[..n], h);
             if !gh_n.is_empty() {
                 // Kept for backward: the recurrent n-term the reset gate scaled.
                 for ((g, &r), &b) in gh_n[..n].iter_mut().zip(rn).zip(&b_hn[..n]) {
@@ -239,81 +221,88 @@ pub(crate) fn lstm_cell<T: Float>(f: T, c: T, i: T, g: T) -> T {
     f * c + i * g
 }
 
-/// Inputs and outputs of one backward step of one batch row.
+/// Inputs and outputs of one backward step of one batch row, for a range of its hidden
+/// units starting at a multiple of [`UNIT_ALIGN`].
 pub(crate) struct StepRowGrad<'a, T> {
-    /// The activated gates kept by forward `[G·H]`.
-    pub gates: &'a [T],
-    /// `h` entering the step `[H]` (GRU uses it).
+    /// The activated gates kept by forward, these units of each block (first `G` used).
+    pub gates: [&'a [T]; 4],
+    /// `h` entering the step (GRU uses it).
     pub h_prev: &'a [T],
-    /// `c` entering the step `[H]` (LSTM; empty otherwise).
+    /// `c` entering the step (LSTM; empty otherwise).
     pub c_prev: &'a [T],
-    /// `rec_n + b_hn` `[H]` (GRU; empty otherwise).
+    /// `rec_n + b_hn` (GRU; empty otherwise).
     pub gh_n: &'a [T],
-    /// Gradient from above for `h'` (the layer output) `[H]`.
+    /// Gradient from above for `h'` (the layer output).
     pub dy: &'a [T],
     /// In: the gradient carried to `h'` from the next step. Out: the direct part of
     /// `∂L/∂h` (GRU `z·dh`, zero otherwise); the caller adds `drec·W_hh`.
     pub dh: &'a mut [T],
     /// In: `∂L/∂c'`; out: `∂L/∂c` (LSTM; empty otherwise).
     pub dc: &'a mut [T],
-    /// Out: pre-activation gradient of the input side `[G·H]`.
-    pub dxp: &'a mut [T],
-    /// Out: pre-activation gradient of the recurrent side `[G·H]` (GRU only; empty
-    /// otherwise, where it equals `dxp`).
-    pub drec: &'a mut [T],
+    /// Out: pre-activation gradient of the input side, these units of each block.
+    pub dxp: [&'a mut [T]; 4],
+    /// Out: pre-activation gradient of the recurrent side (GRU only; empty otherwise,
+    /// where it equals `dxp`).
+    pub drec: [&'a mut [T]; 3],
+    /// Out: `Σ (∂L/∂h')²` over each block of [`UNIT_ALIGN`] units.
+    pub sumsq: &'a mut [T],
 }
 
-/// One backward step of one row. Returns the squared L2 norm of the total `∂L/∂h'`.
+/// One backward step of one row's units.
 #[inline(always)]
-pub(crate) fn step_backward<T: Float>(kind: CellKind, n: usize, row: StepRowGrad<'_, T>) -> T {
+pub(crate) fn step_backward<T: Float>(kind: CellKind, row: StepRowGrad<'_, T>) {
     let StepRowGrad {
-        gates,
+        gates: [gi, gf, gg, go],
         h_prev,
         c_prev,
         gh_n,
         dy,
         dh,
         dc,
-        dxp,
-        drec,
+        dxp: [di, df, dg, d_o],
+        drec: [rr, rz, rn],
+        sumsq,
     } = row;
-    let dh = &mut dh[..n];
-    let sumsq = add_sumsq(&dy[..n], dh);
+    let n = dh.len();
+    for ((s, dh), dy) in sumsq
+        .iter_mut()
+        .zip(dh.chunks_mut(UNIT_ALIGN))
+        .zip(dy[..n].chunks(UNIT_ALIGN))
+    {
+        *s = add_sumsq(dy, dh);
+    }
     match kind {
         CellKind::RnnTanh | CellKind::RnnRelu => {
-            rnn_backward(&gates[..n], dh, &mut dxp[..n], kind == CellKind::RnnTanh)
+            rnn_backward(&gi[..n], dh, &mut di[..n], kind == CellKind::RnnTanh)
         }
-        CellKind::Lstm => {
-            let [di, df, dg, d_o] = blocks_mut::<T, 4>(dxp, n);
-            lstm_backward(
-                &gates[..4 * n],
-                &c_prev[..n],
-                dh,
-                &mut dc[..n],
-                di,
-                df,
-                dg,
-                d_o,
-            )
-        }
-        CellKind::Gru => {
-            let [dr, dz, dn] = blocks_mut::<T, 3>(dxp, n);
-            let [rr, rz, rn] = blocks_mut::<T, 3>(drec, n);
-            gru_backward(
-                &gates[..3 * n],
-                &h_prev[..n],
-                &gh_n[..n],
-                dh,
-                dr,
-                dz,
-                dn,
-                rr,
-                rz,
-                rn,
-            )
-        }
+        CellKind::Lstm => lstm_backward(
+            gi,
+            gf,
+            gg,
+            go,
+            &c_prev[..n],
+            dh,
+            &mut dc[..n],
+            di,
+            df,
+            dg,
+            d_o,
+        ),
+        CellKind::Gru => gru_backward(
+            gi,
+            gf,
+            gg,
+            &h_prev[..n],
+            &gh_n[..n],
+            dh,
+            di,
+            df,
+            dg,
+            rr,
+            rz,
+            rn,
+        ),
     }
-    sumsq
 }
 
 /// Lanes of the norm accumulator: a fixed split, so the sum (and `dh_norm`) is the same
@@ -362,7 +351,10 @@ multiversion! {
 
 multiversion! {
     fn lstm_backward<T: Float>(
-    gates: &[T],
+    gi: &[T],
+    gf: &[T],
+    gg: &[T],
+    go: &[T],
     c_prev: &[T],
     dh: &mut [T],
     dc: &mut [T],
@@ -372,7 +364,7 @@ multiversion! {
     d_o: &mut [T],
 ) -> () {
     let (one, n) = (T::one(), dh.len());
-    let [gi, gf, gg, go] = blocks::<T, 4>(gates, n);
+    let (gi, gf, gg, go) = (&gi[..n], &gf[..n], &gg[..n], &go[..n]);
     let (c_prev, dc) = (&c_prev[..n], &mut dc[..n]);
     let (di, df, dg, d_o) = (&mut di[..n], &mut df[..n], &mut dg[..n], &mut d_o[..n]);
     for j in 0..n {
@@ -392,7 +384,9 @@ multiversion! {
 
 multiversion! {
     fn gru_backward<T: Float>(
-    gates: &[T],
+    gr: &[T],
+    gz: &[T],
+    gn: &[T],
     h_prev: &[T],
     gh_n: &[T],
     dh: &mut [T],
@@ -404,7 +398,7 @@ multiversion! {
     rn: &mut [T],
 ) -> () {
     let (one, n) = (T::one(), dh.len());
-    let [gr, gz, gn] = blocks::<T, 3>(gates, n);
+    let (gr, gz, gn) = (&gr[..n], &gz[..n], &gn[..n]);
     let (h_prev, gh_n) = (&h_prev[..n], &gh_n[..n]);
     let (dr, dz, dn) = (&mut dr[..n], &mut dz[..n], &mut dn[..n]);
     let (rr, rz, rn) = (&mut rr[..n], &mut rz[..n], &mut rn[..n]);

@@ -46,7 +46,7 @@ pub trait Float:
 
 impl Float for f32 {
     const NAME: &'static str = "float32";
-    type Recurrent = crate::recurrent::PackedF32;
+    type Recurrent = crate::recurrent::Packed<f32>;
 
     #[inline(always)]
     fn sigmoid(self) -> Self {
@@ -61,7 +61,7 @@ impl Float for f32 {
 
 impl Float for f64 {
     const NAME: &'static str = "float64";
-    type Recurrent = crate::recurrent::GemmWeights<f64>;
+    type Recurrent = crate::recurrent::Packed<f64>;
 
     #[inline(always)]
     fn sigmoid(self) -> Self {

@@ -18,6 +18,7 @@ pub mod parallel;
 pub mod recurrent;
 pub mod sequence;
 pub mod simd;
+pub mod team;
 
 #[cfg(feature = "python")]
 mod python;

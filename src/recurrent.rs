@@ -1,232 +1,294 @@
-//! The per-step recurrent product `c (+)= a · b` with `b` packed once per call.
+//! The per-step recurrent product `c (+)= a · b` with `b` prepared once per call.
 //!
 //! `a [M, K]` is the state (`h [B, H]` forward, `drec [B, G·H]` backward), `b [K, N]` the
-//! recurrent weights (`W_hhᵀ [H, G·H]` forward, `W_hh [G·H, H]` backward). `M` (the batch)
-//! is small and the product runs once per time step, so a general GEMM would spend a
-//! large share of each step repacking `b`; here `b` is packed once per call into column
-//! panels `[K, NR]` and every step reads them as they are.
+//! recurrent weights (`W_hhᵀ [H, G·H]` forward, `W_hh [G·H, H]` backward), whose columns
+//! form `groups` blocks of `n = N / groups` (the gates forward, one block backward). `M`
+//! (the batch) is small and the product runs once per time step, so a general GEMM would
+//! spend a large share of each step repacking `b`; here `b` is prepared once per call and
+//! every step reads it as it is.
 //!
-//! For `f32` the micro-kernel holds an `MR × NR` block of `c` in registers (AVX-512:
-//! 8 × 32 in 16 registers; AVX2: 4 × 32 in 16) and runs `acc = fma(a[r, k], b[k, :], acc)`
-//! over `k` in order; the baseline path does the same with `f32::mul_add`, so every level
-//! gives the same bits, and so does every thread count (threads take whole panels). `f64`
-//! calls the general GEMM of `linalg`.
+//! The product is computed by tiles: a range of rows of `a` and `c` and a range of units
+//! `u` within every group (the columns `g·n + u`), so that a thread of the step team
+//! (`team.rs`) computes exactly the gate pre-activations its cell update needs and reads
+//! only its own part of `b`, which stays in its core's cache across steps.
+//!
+//! Each group is packed into column panels `[K, NR]`. For `f32` on x86-64 the micro-kernel
+//! holds an `MR × NR` block of `c` in registers (AVX-512: 8 × 32 in 16 registers; AVX2:
+//! 4 × 32 in 16) and runs `acc = fma(a[r, k], b[k, :], acc)` over `k` in order; the
+//! portable kernel (`f64`, the baseline level, other targets) does the same with
+//! `mul_add`, compiled per instruction set, so every level gives the same bits, and so does
+//! every tiling (each element is the same chain of operations).
 
 use crate::float::Float;
-use crate::linalg::{gemm, par};
-use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use crate::simd::multiversion;
+use ndarray::{ArrayView2, ArrayViewMut2};
+use std::ops::Range;
+
+/// Unit ranges given to [`RecurrentWeights::apply_tile`] start at a multiple of this (and
+/// end at one, or at `n`).
+pub const UNIT_ALIGN: usize = NR;
 
 /// Weights prepared for repeated products `c (+)= a · b`.
 pub trait RecurrentWeights<T>: Send + Sync + Sized {
-    /// Prepares `b [K, N]` (any strides).
-    fn prepare(b: &ArrayView2<'_, T>) -> Self;
-    /// `c := a · b` (`accumulate == false`) or `c += a · b`; `a` and `c` have contiguous
-    /// rows.
-    fn apply(
+    /// Prepares `b [K, N]` (any strides) whose columns are `groups` blocks.
+    fn prepare(b: &ArrayView2<'_, T>, groups: usize) -> Self;
+
+    /// For the rows `rows` and, in every group `g`, the columns `g·n + u` for `u` in
+    /// `units`: `c[r, g·n + u] (+)= Σ_k a[r, k] · b[k, g·n + u]` (`accumulate` chooses).
+    /// Row `r` of `a` starts at `a + r·lda`, of `c` at `c + r·ldc`, both contiguous.
+    ///
+    /// # Safety
+    /// `a` must be valid for reads of rows `rows` (`K` elements each) and `c` for reads
+    /// and writes of the tile's elements, which nobody else accesses during the call;
+    /// `units.start` must be a multiple of [`UNIT_ALIGN`] and `units.end <= n`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn apply_tile(
         &self,
-        a: &ArrayView2<'_, T>,
-        c: &mut ArrayViewMut2<'_, T>,
+        a: *const T,
+        lda: usize,
+        c: *mut T,
+        ldc: usize,
+        rows: Range<usize>,
+        units: Range<usize>,
         accumulate: bool,
-        threads: usize,
     );
-}
 
-/// The `f64` path: a contiguous copy of `b` and the general GEMM.
-#[derive(Debug, Clone)]
-pub struct GemmWeights<T>(Array2<T>);
-
-impl<T: Float> RecurrentWeights<T> for GemmWeights<T> {
-    fn prepare(b: &ArrayView2<'_, T>) -> Self {
-        GemmWeights(b.as_standard_layout().into_owned())
-    }
-
-    fn apply(
-        &self,
-        a: &ArrayView2<'_, T>,
-        c: &mut ArrayViewMut2<'_, T>,
-        accumulate: bool,
-        threads: usize,
-    ) {
-        let beta = if accumulate { T::one() } else { T::zero() };
-        let work = a.nrows() * a.ncols() * self.0.ncols();
-        gemm(
-            T::one(),
-            a,
-            &self.0.view(),
-            beta,
-            c,
-            par(if work >= 1 << 22 { threads } else { 1 }),
+    /// `c (+)= a · b` over the whole matrix, on the calling thread.
+    fn apply(&self, a: &ArrayView2<'_, T>, c: &mut ArrayViewMut2<'_, T>, accumulate: bool) {
+        let (k, n) = self.dims();
+        assert_eq!(a.ncols(), k, "recurrent product: inner dimension");
+        assert_eq!(c.dim(), (a.nrows(), n), "recurrent product: output shape");
+        assert!(
+            a.strides()[1] == 1
+                && c.strides()[1] == 1
+                && a.strides()[0] >= 0
+                && c.strides()[0] >= 0,
+            "recurrent product: rows must be contiguous"
         );
+        let (lda, ldc) = (a.strides()[0] as usize, c.strides()[0] as usize);
+        // SAFETY: both views cover the rows given, exclusively for `c`.
+        unsafe {
+            self.apply_tile(
+                a.as_ptr(),
+                lda,
+                c.as_mut_ptr(),
+                ldc,
+                0..a.nrows(),
+                0..n / self.groups(),
+                accumulate,
+            )
+        }
     }
+
+    /// `(K, N)`.
+    fn dims(&self) -> (usize, usize);
+
+    /// The number of column groups.
+    fn groups(&self) -> usize;
 }
 
 /// Columns per packed panel.
 const NR: usize = 32;
 
-/// `b [K, N]` packed into `ceil(N / NR)` panels `[K, NR]` (zero-padded), for `f32`.
+/// `b [K, N]` packed: each group's `n` columns into `ceil(n / NR)` panels `[K, NR]`
+/// (zero-padded).
 #[derive(Debug, Clone)]
-pub struct PackedF32 {
+pub struct Packed<T> {
     k: usize,
+    /// Columns per group.
     n: usize,
-    panels: Vec<f32>,
+    groups: usize,
+    panels: Vec<T>,
 }
 
-impl RecurrentWeights<f32> for PackedF32 {
-    fn prepare(b: &ArrayView2<'_, f32>) -> Self {
-        let (k, n) = b.dim();
+/// The micro-kernel of one element type: `c (+)= a · w` for one panel `w [K, NR]`.
+pub trait PanelKernel: Float {
+    /// # Safety
+    /// `t.a` readable for `m` rows of `k`, `t.c` writable for `m` rows of `cols`,
+    /// exclusively; `w.len() >= k · NR`.
+    unsafe fn panel(level: crate::simd::Level, t: Tile<Self>, w: &[Self]);
+}
+
+impl<T> Packed<T> {
+    fn panels_per_group(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+}
+
+impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
+    fn prepare(b: &ArrayView2<'_, T>, groups: usize) -> Self {
+        let (k, total) = b.dim();
+        assert_eq!(total % groups, 0, "recurrent weights: columns per group");
+        let n = total / groups;
         let np = n.div_ceil(NR);
-        let mut panels = vec![0.0f32; np * k * NR];
-        for p in 0..np {
-            let panel = &mut panels[p * k * NR..(p + 1) * k * NR];
-            for kk in 0..k {
-                for j in 0..NR.min(n - p * NR) {
-                    panel[kk * NR + j] = b[[kk, p * NR + j]];
+        let mut panels = vec![T::zero(); groups * np * k * NR];
+        for g in 0..groups {
+            for p in 0..np {
+                let at = (g * np + p) * k * NR;
+                let panel = &mut panels[at..at + k * NR];
+                for kk in 0..k {
+                    for j in 0..NR.min(n - p * NR) {
+                        panel[kk * NR + j] = b[[kk, g * n + p * NR + j]];
+                    }
                 }
             }
         }
-        PackedF32 { k, n, panels }
+        Packed {
+            k,
+            n,
+            groups,
+            panels,
+        }
     }
 
-    fn apply(
+    unsafe fn apply_tile(
         &self,
-        a: &ArrayView2<'_, f32>,
-        c: &mut ArrayViewMut2<'_, f32>,
+        a: *const T,
+        lda: usize,
+        c: *mut T,
+        ldc: usize,
+        rows: Range<usize>,
+        units: Range<usize>,
         accumulate: bool,
-        threads: usize,
     ) {
-        assert_eq!(a.ncols(), self.k, "recurrent product: inner dimension");
-        assert_eq!(
-            c.dim(),
-            (a.nrows(), self.n),
-            "recurrent product: output shape"
-        );
-        assert!(
-            a.strides()[1] == 1 && c.strides()[1] == 1,
-            "recurrent product: rows must be contiguous"
-        );
-        let m = a.nrows();
-        let (lda, ldc) = (a.strides()[0] as usize, c.strides()[0] as usize);
-        let a = a.as_slice_memory_order().expect("contiguous rows");
-        let c = c.as_slice_memory_order_mut().expect("contiguous rows");
-        let np = self.n.div_ceil(NR);
+        debug_assert!(units.start.is_multiple_of(NR) && units.end <= self.n);
         let level = crate::simd::level();
-        let run = |panels: std::ops::Range<usize>, c: &mut [f32]| {
-            for p in panels {
-                let w = &self.panels[p * self.k * NR..(p + 1) * self.k * NR];
-                let cols = NR.min(self.n - p * NR);
-                panel_product(
-                    level,
-                    a,
-                    lda,
-                    m,
-                    self.k,
-                    w,
-                    c,
-                    ldc,
-                    p * NR,
-                    cols,
-                    accumulate,
-                );
+        let np = self.panels_per_group();
+        // SAFETY (both pointer offsets): the caller's contract.
+        let a = unsafe { a.add(rows.start * lda) };
+        let c = unsafe { c.add(rows.start * ldc) };
+        for g in 0..self.groups {
+            for p in units.start / NR..units.end.div_ceil(NR) {
+                let at = (g * np + p) * self.k * NR;
+                let w = &self.panels[at..at + self.k * NR];
+                let cols = NR.min(units.end - p * NR);
+                // SAFETY: the tile's rows and these columns are the caller's.
+                unsafe {
+                    T::panel(
+                        level,
+                        Tile {
+                            a,
+                            lda,
+                            m: rows.len(),
+                            k: self.k,
+                            c: c.add(g * self.n + p * NR),
+                            ldc,
+                            cols,
+                            accumulate,
+                        },
+                        w,
+                    )
+                };
             }
-        };
-        if threads < 2 || np < 2 || m * self.k * self.n < (1 << 22) {
-            return run(0..np, c);
         }
-        // Halve the panels across the threads with `rayon::join` (no allocation per step).
-        fn split(
-            panels: std::ops::Range<usize>,
-            threads: usize,
-            out: &SharedOut,
-            run: &(dyn Fn(std::ops::Range<usize>, &mut [f32]) + Sync),
-        ) {
-            if threads < 2 || panels.len() < 2 {
-                // SAFETY: `out` covers all of `c`, which outlives the call; the panels
-                // of this range write only their own columns of each row, and the
-                // ranges given to concurrent calls are disjoint.
-                return run(panels, unsafe { out.slice() });
-            }
-            let mid = panels.start + panels.len() / 2;
-            let half = threads / 2;
-            rayon::join(
-                || split(panels.start..mid, threads - half, out, run),
-                || split(mid..panels.end, half, out, run),
-            );
-        }
-        split(0..np, threads, &SharedOut(c.as_mut_ptr(), c.len()), &run);
+    }
+
+    fn dims(&self) -> (usize, usize) {
+        (self.k, self.n * self.groups)
+    }
+
+    fn groups(&self) -> usize {
+        self.groups
     }
 }
 
-/// The output of a product shared by tasks that write disjoint columns.
-struct SharedOut(*mut f32, usize);
-
-// SAFETY: only used to hand disjoint column panels of one slice to rayon tasks.
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// # Safety
-    /// The slice must be alive and concurrent users must write disjoint elements.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self) -> &mut [f32] {
-        // SAFETY: the caller's contract.
-        unsafe { std::slice::from_raw_parts_mut(self.0, self.1) }
-    }
-}
-
-/// `c[:, c0..c0 + cols] (+)= a · w` for one panel `w [K, NR]`, at `level`.
-#[allow(clippy::too_many_arguments)]
-fn panel_product(
-    level: crate::simd::Level,
-    a: &[f32],
+/// One panel's share of a tile: `c[r, 0..cols] (+)= Σ_k a[r, k] · w[k, 0..cols]` for `r < m`.
+#[derive(Clone, Copy)]
+pub struct Tile<T> {
+    a: *const T,
     lda: usize,
     m: usize,
     k: usize,
-    w: &[f32],
-    c: &mut [f32],
+    c: *mut T,
     ldc: usize,
-    c0: usize,
     cols: usize,
     accumulate: bool,
-) {
-    let mut acc = [0.0f32; NR];
-    let mut r = 0;
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::simd::Level;
-        match level {
-            // SAFETY: `level()` only reports AVX-512F when the CPU has it.
-            Level::Avx512 => {
-                r = unsafe { x86::rows_avx512(a, lda, m, k, w, c, ldc, c0, cols, accumulate) }
-            }
-            // SAFETY: as above, for AVX2 and FMA.
-            Level::Avx2 => {
-                r = unsafe { x86::rows_avx2(a, lda, m, k, w, c, ldc, c0, cols, accumulate) }
-            }
-            Level::Scalar => {}
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = level;
-    // Rows the vector kernels left (all of them at the baseline level): one at a time, the
-    // same fused multiply-adds in the same order.
-    while r < m {
-        acc.fill(0.0);
+}
+
+/// Rows per block of the portable kernel.
+const MR_PORTABLE: usize = 4;
+
+multiversion! {
+    /// `acc[r] = Σ_k a[r][k] · w[k, :]` for the first `rows` of up to four rows, with
+    /// `mul_add` in `k` order: one rounding per step at every level (a fused multiply-add
+    /// where the CPU has one, the exact software one elsewhere), so the bits never change.
+    fn portable_block<T: Float>(a: [&[T]; MR_PORTABLE], rows: usize, w: &[T]) -> [[T; NR]; MR_PORTABLE] {
+        let k = a[0].len();
+        let mut acc = [[T::zero(); NR]; MR_PORTABLE];
         for kk in 0..k {
-            let av = a[r * lda + kk];
-            for (s, &wv) in acc.iter_mut().zip(&w[kk * NR..(kk + 1) * NR]) {
-                *s = av.mul_add(wv, *s);
+            let wr: &[T; NR] = w[kk * NR..(kk + 1) * NR].try_into().expect("one panel row");
+            for (acc_r, a_r) in acc.iter_mut().zip(&a).take(rows) {
+                let av = a_r[kk];
+                for (s, &wv) in acc_r.iter_mut().zip(wr) {
+                    *s = av.mul_add(wv, *s);
+                }
             }
         }
-        store(
-            &acc[..cols],
-            &mut c[r * ldc + c0..r * ldc + c0 + cols],
-            accumulate,
-        );
-        r += 1;
+        acc
     }
 }
 
+/// The portable kernel, from row `r0` on.
+///
+/// # Safety
+/// As [`PanelKernel::panel`].
+unsafe fn portable_rows<T: Float>(t: Tile<T>, w: &[T], r0: usize) {
+    let mut r = r0;
+    while r < t.m {
+        let rows = MR_PORTABLE.min(t.m - r);
+        // SAFETY: rows `r..r + rows` of `a` hold `k` readable elements (the first row is
+        // repeated where fewer than four are left; those results are not stored).
+        let a: [&[T]; MR_PORTABLE] = std::array::from_fn(|q| unsafe {
+            std::slice::from_raw_parts(t.a.add((r + q.min(rows - 1)) * t.lda), t.k)
+        });
+        let acc = portable_block(a, rows, w);
+        for (q, acc_r) in acc.iter().enumerate().take(rows) {
+            // SAFETY: row `r + q` of the tile of `c` is ours.
+            unsafe { store(&acc_r[..t.cols], t.c.add((r + q) * t.ldc), t.accumulate) };
+        }
+        r += rows;
+    }
+}
+
+impl PanelKernel for f64 {
+    unsafe fn panel(_level: crate::simd::Level, t: Tile<f64>, w: &[f64]) {
+        assert!(w.len() >= t.k * NR && t.cols <= NR);
+        // SAFETY: the caller's contract.
+        unsafe { portable_rows(t, w, 0) }
+    }
+}
+
+impl PanelKernel for f32 {
+    unsafe fn panel(level: crate::simd::Level, t: Tile<f32>, w: &[f32]) {
+        assert!(w.len() >= t.k * NR && t.cols <= NR);
+        let mut r = 0;
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::simd::Level;
+            match level {
+                // SAFETY: `level()` only reports AVX-512F when the CPU has it; the tile's
+                // contract is passed on.
+                Level::Avx512 => r = unsafe { x86::rows_avx512(t, w) },
+                // SAFETY: as above, for AVX2 and FMA.
+                Level::Avx2 => r = unsafe { x86::rows_avx2(t, w) },
+                Level::Scalar => {}
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = level;
+        // Rows the vector kernels left (all of them at the baseline level): the same
+        // fused multiply-adds in the same order.
+        // SAFETY: the caller's contract.
+        unsafe { portable_rows(t, w, r) }
+    }
+}
+
+/// # Safety
+/// `dst` writable for `acc.len()` elements, exclusively.
 #[inline(always)]
-fn store(acc: &[f32], dst: &mut [f32], accumulate: bool) {
+unsafe fn store<T: Float>(acc: &[T], dst: *mut T, accumulate: bool) {
+    // SAFETY: the caller's contract.
+    let dst = unsafe { std::slice::from_raw_parts_mut(dst, acc.len()) };
     for (d, &v) in dst.iter_mut().zip(acc) {
         *d = if accumulate { *d + v } else { v };
     }
@@ -234,41 +296,36 @@ fn store(acc: &[f32], dst: &mut [f32], accumulate: bool) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{store, NR};
+    use super::{store, Tile, NR};
     use std::arch::x86_64::*;
 
-    /// Defines `$rows(a, lda, m, k, w, c, ldc, c0, cols, accumulate) -> usize`: all rows,
-    /// in blocks of `$mr` (an `$mr × NR` block of `c` in registers), then one at a time;
-    /// `acc = fma(a[r, k], w[k, :], acc)` over `k` in order, as the baseline path does.
+    /// Defines `$rows(tile, w) -> usize`: all rows, in blocks of `$mr` (an `$mr × NR` block
+    /// of `c` in registers), then one at a time; `acc = fma(a[r, k], w[k, :], acc)` over
+    /// `k` in order, as the baseline path does. Returns the number of rows done (all).
     macro_rules! panel_rows {
         ($rows:ident, $block:ident, $feat:literal, $vec:ty, $lanes:expr, $mr:expr,
          $zero:ident, $load:ident, $set1:ident, $fmadd:ident, $storeu:ident) => {
             /// One block of `R` rows starting at row `r0`.
+            ///
+            /// # Safety
+            /// The tile's contract (`panel_product`) and `r0 + R <= t.m`.
             #[target_feature(enable = $feat)]
-            #[allow(clippy::too_many_arguments)]
-            fn $block<const R: usize>(
-                a: &[f32],
-                lda: usize,
-                r0: usize,
-                k: usize,
-                w: &[f32],
-                c: &mut [f32],
-                ldc: usize,
-                c0: usize,
-                cols: usize,
-                accumulate: bool,
-            ) {
+            unsafe fn $block<const R: usize>(t: Tile<f32>, r0: usize, w: &[f32]) {
                 const V: usize = NR / $lanes;
-                assert!(w.len() >= k * NR && (r0 + R - 1) * lda + k <= a.len());
+                assert!(w.len() >= t.k * NR);
+                // SAFETY: rows `r0..r0 + R` of `a` hold `k` readable elements each.
+                let a_rows: [&[f32]; R] = std::array::from_fn(|r| unsafe {
+                    std::slice::from_raw_parts(t.a.add((r0 + r) * t.lda), t.k)
+                });
                 let mut acc = [[$zero(); V]; R];
-                for kk in 0..k {
+                for kk in 0..t.k {
                     // SAFETY: `kk * NR + NR <= k * NR <= w.len()` (asserted above).
                     let wv: [$vec; V] = std::array::from_fn(|q| unsafe {
                         $load(w.as_ptr().add(kk * NR + q * $lanes))
                     });
-                    for (r, acc_r) in acc.iter_mut().enumerate() {
-                        // SAFETY: `(r0 + r) * lda + kk < a.len()` (asserted above).
-                        let av = $set1(unsafe { *a.get_unchecked((r0 + r) * lda + kk) });
+                    for (acc_r, a_row) in acc.iter_mut().zip(&a_rows) {
+                        // SAFETY: `kk < k = a_row.len()`.
+                        let av = $set1(unsafe { *a_row.get_unchecked(kk) });
                         for (s, &wq) in acc_r.iter_mut().zip(&wv) {
                             *s = $fmadd(av, wq, *s);
                         }
@@ -280,32 +337,24 @@ mod x86 {
                         // SAFETY: `buf` holds NR = V · lanes floats.
                         unsafe { $storeu(buf.as_mut_ptr().add(q * $lanes), v) };
                     }
-                    let row = (r0 + r) * ldc + c0;
-                    store(&buf[..cols], &mut c[row..row + cols], accumulate);
+                    // SAFETY: row `r0 + r` of the tile of `c` is ours.
+                    unsafe { store(&buf[..t.cols], t.c.add((r0 + r) * t.ldc), t.accumulate) };
                 }
             }
 
+            /// # Safety
+            /// The tile's contract (`panel_product`) and the CPU features `$feat`.
             #[target_feature(enable = $feat)]
-            #[allow(clippy::too_many_arguments)]
-            pub(super) fn $rows(
-                a: &[f32],
-                lda: usize,
-                m: usize,
-                k: usize,
-                w: &[f32],
-                c: &mut [f32],
-                ldc: usize,
-                c0: usize,
-                cols: usize,
-                accumulate: bool,
-            ) -> usize {
+            pub(super) unsafe fn $rows(t: Tile<f32>, w: &[f32]) -> usize {
                 let mut r0 = 0;
-                while r0 + $mr <= m {
-                    $block::<{ $mr }>(a, lda, r0, k, w, c, ldc, c0, cols, accumulate);
+                while r0 + $mr <= t.m {
+                    // SAFETY: `r0 + $mr <= m`.
+                    unsafe { $block::<{ $mr }>(t, r0, w) };
                     r0 += $mr;
                 }
-                while r0 < m {
-                    $block::<1>(a, lda, r0, k, w, c, ldc, c0, cols, accumulate);
+                while r0 < t.m {
+                    // SAFETY: `r0 < m`.
+                    unsafe { $block::<1>(t, r0, w) };
                     r0 += 1;
                 }
                 r0
@@ -345,37 +394,68 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::linalg::{gemm, par};
     use crate::simd::{set_level, Level};
     use ndarray::Array2;
 
+    /// `c (+)= a · b` computed by tiles of `rows_per × units_per`, as a team would.
+    fn by_tiles<W: RecurrentWeights<f32>>(
+        w: &W,
+        a: &Array2<f32>,
+        c: &mut Array2<f32>,
+        accumulate: bool,
+        rows_per: usize,
+        units_per: usize,
+    ) {
+        let (m, n) = (a.nrows(), w.dims().1 / w.groups());
+        let (lda, ldc) = (a.ncols(), c.ncols());
+        for r0 in (0..m).step_by(rows_per) {
+            for u0 in (0..n).step_by(units_per) {
+                // SAFETY: whole, contiguous, exclusively borrowed arrays; disjoint tiles.
+                unsafe {
+                    w.apply_tile(
+                        a.as_ptr(),
+                        lda,
+                        c.as_mut_ptr(),
+                        ldc,
+                        r0..(r0 + rows_per).min(m),
+                        u0..(u0 + units_per).min(n),
+                        accumulate,
+                    )
+                }
+            }
+        }
+    }
+
     #[test]
-    fn packed_product_is_exact_and_identical_at_every_level() {
+    fn packed_product_is_exact_and_identical_at_every_level_and_tiling() {
         // Small integers: every product and sum is exact, so any correct order agrees.
-        for (m, k, n) in [
-            (1, 3, 5),
-            (16, 128, 512),
-            (9, 7, 33),
-            (8, 64, 32),
-            (21, 10, 70),
-            (8, 512, 1024),
+        for (m, k, n, groups) in [
+            (1, 3, 5, 1),
+            (16, 128, 512, 4),
+            (9, 7, 33, 3),
+            (8, 64, 32, 1),
+            (21, 10, 70, 1),
+            (8, 512, 1024, 4),
+            (5, 40, 120, 3),
         ] {
             let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 - 5.0);
             let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 2) % 13) as f32 - 6.0);
             let mut want = Array2::from_elem((m, n), 1.0f32);
             gemm(1.0, &a.view(), &b.view(), 1.0, &mut want.view_mut(), par(1));
-            let p = PackedF32::prepare(&b.view());
+            let p = Packed::<f32>::prepare(&b.view(), groups);
             let _guard = crate::simd::tests_lock();
             for level in [Level::Scalar, Level::Avx2, Level::Avx512] {
                 if set_level(Some(level)).is_err() {
                     continue;
                 }
-                for threads in [1, 3] {
-                    let mut got = Array2::from_elem((m, n), 1.0f32);
-                    p.apply(&a.view(), &mut got.view_mut(), true, threads);
-                    assert_eq!(got, want, "{m}x{k}x{n} at {level:?}, {threads} threads");
+                let mut got = Array2::from_elem((m, n), 1.0f32);
+                p.apply(&a.view(), &mut got.view_mut(), true);
+                assert_eq!(got, want, "{m}x{k}x{n} at {level:?}");
+                for (rows_per, units_per) in [(3, UNIT_ALIGN), (8, 2 * UNIT_ALIGN), (1, n)] {
                     let mut fresh = Array2::from_elem((m, n), 7.0f32);
-                    p.apply(&a.view(), &mut fresh.view_mut(), false, threads);
-                    assert_eq!(fresh, &want - 1.0);
+                    by_tiles(&p, &a, &mut fresh, false, rows_per, units_per);
+                    assert_eq!(fresh, &want - 1.0, "tiles {rows_per}x{units_per}");
                 }
             }
             set_level(None).unwrap();
@@ -383,22 +463,50 @@ mod tests {
     }
 
     #[test]
-    fn rounding_is_the_same_at_every_level() {
+    fn rounding_is_the_same_at_every_level_and_tiling() {
         let (m, k, n) = (19, 77, 100);
         let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 31 + j * 17) as f32).sin());
         let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 13 + j * 7) as f32).cos());
-        let p = PackedF32::prepare(&b.view());
+        let p = Packed::<f32>::prepare(&b.view(), 2);
         let _guard = crate::simd::tests_lock();
         set_level(Some(Level::Scalar)).unwrap();
         let mut want = Array2::zeros((m, n));
-        p.apply(&a.view(), &mut want.view_mut(), false, 1);
+        p.apply(&a.view(), &mut want.view_mut(), false);
         for level in [Level::Avx2, Level::Avx512] {
             if set_level(Some(level)).is_ok() {
                 let mut got = Array2::zeros((m, n));
-                p.apply(&a.view(), &mut got.view_mut(), false, 2);
+                by_tiles(&p, &a, &mut got, false, 5, UNIT_ALIGN);
                 assert_eq!(got, want, "{level:?}");
             }
         }
         set_level(None).unwrap();
+    }
+
+    #[test]
+    fn f64_weights_compute_the_same_product_by_tiles() {
+        let (m, k, n) = (7, 33, 96);
+        let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f64 - 5.0);
+        let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 2) % 13) as f64 - 6.0);
+        let want = a.dot(&b);
+        let w = Packed::<f64>::prepare(&b.view(), 3);
+        let mut got = Array2::from_elem((m, n), 9.0);
+        w.apply(&a.view(), &mut got.view_mut(), false);
+        assert_eq!(got, want);
+        let (lda, ldc) = (k, n);
+        for r0 in (0..m).step_by(3) {
+            // SAFETY: contiguous arrays, disjoint row tiles.
+            unsafe {
+                w.apply_tile(
+                    a.as_ptr(),
+                    lda,
+                    got.as_mut_ptr(),
+                    ldc,
+                    r0..(r0 + 3).min(m),
+                    0..32,
+                    true,
+                )
+            };
+        }
+        assert_eq!(got, &want * 2.0);
     }
 }

@@ -37,7 +37,8 @@ use crate::linalg::{gemm, par};
 use crate::model::{
     check_state, check_weights, Config, Grads, LayerGrads, LayerWeights, State, StateView,
 };
-use crate::recurrent::RecurrentWeights;
+use crate::recurrent::{RecurrentWeights, UNIT_ALIGN};
+use crate::team::{self, Shared, Tile};
 use ndarray::{
     s, Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut3, Axis, CowArray, Ix3,
 };
@@ -591,7 +592,7 @@ fn run_direction<T: Float>(
 ) -> Option<DirTape<T>> {
     let (seq_len, batch, _) = input.dim();
     let bias = Bias::new(cfg, w);
-    let w_hh_t = T::Recurrent::prepare(&w.w_hh.t());
+    let w_hh_t = T::Recurrent::prepare(&w.w_hh.t(), cfg.kind.gates());
     let seg_len = match keep {
         DirKeep::Full => seq_len,
         DirKeep::Nothing => SEGMENT.min(seq_len),
@@ -673,7 +674,7 @@ fn run_segment<T: Float>(
     reverse: bool,
     lengths: Option<&[usize]>,
     h: &mut Array2<T>,
-    mut c: Option<&mut Array2<T>>,
+    c: Option<&mut Array2<T>>,
     mut gates: ArrayViewMut3<'_, T>,
     mut tape: Option<StatesMut<'_, T>>,
     mut out: Option<ArrayViewMut3<'_, T>>,
@@ -682,7 +683,6 @@ fn run_segment<T: Float>(
 ) {
     let (len, batch, in_size) = input.dim();
     let (hidden, gh, kind) = (cfg.hidden_size, cfg.gate_size(), cfg.kind);
-    let gru = kind == CellKind::Gru;
     {
         let x2 = input
             .into_shape_with_order((len * batch, in_size))
@@ -698,292 +698,225 @@ fn run_segment<T: Float>(
         gemm(T::one(), &x2, &w.w_ih.t(), T::one(), &mut g2, par(threads));
     }
 
-    for i in 0..len {
-        let local = if reverse { len - 1 - i } else { i };
-        let t = t0 + local;
-        if let Some(tp) = tape.as_mut() {
-            if let Some(hp) = tp.h_prev.as_mut() {
-                hp.index_axis_mut(Axis(0), local).assign(h);
-            }
-            if let (Some(cp), Some(c)) = (tp.c_prev.as_mut(), c.as_deref()) {
-                cp.index_axis_mut(Axis(0), local).assign(c);
-            }
-        }
-        let mut gates_t = gates.index_axis_mut(Axis(0), local);
-        if gru {
-            w_hh_t.apply(&h.view(), &mut rec.view_mut(), false, threads);
-        } else {
-            w_hh_t.apply(&h.view(), &mut gates_t, true, threads);
-        }
-        let rows = ForwardRows {
-            kind,
-            hidden,
-            batch,
-            mask: lengths.map(|l| (l, t)),
-            gates: gates_t.as_slice_mut().expect("contiguous"),
-            rec: rec.as_slice().expect("contiguous"),
-            b_hn: &bias.b_hn,
-            h: h.as_slice_mut().expect("contiguous"),
-            c: match c.as_deref_mut() {
-                Some(c) => c.as_slice_mut().expect("contiguous"),
-                None => Default::default(),
-            },
-            gh_n: match tape.as_mut().and_then(|tp| tp.gh_n.as_mut()) {
-                Some(g) => g
-                    .index_axis_mut(Axis(0), local)
-                    .into_slice()
-                    .expect("contiguous"),
-                None => Default::default(),
-            },
+    let work = batch * hidden * gh;
+    let tiles = team::plan(threads, batch, hidden, work);
+    let mut h_next = Array2::<T>::zeros((batch, hidden));
+    {
+        let g_all = gates.as_slice_mut().expect("contiguous gate buffer");
+        let sh = FwdShared {
+            gates: Shared::new(g_all),
+            h: [
+                Shared::new(h.as_slice_mut().expect("contiguous")),
+                Shared::new(h_next.as_slice_mut().expect("contiguous")),
+            ],
+            c: Shared::new(c.map_or(&mut [][..], |c| c.as_slice_mut().expect("contiguous"))),
+            rec: Shared::new(rec.as_slice_mut().expect("contiguous")),
+            h_prev: shared_opt(tape.as_mut().and_then(|tp| tp.h_prev.as_mut())),
+            c_prev: shared_opt(tape.as_mut().and_then(|tp| tp.c_prev.as_mut())),
+            gh_n: shared_opt(tape.as_mut().and_then(|tp| tp.gh_n.as_mut())),
+            out: out.as_mut().map(shared_strided),
         };
-        run_rows_par(rows, threads);
-        if let Some(out) = out.as_mut() {
-            let mut out_t = out.index_axis_mut(Axis(0), local);
-            out_t.assign(h);
-            if let Some(l) = lengths {
-                for (b, &n) in l.iter().enumerate() {
-                    if t >= n {
-                        out_t.row_mut(b).fill(T::zero());
+        let sh = &sh;
+        team::run(&tiles, |mine, barrier| {
+            for i in 0..len {
+                let local = if reverse { len - 1 - i } else { i };
+                let t = t0 + local;
+                for tile in mine {
+                    // SAFETY: every member reads all of `h[i % 2]` and writes only its tile
+                    // of `h[1 − i % 2]` and of the per-step buffers; the barrier at the end
+                    // of the step separates the step that writes a buffer from the one that
+                    // reads it.
+                    unsafe {
+                        forward_tile(
+                            sh,
+                            StepCtx {
+                                kind,
+                                hidden,
+                                batch,
+                                w: w_hh_t,
+                                b_hn: &bias.b_hn,
+                                cur: i % 2,
+                                local,
+                                t,
+                                lengths,
+                            },
+                            tile,
+                        )
+                    };
+                }
+                barrier.wait();
+            }
+        });
+    }
+    if len % 2 == 1 {
+        std::mem::swap(h, &mut h_next);
+    }
+}
+
+/// The buffers of one forward segment, shared by the step team.
+struct FwdShared<T> {
+    /// `[S, B, G·H]`: the input projection, then the activated gates.
+    gates: Shared<T>,
+    /// The state `[B, H]`, double-buffered: step `i` reads `h[i % 2]`, writes the other.
+    h: [Shared<T>; 2],
+    /// LSTM cell `[B, H]` (empty otherwise), updated in place.
+    c: Shared<T>,
+    /// GRU: `h·W_hhᵀ` `[B, G·H]` (empty otherwise).
+    rec: Shared<T>,
+    /// The tape's per-step states `[S, B, H]` (empty when not kept).
+    h_prev: Shared<T>,
+    c_prev: Shared<T>,
+    gh_n: Shared<T>,
+    /// The outputs `[S, B, ·]` and their (step, row) strides.
+    out: Option<(Shared<T>, [usize; 2])>,
+}
+
+/// What one step of a segment needs besides the buffers.
+struct StepCtx<'a, T: Float> {
+    kind: CellKind,
+    hidden: usize,
+    batch: usize,
+    w: &'a T::Recurrent,
+    b_hn: &'a [T],
+    /// Which state buffer the step reads.
+    cur: usize,
+    /// The step's index in the segment's buffers, and its time index.
+    local: usize,
+    t: usize,
+    lengths: Option<&'a [usize]>,
+}
+
+fn shared_opt<T>(a: Option<&mut ArrayViewMut3<'_, T>>) -> Shared<T> {
+    Shared::new(a.map_or(&mut [][..], |a| {
+        a.as_slice_mut().expect("contiguous tape buffer")
+    }))
+}
+
+/// Shares a `[S, B, H]` view whose rows are contiguous (a direction's block of `out`).
+fn shared_strided<T>(v: &mut ArrayViewMut3<'_, T>) -> (Shared<T>, [usize; 2]) {
+    let (steps, batch, hidden) = v.dim();
+    // Axes of length 1 may carry any stride; they never move the pointer.
+    let st: Vec<isize> = (0..3)
+        .map(|a| if v.shape()[a] > 1 { v.strides()[a] } else { 0 })
+        .collect();
+    assert!(
+        st[2] <= 1 && st[0] >= 0 && st[1] >= 0,
+        "output rows are contiguous"
+    );
+    let (s0, s1) = (st[0] as usize, st[1] as usize);
+    let len = if steps * batch * hidden == 0 {
+        0
+    } else {
+        (steps - 1) * s0 + (batch - 1) * s1 + hidden
+    };
+    // SAFETY: the view covers these elements (its layout is checked above) and is
+    // mutably borrowed for as long as the shared handle is used.
+    (unsafe { Shared::from_raw(v.as_mut_ptr(), len) }, [s0, s1])
+}
+
+/// One forward step for one tile: saves the entering state for the tape, adds the
+/// tile's recurrent product, runs the fused cell and writes the outputs.
+///
+/// # Safety
+/// The team's contract (see the call site): the tile's elements are this member's.
+unsafe fn forward_tile<T: Float>(sh: &FwdShared<T>, cx: StepCtx<'_, T>, tile: &Tile) {
+    let (n, b_all) = (cx.hidden, cx.batch);
+    let g = cx.kind.gates();
+    let gh = g * n;
+    let (cur, next) = (&sh.h[cx.cur], &sh.h[1 - cx.cur]);
+    let u = tile.units.clone();
+    let gru = cx.kind == CellKind::Gru;
+    let state = |b: usize| b * n + u.start..b * n + u.end;
+    let at_step =
+        |b: usize| (cx.local * b_all + b) * n + u.start..(cx.local * b_all + b) * n + u.end;
+    unsafe {
+        for b in tile.rows.clone() {
+            if !sh.h_prev.is_empty() {
+                sh.h_prev
+                    .part(at_step(b))
+                    .copy_from_slice(cur.read(state(b)));
+            }
+            if !sh.c_prev.is_empty() {
+                sh.c_prev
+                    .part(at_step(b))
+                    .copy_from_slice(sh.c.read(state(b)));
+            }
+        }
+        let gates_t = sh.gates.ptr().add(cx.local * b_all * gh);
+        if gru {
+            cx.w.apply_tile(
+                cur.ptr(),
+                n,
+                sh.rec.ptr(),
+                gh,
+                tile.rows.clone(),
+                u.clone(),
+                false,
+            );
+        } else {
+            cx.w.apply_tile(
+                cur.ptr(),
+                n,
+                gates_t,
+                gh,
+                tile.rows.clone(),
+                u.clone(),
+                true,
+            );
+        }
+        for b in tile.rows.clone() {
+            let masked = cx.lengths.is_some_and(|l| cx.t >= l[b]);
+            let h_row = next.part(state(b));
+            if masked || gru {
+                h_row.copy_from_slice(cur.read(state(b)));
+            }
+            if !masked {
+                let row0 = (cx.local * b_all + b) * gh;
+                let gate = |k: usize| {
+                    if k < g {
+                        sh.gates.part(row0 + k * n + u.start..row0 + k * n + u.end)
+                    } else {
+                        &mut [][..]
                     }
+                };
+                let rec = |k: usize| {
+                    if gru {
+                        sh.rec
+                            .read(b * gh + k * n + u.start..b * gh + k * n + u.end)
+                    } else {
+                        &[][..]
+                    }
+                };
+                step_forward(
+                    cx.kind,
+                    StepRow {
+                        gates: [gate(0), gate(1), gate(2), gate(3)],
+                        rec: [rec(0), rec(1), rec(2)],
+                        b_hn: if gru { &cx.b_hn[u.clone()] } else { &[] },
+                        h: &mut *h_row,
+                        c: if sh.c.is_empty() {
+                            &mut []
+                        } else {
+                            sh.c.part(state(b))
+                        },
+                        gh_n: if sh.gh_n.is_empty() {
+                            &mut []
+                        } else {
+                            sh.gh_n.part(at_step(b))
+                        },
+                    },
+                );
+            }
+            if let Some((out, [s0, s1])) = &sh.out {
+                let o0 = cx.local * s0 + b * s1;
+                let o = out.part(o0 + u.start..o0 + u.end);
+                if masked {
+                    o.fill(T::zero());
+                } else {
+                    o.copy_from_slice(h_row);
                 }
             }
         }
-    }
-}
-
-/// All rows of one forward step (flat `[B, ·]` slices; empty where the cell has none).
-struct ForwardRows<'a, T> {
-    kind: CellKind,
-    hidden: usize,
-    batch: usize,
-    /// `(lengths, t)`: row `b` is skipped when `t >= lengths[b]`.
-    mask: Option<(&'a [usize], usize)>,
-    gates: &'a mut [T],
-    rec: &'a [T],
-    b_hn: &'a [T],
-    h: &'a mut [T],
-    c: &'a mut [T],
-    gh_n: &'a mut [T],
-}
-
-/// Splits a flat `[B, w]` slice (or an empty one) at row `b`.
-fn split_rows<T>(s: &mut [T], b: usize, w: usize) -> (&mut [T], &mut [T]) {
-    s.split_at_mut(if s.is_empty() { 0 } else { b * w })
-}
-
-fn split_rows_ref<T>(s: &[T], b: usize, w: usize) -> (&[T], &[T]) {
-    s.split_at(if s.is_empty() { 0 } else { b * w })
-}
-
-/// Splits `lengths` (in a mask) at row `b`.
-type Mask<'a> = Option<(&'a [usize], usize)>;
-
-fn split_mask(m: Mask<'_>, b: usize) -> (Mask<'_>, Mask<'_>) {
-    match m {
-        Some((l, t)) => (Some((&l[..b], t)), Some((&l[b..], t))),
-        None => (None, None),
-    }
-}
-
-/// Below this many gate values per step the fused step runs on one thread.
-const PAR_ROWS_MIN: usize = 1 << 14;
-
-impl<T: Float> Rows for ForwardRows<'_, T> {
-    fn size(&self) -> (usize, usize) {
-        (self.batch, self.batch * self.kind.gates() * self.hidden)
-    }
-
-    fn run(self) {
-        forward_rows(self)
-    }
-
-    fn split(self, b: usize) -> (Self, Self) {
-        let (n, gh) = (self.hidden, self.kind.gates() * self.hidden);
-        let (m0, m1) = split_mask(self.mask, b);
-        let (g0, g1) = split_rows(self.gates, b, gh);
-        let (r0, r1) = split_rows_ref(self.rec, b, gh);
-        let (h0, h1) = split_rows(self.h, b, n);
-        let (c0, c1) = split_rows(self.c, b, n);
-        let (n0, n1) = split_rows(self.gh_n, b, n);
-        let half = |batch, mask, gates, rec, h, c, gh_n| ForwardRows {
-            kind: self.kind,
-            hidden: n,
-            batch,
-            mask,
-            gates,
-            rec,
-            b_hn: self.b_hn,
-            h,
-            c,
-            gh_n,
-        };
-        (
-            half(b, m0, g0, r0, h0, c0, n0),
-            half(self.batch - b, m1, g1, r1, h1, c1, n1),
-        )
-    }
-}
-
-/// The rows of one fused step, which can be halved and run.
-trait Rows: Sized + Send {
-    /// `(rows, gate values per step)`.
-    fn size(&self) -> (usize, usize);
-    fn split(self, b: usize) -> (Self, Self);
-    fn run(self);
-}
-
-/// Runs the fused step over all rows, halving them across `threads` when the step is big
-/// enough. Rows are independent, so the results do not depend on the split.
-fn run_rows_par<R: Rows>(r: R, threads: usize) {
-    let (batch, work) = r.size();
-    if threads < 2 || batch < 2 || work < PAR_ROWS_MIN {
-        return r.run();
-    }
-    let (a, b) = r.split(batch / 2);
-    let half = threads / 2;
-    rayon::join(|| run_rows_par(a, threads - half), || run_rows_par(b, half));
-}
-
-fn forward_rows<T: Float>(r: ForwardRows<'_, T>) {
-    let (n, gh) = (r.hidden, r.kind.gates() * r.hidden);
-    let row = |len: usize, b: usize, w: usize| if len == 0 { 0..0 } else { b * w..(b + 1) * w };
-    let (c_len, gh_n_len) = (r.c.len(), r.gh_n.len());
-    for b in 0..r.batch {
-        if r.mask.is_some_and(|(l, t)| t >= l[b]) {
-            continue;
-        }
-        step_forward(
-            r.kind,
-            n,
-            StepRow {
-                gates: &mut r.gates[b * gh..(b + 1) * gh],
-                rec: &r.rec[row(r.rec.len(), b, gh)],
-                b_hn: r.b_hn,
-                h: &mut r.h[b * n..(b + 1) * n],
-                c: &mut r.c[row(c_len, b, n)],
-                gh_n: &mut r.gh_n[row(gh_n_len, b, n)],
-            },
-        );
-    }
-}
-
-/// All rows of one backward step.
-struct BackwardRows<'a, T> {
-    kind: CellKind,
-    hidden: usize,
-    batch: usize,
-    mask: Option<(&'a [usize], usize)>,
-    gates: &'a [T],
-    h_prev: &'a [T],
-    c_prev: &'a [T],
-    gh_n: &'a [T],
-    /// `[B, D·H]` rows of the gradient from above; this direction's block starts at
-    /// `dy_offset`.
-    dy: &'a [T],
-    dy_stride: usize,
-    dy_offset: usize,
-    dh: &'a mut [T],
-    dc: &'a mut [T],
-    dxp: &'a mut [T],
-    drec: &'a mut [T],
-    /// Out: `Σ (∂L/∂h')²` of each row `[B]` (summed by the caller in a fixed order, so
-    /// the norm does not depend on how the rows were split across threads).
-    sumsq: &'a mut [T],
-}
-
-impl<T: Float> Rows for BackwardRows<'_, T> {
-    fn size(&self) -> (usize, usize) {
-        (self.batch, self.batch * self.kind.gates() * self.hidden)
-    }
-
-    fn run(self) {
-        backward_rows(self)
-    }
-
-    fn split(self, b: usize) -> (Self, Self) {
-        let (n, gh) = (self.hidden, self.kind.gates() * self.hidden);
-        let (m0, m1) = split_mask(self.mask, b);
-        let (g0, g1) = split_rows_ref(self.gates, b, gh);
-        let (hp0, hp1) = split_rows_ref(self.h_prev, b, n);
-        let (cp0, cp1) = split_rows_ref(self.c_prev, b, n);
-        let (gn0, gn1) = split_rows_ref(self.gh_n, b, n);
-        let (dy0, dy1) = split_rows_ref(self.dy, b, self.dy_stride);
-        let (dh0, dh1) = split_rows(self.dh, b, n);
-        let (dc0, dc1) = split_rows(self.dc, b, n);
-        let (dx0, dx1) = split_rows(self.dxp, b, gh);
-        let (dr0, dr1) = split_rows(self.drec, b, gh);
-        let (s0, s1) = self.sumsq.split_at_mut(b);
-        let first = BackwardRows {
-            kind: self.kind,
-            hidden: n,
-            batch: b,
-            mask: m0,
-            gates: g0,
-            h_prev: hp0,
-            c_prev: cp0,
-            gh_n: gn0,
-            dy: dy0,
-            dy_stride: self.dy_stride,
-            dy_offset: self.dy_offset,
-            dh: dh0,
-            dc: dc0,
-            dxp: dx0,
-            drec: dr0,
-            sumsq: s0,
-        };
-        let second = BackwardRows {
-            kind: first.kind,
-            hidden: n,
-            dy_stride: first.dy_stride,
-            dy_offset: first.dy_offset,
-            batch: self.batch - b,
-            mask: m1,
-            gates: g1,
-            h_prev: hp1,
-            c_prev: cp1,
-            gh_n: gn1,
-            dy: dy1,
-            dh: dh1,
-            dc: dc1,
-            dxp: dx1,
-            drec: dr1,
-            sumsq: s1,
-        };
-        (first, second)
-    }
-}
-
-fn backward_rows<T: Float>(r: BackwardRows<'_, T>) {
-    let (n, gh) = (r.hidden, r.kind.gates() * r.hidden);
-    let row = |len: usize, b: usize, w: usize| if len == 0 { 0..0 } else { b * w..(b + 1) * w };
-    let (dc_len, drec_len) = (r.dc.len(), r.drec.len());
-    for b in 0..r.batch {
-        if r.mask.is_some_and(|(l, t)| t >= l[b]) {
-            // The carried state passes through a padded step unchanged; the buffers are
-            // reused across segments, so the row's gate gradients are cleared.
-            r.sumsq[b] = sum_squares(&r.dh[b * n..(b + 1) * n]);
-            r.dxp[b * gh..(b + 1) * gh].fill(T::zero());
-            if drec_len > 0 {
-                r.drec[b * gh..(b + 1) * gh].fill(T::zero());
-            }
-            continue;
-        }
-        let dy0 = b * r.dy_stride + r.dy_offset;
-        r.sumsq[b] = step_backward(
-            r.kind,
-            n,
-            StepRowGrad {
-                gates: &r.gates[b * gh..(b + 1) * gh],
-                h_prev: &r.h_prev[b * n..(b + 1) * n],
-                c_prev: &r.c_prev[row(r.c_prev.len(), b, n)],
-                gh_n: &r.gh_n[row(r.gh_n.len(), b, n)],
-                dy: &r.dy[dy0..dy0 + n],
-                dh: &mut r.dh[b * n..(b + 1) * n],
-                dc: &mut r.dc[row(dc_len, b, n)],
-                dxp: &mut r.dxp[b * gh..(b + 1) * gh],
-                drec: &mut r.drec[row(drec_len, b, gh)],
-            },
-        );
     }
 }
 
@@ -1160,7 +1093,7 @@ fn backward_direction<T: Float>(
     let mut dxp = Array3::<T>::zeros((seq_len.min(seg_len), batch, gh));
     let split_rec = cfg.kind == CellKind::Gru;
     let mut drec = Array3::<T>::zeros(if split_rec { dxp.dim() } else { (0, 0, 0) });
-    let w_hh = T::Recurrent::prepare(&w.w_hh);
+    let w_hh = T::Recurrent::prepare(&w.w_hh, 1);
     let ctx = SegmentGrad {
         cfg,
         w,
@@ -1201,7 +1134,7 @@ fn backward_direction<T: Float>(
         }
         DirTape::Checkpoints { h: ck_h, c: ck_c } => {
             let bias = Bias::new(cfg, w);
-            let w_hh_t = T::Recurrent::prepare(&w.w_hh.t());
+            let w_hh_t = T::Recurrent::prepare(&w.w_hh.t(), cfg.kind.gates());
             let mut steps = Steps::new(cfg, seg_len, batch, true);
             let mut rec = Array2::<T>::zeros(if split_rec { (batch, gh) } else { (0, 0) });
             for (i, r) in segments(seq_len, seg_len, reverse)
@@ -1330,7 +1263,7 @@ impl<T: Float> SegmentGrad<'_, '_, T> {
         d_y: ArrayView3<'_, T>,
         r: Range<usize>,
         dh: &mut Array2<T>,
-        mut dc: Option<&mut Array2<T>>,
+        dc: Option<&mut Array2<T>>,
         dxp: &mut Array3<T>,
         drec: &mut Array3<T>,
         grads: &mut LayerGrads<T>,
@@ -1342,66 +1275,87 @@ impl<T: Float> SegmentGrad<'_, '_, T> {
         let (hidden, gh, kind) = (cfg.hidden_size, cfg.gate_size(), cfg.kind);
         let split_rec = kind == CellKind::Gru;
         let dy_stride = d_y.shape()[2];
-        let mut sumsq = vec![T::zero(); batch];
-        for i in 0..len {
+        let blocks = hidden.div_ceil(UNIT_ALIGN);
+        // `Σ (∂L/∂h')²` per step, row and block of units, summed below in a fixed order
+        // so that `dh_norm` does not depend on the tiling.
+        let mut sumsq = vec![T::zero(); len * batch * blocks];
+        let tiles = team::plan(self.threads, batch, hidden, batch * hidden * gh);
+        {
+            let sh = BwdShared {
+                dh: Shared::new(dh.as_slice_mut().expect("contiguous")),
+                dc: Shared::new(
+                    dc.map_or(&mut [][..], |dc| dc.as_slice_mut().expect("contiguous")),
+                ),
+                dxp: Shared::new(dxp.as_slice_mut().expect("contiguous")),
+                drec: Shared::new(drec.as_slice_mut().expect("contiguous")),
+                sumsq: Shared::new(&mut sumsq),
+            };
+            let (sh, steps, d_y) = (&sh, &steps, &d_y);
+            let dy_offset = self.dir * hidden;
+            team::run(&tiles, |mine, barrier| {
+                for i in 0..len {
+                    let local = if self.reverse { i } else { len - 1 - i };
+                    let t = r.start + local;
+                    let tape = StepTape {
+                        gates: at_step(&steps.gates, local),
+                        h_prev: if steps.h_prev.is_empty() {
+                            &[]
+                        } else {
+                            at_step(&steps.h_prev, local)
+                        },
+                        c_prev: steps.c_prev.as_ref().map_or(&[][..], |a| at_step(a, local)),
+                        gh_n: steps.gh_n.as_ref().map_or(&[][..], |a| at_step(a, local)),
+                        dy: at_step(d_y, t),
+                        dy_stride,
+                        dy_offset,
+                    };
+                    // SAFETY: members write only their tiles of `dh`, `dc`, this step's
+                    // `dxp`/`drec` and `sumsq`; the barrier separates the cell updates
+                    // from the product, which reads the tile's rows of this step's
+                    // `drec` written by the members sharing them.
+                    for tile in mine {
+                        unsafe {
+                            backward_cells(
+                                sh,
+                                &tape,
+                                kind,
+                                hidden,
+                                batch,
+                                i,
+                                local,
+                                t,
+                                self.lengths,
+                                tile,
+                            );
+                        }
+                    }
+                    barrier.wait();
+                    // SAFETY: as above; this step's `drec` is no longer written.
+                    unsafe {
+                        let drec_t = if split_rec {
+                            sh.drec.ptr()
+                        } else {
+                            sh.dxp.ptr()
+                        }
+                        .add(local * batch * gh);
+                        for tile in mine {
+                            self.w_hh.apply_tile(
+                                drec_t,
+                                gh,
+                                sh.dh.ptr(),
+                                hidden,
+                                tile.rows.clone(),
+                                tile.units.clone(),
+                                true,
+                            );
+                        }
+                    }
+                }
+            });
+        }
+        for (i, per_step) in sumsq.chunks_exact(batch * blocks).enumerate() {
             let local = if self.reverse { i } else { len - 1 - i };
-            let t = r.start + local;
-            let rows = BackwardRows {
-                kind,
-                hidden,
-                batch,
-                mask: self.lengths.map(|l| (l, t)),
-                gates: steps
-                    .gates
-                    .index_axis(Axis(0), local)
-                    .to_slice()
-                    .expect("contiguous"),
-                h_prev: steps
-                    .h_prev
-                    .index_axis(Axis(0), local)
-                    .to_slice()
-                    .expect("contiguous"),
-                c_prev: match &steps.c_prev {
-                    Some(cp) => cp
-                        .index_axis(Axis(0), local)
-                        .to_slice()
-                        .expect("contiguous"),
-                    None => &[],
-                },
-                gh_n: match &steps.gh_n {
-                    Some(g) => g.index_axis(Axis(0), local).to_slice().expect("contiguous"),
-                    None => &[],
-                },
-                dy: d_y.index_axis(Axis(0), t).to_slice().expect("contiguous"),
-                dy_stride,
-                dy_offset: self.dir * hidden,
-                dh: dh.as_slice_mut().expect("contiguous"),
-                dc: match dc.as_deref_mut() {
-                    Some(dc) => dc.as_slice_mut().expect("contiguous"),
-                    None => Default::default(),
-                },
-                dxp: dxp
-                    .index_axis_mut(Axis(0), local)
-                    .into_slice()
-                    .expect("contiguous"),
-                drec: if split_rec {
-                    drec.index_axis_mut(Axis(0), local)
-                        .into_slice()
-                        .expect("contiguous")
-                } else {
-                    Default::default()
-                },
-                sumsq: &mut sumsq,
-            };
-            run_rows_par(rows, self.threads);
-            dh_norm[t] = sumsq.iter().fold(T::zero(), |acc, &v| acc + v).sqrt();
-            let drec_t = if split_rec {
-                drec.index_axis(Axis(0), local)
-            } else {
-                dxp.index_axis(Axis(0), local)
-            };
-            self.w_hh
-                .apply(&drec_t, &mut dh.view_mut(), true, self.threads);
+            dh_norm[r.start + local] = per_step.iter().fold(T::zero(), |acc, &v| acc + v).sqrt();
         }
 
         let rows = len * batch;
@@ -1439,6 +1393,138 @@ impl<T: Float> SegmentGrad<'_, '_, T> {
             .into_shape_with_order((rows, in_size))
             .expect("contiguous [T, B, I] buffer");
         gemm(T::one(), &dxp2, &self.w.w_ih, T::zero(), &mut dx2, all);
+    }
+}
+
+/// The buffers of one backward segment, shared by the step team.
+struct BwdShared<T> {
+    /// `∂L/∂h` `[B, H]`: in, from the step after; out, to the step before.
+    dh: Shared<T>,
+    /// LSTM `∂L/∂c` `[B, H]` (empty otherwise).
+    dc: Shared<T>,
+    /// `[S, B, G·H]` pre-activation gradients (input side; the recurrent side too except
+    /// for the GRU) and the GRU's recurrent side (empty otherwise).
+    dxp: Shared<T>,
+    drec: Shared<T>,
+    /// `[S, B, blocks]`.
+    sumsq: Shared<T>,
+}
+
+/// The tape and `d_out` rows of one backward step (flat `[B, ·]` slices).
+struct StepTape<'a, T> {
+    gates: &'a [T],
+    h_prev: &'a [T],
+    c_prev: &'a [T],
+    gh_n: &'a [T],
+    /// `[B, D·H]` rows of the gradient from above; this direction's block starts at
+    /// `dy_offset`.
+    dy: &'a [T],
+    dy_stride: usize,
+    dy_offset: usize,
+}
+
+/// The fused cell backward of one step for one tile (`i`: the step's position in the
+/// segment's processing order, for `sumsq`; `local`: its buffer index).
+///
+/// # Safety
+/// The team's contract (see the call site): the tile's elements are this member's.
+#[allow(clippy::too_many_arguments)]
+unsafe fn backward_cells<T: Float>(
+    sh: &BwdShared<T>,
+    tp: &StepTape<'_, T>,
+    kind: CellKind,
+    n: usize,
+    batch: usize,
+    i: usize,
+    local: usize,
+    t: usize,
+    lengths: Option<&[usize]>,
+    tile: &Tile,
+) {
+    let g = kind.gates();
+    let gh = g * n;
+    let blocks = n.div_ceil(UNIT_ALIGN);
+    let u = tile.units.clone();
+    let (blk0, blk1) = (u.start / UNIT_ALIGN, u.end.div_ceil(UNIT_ALIGN));
+    let state = |b: usize| b * n + u.start..b * n + u.end;
+    let gru = kind == CellKind::Gru;
+    unsafe {
+        for b in tile.rows.clone() {
+            let row0 = (local * batch + b) * gh;
+            let block = |buf: &Shared<T>, k: usize| {
+                if k < g && !buf.is_empty() {
+                    buf.part(row0 + k * n + u.start..row0 + k * n + u.end)
+                } else {
+                    &mut [][..]
+                }
+            };
+            let dxp = [
+                block(&sh.dxp, 0),
+                block(&sh.dxp, 1),
+                block(&sh.dxp, 2),
+                block(&sh.dxp, 3),
+            ];
+            let drec = [block(&sh.drec, 0), block(&sh.drec, 1), block(&sh.drec, 2)];
+            let s0 = (i * batch + b) * blocks;
+            let sumsq = sh.sumsq.part(s0 + blk0..s0 + blk1);
+            let dh = sh.dh.part(state(b));
+            if lengths.is_some_and(|l| t >= l[b]) {
+                // The carried state passes through a padded step unchanged; the buffers
+                // are reused across segments, so the row's gate gradients are cleared.
+                for (s, chunk) in sumsq.iter_mut().zip(dh.chunks(UNIT_ALIGN)) {
+                    *s = sum_squares(chunk);
+                }
+                dxp.into_iter().chain(drec).for_each(|d| d.fill(T::zero()));
+                continue;
+            }
+            let gate = |k: usize| {
+                if k < g {
+                    &tp.gates[b * gh + k * n + u.start..b * gh + k * n + u.end]
+                } else {
+                    &[][..]
+                }
+            };
+            let dy0 = b * tp.dy_stride + tp.dy_offset;
+            step_backward(
+                kind,
+                StepRowGrad {
+                    gates: [gate(0), gate(1), gate(2), gate(3)],
+                    h_prev: if gru {
+                        part_or_empty(tp.h_prev, state(b))
+                    } else {
+                        &[]
+                    },
+                    c_prev: part_or_empty(tp.c_prev, state(b)),
+                    gh_n: part_or_empty(tp.gh_n, state(b)),
+                    dy: &tp.dy[dy0 + u.start..dy0 + u.end],
+                    dh,
+                    dc: if sh.dc.is_empty() {
+                        &mut []
+                    } else {
+                        sh.dc.part(state(b))
+                    },
+                    dxp,
+                    drec,
+                    sumsq,
+                },
+            );
+        }
+    }
+}
+
+/// Step `i` of a contiguous `[S, B, C]` view, flat.
+fn at_step<'a, T>(a: &ArrayView3<'a, T>, i: usize) -> &'a [T] {
+    (*a).index_axis_move(Axis(0), i)
+        .to_slice()
+        .expect("contiguous step")
+}
+
+/// `a[r]`, or `a` itself when empty (a buffer the cell does not have).
+fn part_or_empty<T>(a: &[T], r: Range<usize>) -> &[T] {
+    if a.is_empty() {
+        a
+    } else {
+        &a[r]
     }
 }
 

@@ -31,20 +31,27 @@ def restore_engine():
     _core.set_simd_level(None)
 
 
+# (input, hidden, layers, bidirectional, batch): big enough that the GEMMs, the directions
+# and the step team (tiles of rows and of hidden units) actually split across threads.
+SHAPES = [(48, 96, 2, True, 64), (16, 448, 1, False, 3)]
+
+
 @pytest.mark.parametrize("cell,kw", CELLS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_results_identical_across_thread_counts(cell, kw, dtype, restore_engine):
+@pytest.mark.parametrize("shape", SHAPES, ids=["bi-rows", "uni-units"])
+def test_results_identical_across_thread_counts(cell, kw, dtype, shape, restore_engine):
     rng = np.random.default_rng(1)
-    # Big enough that the GEMMs and directions actually split across threads.
-    model = getattr(bptt, cell)(48, 96, 2, bidirectional=True, dtype=dtype, seed=3, **kw)
-    x = rng.standard_normal((12, 40, 48)).astype(dtype)
-    lengths = rng.integers(1, 13, size=40)
+    inp, hidden, layers, bi, batch = shape
+    model = getattr(bptt, cell)(inp, hidden, layers, bidirectional=bi, dtype=dtype, seed=3,
+                                **kw)
+    x = rng.standard_normal((12, batch, inp)).astype(dtype)
+    lengths = rng.integers(1, 13, size=batch)
     results = {}
-    for n in (1, 2, 4):
+    for n in (1, 2, 3, 4):
         bptt.set_num_threads(n)
         assert bptt.get_num_threads() == n
         results[n] = _run(model, x, lengths)
-    for n in (2, 4):
+    for n in (2, 3, 4):
         for a, b in zip(results[1], results[n]):
             np.testing.assert_array_equal(a, b)
 
