@@ -1,0 +1,129 @@
+"""Thread scaling of bptt against PyTorch on one machine, for the README's scaling table.
+
+Usage: python benches/scaling.py [--threads 1,2,4,8,16] [--shapes small,medium,large]
+                                 [--json out.json]
+
+For every thread count, cell, shape and mode (inference forward; forward + full backward)
+it times bptt and, when importable, ``torch.nn.{RNN,LSTM,GRU}`` (same float32 weights and
+input) in alternation and reports medians, the ratio torch/bptt (> 1: bptt faster), the
+speed-up over bptt's own 1-thread time, and the float32 GEMM rate (torch matmul of
+2048²) at that thread count as the machine's peak. Shapes are those of
+``test_bench_rnn.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import bptt
+import numpy as np
+
+SHAPES = {
+    "tiny": (100, 1, 32, 64),
+    "small": (100, 16, 64, 128),
+    "medium": (100, 32, 256, 256),
+    "large": (100, 64, 512, 1024),
+    "long": (1000, 16, 64, 128),
+}
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def median_ms(fn, rounds: int) -> float:
+    fn()
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1e3)
+
+
+def flops(cell: str, shape: tuple[int, int, int, int], train: bool) -> float:
+    t, b, i, h = shape
+    fwd = 2.0 * t * b * (i + h) * GATES[cell] * h
+    return 3 * fwd if train else fwd
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", default="1,2,4,8,16")
+    ap.add_argument("--shapes", default="small,medium,large")
+    ap.add_argument("--cells", default="LSTM,GRU,RNN")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    threads = [int(v) for v in args.threads.split(",")]
+    rows = []
+    own_1t: dict[tuple[str, str, str], float] = {}
+    for n in threads:
+        bptt.set_num_threads(n)
+        peak = None
+        if torch is not None:
+            torch.set_num_threads(n)
+            a = torch.rand(2048, 2048)
+            peak = 2 * 2048**3 / median_ms(lambda a=a: a @ a, 5) / 1e6
+            print(f"threads {n}: float32 GEMM {peak:.0f} GFLOP/s", flush=True)
+        for shape_name in args.shapes.split(","):
+            shape = SHAPES[shape_name]
+            t, b, i, h = shape
+            rounds = 3 if shape_name == "large" else 7
+            x = np.random.default_rng(0).standard_normal((t, b, i)).astype(np.float32)
+            for cell in args.cells.split(","):
+                model = getattr(bptt, cell)(i, h, dtype=np.float32, seed=0)
+                peer = None
+                if torch is not None:
+                    peer = getattr(torch.nn, cell)(i, h)
+                    with torch.no_grad():
+                        for k, v in model.state_dict().items():
+                            getattr(peer, k).copy_(torch.from_numpy(v))
+                    xt = torch.from_numpy(x)
+                    xg = xt.clone().requires_grad_(True)
+
+                def ours_inf(model=model, x=x):
+                    model.forward(x)
+
+                def ours_train(model=model, x=x):
+                    out, _, tape = model.forward(x)
+                    model.backward(tape, np.ones_like(out))
+
+                def peer_inf(peer=peer, xt=xt if peer else None):
+                    with torch.no_grad():
+                        peer(xt)
+
+                def peer_train(peer=peer, xg=xg if peer else None):
+                    out, _ = peer(xg)
+                    out.backward(torch.ones_like(out))
+
+                for mode, ours, theirs in (("inference", ours_inf, peer_inf),
+                                           ("train", ours_train, peer_train)):
+                    ms = median_ms(ours, rounds)
+                    key = (cell, shape_name, mode)
+                    own_1t.setdefault(key, ms)
+                    peer_ms = median_ms(theirs, rounds) if peer is not None else None
+                    gflops = flops(cell, shape, mode == "train") / ms / 1e6
+                    row = {
+                        "threads": n, "cell": cell, "shape": shape_name, "mode": mode,
+                        "bptt_ms": ms, "torch_ms": peer_ms,
+                        "ratio": peer_ms / ms if peer_ms else None,
+                        "speedup_vs_first": own_1t[key] / ms,
+                        "gflops": gflops,
+                        "peak_fraction": gflops / peak if peak else None,
+                    }
+                    rows.append(row)
+                    ratio = f"{row['ratio']:.2f}x" if row["ratio"] else "-"
+                    print(f"  {cell:4s} {shape_name:6s} {mode:9s} bptt {ms:9.2f} ms"
+                          f"  torch {peer_ms or float('nan'):9.2f} ms  ratio {ratio:>6s}"
+                          f"  scaling {row['speedup_vs_first']:.2f}x"
+                          f"  {gflops:6.0f} GFLOP/s", flush=True)
+                    if args.json:
+                        with open(args.json, "w") as f:
+                            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
