@@ -230,11 +230,28 @@ pub type ForwardOutput<T> = (Array3<T>, State<T>, Option<Tape<T>>);
 /// A 64-bit digest of every element's bits, so backward can tell whether the caller's `x`
 /// changed since forward (a check, not a cryptographic hash).
 pub fn digest<T: Float>(x: &ArrayView3<'_, T>) -> u64 {
-    x.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+    const LANES: usize = 8;
+    let mix = |h: u64, v: &T| {
         let bits = v.to_f64().map_or(0, f64::to_bits);
         (h ^ bits)
             .wrapping_mul(0x0000_0100_0000_01b3)
             .rotate_left(17)
+    };
+    let seed = 0xcbf2_9ce4_8422_2325u64;
+    // Eight independent chains over interleaved elements (in logical order), then
+    // combined: every element counts, without one long dependency chain.
+    let x = x.as_standard_layout();
+    let s = x.as_slice().expect("standard layout");
+    let mut lanes: [u64; LANES] = std::array::from_fn(|k| seed.wrapping_add(k as u64));
+    let mut chunks = s.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = mix(*l, v);
+        }
+    }
+    let tail = chunks.remainder().iter().fold(seed, mix);
+    lanes.iter().fold(tail, |h, &l| {
+        (h ^ l).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(17)
     })
 }
 
@@ -691,8 +708,12 @@ fn run_segment<T: Float>(
             .view_mut()
             .into_shape_with_order((len * batch, gh))
             .expect("gate buffer is contiguous");
-        match &bias.folded {
-            Some(b) => g2.assign(&b.broadcast((len * batch, gh)).expect("G·H biases")),
+        match bias.folded.as_ref().and_then(|b| b.as_slice()) {
+            Some(b) => g2
+                .as_slice_mut()
+                .expect("gate buffer is contiguous")
+                .chunks_exact_mut(gh)
+                .for_each(|row| row.copy_from_slice(b)),
             None => g2.fill(T::zero()),
         }
         gemm(T::one(), &x2, &w.w_ih.t(), T::one(), &mut g2, par(threads));

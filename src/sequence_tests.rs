@@ -530,3 +530,102 @@ fn a_changed_or_missing_x_is_refused() {
     let err = backward(&cfg, &wv, &tape, Some(p.x.view()), p.r_out.view(), None).unwrap_err();
     assert!(err.to_string().starts_with("x: differs"), "{err}");
 }
+
+#[test]
+#[ignore]
+fn tmp_phase_timing() {
+    use crate::recurrent::RecurrentWeights;
+    use ndarray::Array2;
+    let (t, b, i, h) = (100usize, 16usize, 64usize, 128usize);
+    let cfg = Config {
+        kind: CellKind::Lstm,
+        input_size: i,
+        hidden_size: h,
+        num_layers: 1,
+        bidirectional: false,
+        bias: true,
+        batch_first: false,
+    };
+    let w_ih = Array2::from_shape_fn((4 * h, i), |(a, c)| {
+        (((a * 7 + c) % 13) as f32 - 6.0) * 0.01
+    });
+    let w_hh = Array2::from_shape_fn((4 * h, h), |(a, c)| {
+        (((a * 5 + c) % 11) as f32 - 5.0) * 0.01
+    });
+    let bias = ndarray::Array1::from_elem(4 * h, 0.1f32);
+    let lw = vec![LayerWeights {
+        w_ih: w_ih.view(),
+        w_hh: w_hh.view(),
+        b_ih: Some(bias.view()),
+        b_hh: Some(bias.view()),
+    }];
+    let x = Array3::from_shape_fn((t, b, i), |(a, c, d)| {
+        (((a + c + d) % 7) as f32 - 3.0) * 0.1
+    });
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let time = |name: &str, f: &mut dyn FnMut()| {
+            let mut ts = vec![];
+            for _ in 0..40 {
+                let s = std::time::Instant::now();
+                f();
+                ts.push(s.elapsed().as_secs_f64() * 1e3);
+            }
+            ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            eprintln!("{name}: {:.3} ms", ts[20]);
+        };
+        time("forward total", &mut || {
+            let _ = forward(&cfg, &lw, x.view(), None, None, Keep::Nothing).unwrap();
+        });
+        let mut g = Array2::<f32>::zeros((t * b, 4 * h));
+        let x2 = x.view().into_shape_with_order((t * b, i)).unwrap();
+        time("input gemm", &mut || {
+            crate::linalg::gemm(
+                1.0,
+                &x2,
+                &w_ih.t(),
+                0.0,
+                &mut g.view_mut(),
+                crate::linalg::par(1),
+            );
+        });
+        let p = <f32 as crate::float::Float>::Recurrent::prepare(&w_hh.t(), 4);
+        time("prepare", &mut || {
+            let _ = <f32 as crate::float::Float>::Recurrent::prepare(&w_hh.t(), 4);
+        });
+        let hs = Array2::<f32>::from_elem((b, h), 0.3);
+        let mut gt = Array2::<f32>::zeros((b, 4 * h));
+        time("100 products", &mut || {
+            for _ in 0..t {
+                p.apply(&hs.view(), &mut gt.view_mut(), true);
+            }
+        });
+        let mut gates = Array2::<f32>::from_elem((b, 4 * h), 0.2);
+        let mut c = Array2::<f32>::from_elem((b, h), 0.1);
+        let mut hh = Array2::<f32>::zeros((b, h));
+        time("100 cells", &mut || {
+            for _ in 0..t {
+                for r in 0..b {
+                    let gr = gates.row_mut(r).into_slice().unwrap();
+                    let (gi, rest) = gr.split_at_mut(h);
+                    let (gf, rest) = rest.split_at_mut(h);
+                    let (gg, go) = rest.split_at_mut(h);
+                    crate::cell::step_forward(
+                        CellKind::Lstm,
+                        crate::cell::StepRow {
+                            gates: [gi, gf, gg, go],
+                            rec: [&[], &[], &[]],
+                            b_hn: &[],
+                            h: hh.row_mut(r).into_slice().unwrap(),
+                            c: c.row_mut(r).into_slice().unwrap(),
+                            gh_n: &mut [],
+                        },
+                    );
+                }
+            }
+        });
+    });
+}

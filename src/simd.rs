@@ -1,11 +1,13 @@
 //! Fast activations and the runtime choice of instruction set for the fused cell kernels.
 //!
 //! The cell kernels in `cell.rs` are written once as branch-free loops over slices and
-//! compiled three times (`sequence.rs`, macro `dispatched!`), inside functions with
+//! compiled three times (macro [`multiversion!`]), inside functions with
 //! `#[target_feature]` (AVX-512F, AVX2+FMA) and without (the scalar/baseline oracle);
-//! [`level`] picks one at run time,
-//! so a portable wheel uses the widest vectors the CPU has. No kernel uses `mul_add`, so
-//! all levels give bitwise-identical results: only the vector width changes.
+//! [`level`] picks one at run time, so a portable wheel uses the widest vectors the CPU
+//! has. All levels give bitwise-identical results: only the vector width changes. The
+//! activations' polynomials use `mul_add`, a fused multiply-add with one rounding: an
+//! FMA instruction at the vector levels and the exact software routine where the
+//! baseline has none, so the bits agree there too.
 //!
 //! `f32` activations are evaluated in f32 from `e = exp(−|x|)` (see [`sigmoid_f32`],
 //! [`tanh_f32`]), so that 16 lanes fit an AVX-512 register; they stay within 4 ulp of
@@ -153,14 +155,14 @@ fn exp_neg(y: f32) -> f32 {
     let t = y * LOG2E + ROUND_MAGIC;
     let k = t - ROUND_MAGIC;
     let r = (y - k * LN2_HI) - k * LN2_LO;
-    let mut p = 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    let mut p: f32 = 1.0 / 5040.0;
+    p = p.mul_add(r, 1.0 / 720.0);
+    p = p.mul_add(r, 1.0 / 120.0);
+    p = p.mul_add(r, 1.0 / 24.0);
+    p = p.mul_add(r, 1.0 / 6.0);
+    p = p.mul_add(r, 0.5);
+    p = p.mul_add(r, 1.0);
+    p = p.mul_add(r, 1.0);
     // k in [-159, 0] sits in the low bits of t; split it into two normal powers of two.
     let ki = (t.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
     let k1 = ki >> 1;
@@ -195,12 +197,12 @@ pub fn tanh_f32(x: f32) -> f32 {
     let big = (1.0 - e) / (1.0 + e);
     let big = if x < 0.0 { -big } else { big };
     let z = x * x;
-    let mut p = 21_844.0 / 6_081_075.0;
-    p = p * z - 1_382.0 / 155_925.0;
-    p = p * z + 62.0 / 2_835.0;
-    p = p * z - 17.0 / 315.0;
-    p = p * z + 2.0 / 15.0;
-    p = p * z - 1.0 / 3.0;
+    let mut p: f32 = 21_844.0 / 6_081_075.0;
+    p = p.mul_add(z, -1_382.0 / 155_925.0);
+    p = p.mul_add(z, 62.0 / 2_835.0);
+    p = p.mul_add(z, -17.0 / 315.0);
+    p = p.mul_add(z, 2.0 / 15.0);
+    p = p.mul_add(z, -1.0 / 3.0);
     let small = x * (1.0 + z * p);
     if a < 0.3 || x.is_nan() {
         small

@@ -1,8 +1,8 @@
 """Engine behaviour: thread count, SIMD levels, fork safety, build info.
 
-Results must not depend on the number of threads or the SIMD level; with the kernels
-written to avoid fused multiply-adds and with fixed reduction splits they are bitwise
-identical, which is what these tests assert.
+Results must not depend on the number of threads or the SIMD level; with every
+multiply-add either fused at every level or at none, and with fixed reduction splits,
+they are bitwise identical, which is what these tests assert.
 """
 
 import os
