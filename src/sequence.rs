@@ -1213,25 +1213,60 @@ fn rebuild_lstm_h_prev<T: Float>(
     reverse: bool,
     out: &mut ArrayViewMut3<'_, T>,
 ) {
+    use rayon::prelude::*;
     let seq_len = steps.gates.shape()[0];
-    let hidden = h0.ncols();
+    let (batch, hidden) = h0.dim();
     let c_prev = steps.c_prev.as_ref().expect("the LSTM keeps c_prev");
-    for (local, t) in r.enumerate() {
-        let before = if reverse { t + 1 } else { t.wrapping_sub(1) };
-        let mut dst = out.index_axis_mut(Axis(0), local);
-        if before >= seq_len {
-            dst.assign(h0);
-            continue;
+    let out = out.as_slice_mut().expect("contiguous rebuild buffer");
+    // Steps are independent: they run in parallel on the pool.
+    out.par_chunks_mut(batch * hidden)
+        .zip(r.into_par_iter())
+        .for_each(|(dst, t)| {
+            let before = if reverse { t + 1 } else { t.wrapping_sub(1) };
+            if before >= seq_len {
+                dst.copy_from_slice(h0.as_slice().expect("contiguous"));
+                return;
+            }
+            for (b, row) in dst.chunks_exact_mut(hidden).enumerate() {
+                let o = steps.gates.slice(s![before, b, 3 * hidden..]);
+                let c = c_prev.slice(s![t, b, ..]);
+                lstm_output(
+                    o.as_slice().expect("contiguous"),
+                    c.as_slice().expect("contiguous"),
+                    row,
+                );
+            }
+        });
+}
+
+/// `acc[j] += Σ_r m[r, j]`, rows summed in order (the same bits for any thread count);
+/// column blocks run in parallel.
+fn add_column_sums<T: Float>(acc: &mut Array1<T>, m: &ArrayView2<'_, T>, threads: usize) {
+    use rayon::prelude::*;
+    const COLS: usize = 64;
+    let m = m.as_standard_layout();
+    let cols = m.ncols();
+    let rows = m.as_slice().expect("standard layout");
+    let acc = acc.as_slice_mut().expect("contiguous");
+    let sum_block = |j: usize, a: &mut [T]| {
+        let mut s = vec![T::zero(); a.len()];
+        for row in rows.chunks_exact(cols) {
+            for (s, &v) in s.iter_mut().zip(&row[j * COLS..j * COLS + a.len()]) {
+                *s += v;
+            }
         }
-        for (b, mut row) in dst.outer_iter_mut().enumerate() {
-            let o = steps.gates.slice(s![before, b, 3 * hidden..]);
-            let c = c_prev.slice(s![t, b, ..]);
-            lstm_output(
-                o.as_slice().expect("contiguous"),
-                c.as_slice().expect("contiguous"),
-                row.as_slice_mut().expect("contiguous"),
-            );
+        for (a, s) in a.iter_mut().zip(s) {
+            *a += s;
         }
+    };
+    if threads < 2 || rows.len() < 1 << 16 {
+        acc.chunks_mut(COLS)
+            .enumerate()
+            .for_each(|(j, a)| sum_block(j, a));
+    } else {
+        acc.par_chunks_mut(COLS)
+            .enumerate()
+            .for_each(|(j, a)| sum_block(j, a));
     }
 }
 
@@ -1406,8 +1441,8 @@ impl<T: Float> SegmentGrad<'_, '_, T> {
             all,
         );
         if let (Some(bi), Some(bh)) = (grads.b_ih.as_mut(), grads.b_hh.as_mut()) {
-            *bi += &dxp2.sum_axis(Axis(0));
-            *bh += &drec2.sum_axis(Axis(0));
+            add_column_sums(bi, &dxp2, self.threads);
+            add_column_sums(bh, &drec2, self.threads);
         }
         let mut dx2 = d_x
             .slice_mut(s![r, .., ..])
