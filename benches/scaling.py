@@ -5,7 +5,8 @@ Usage: python benches/scaling.py [--threads 1,2,4,8,16] [--shapes small,medium,l
 
 For every thread count, cell, shape and mode (inference forward; forward + full backward)
 it times bptt and, when importable, ``torch.nn.{RNN,LSTM,GRU}`` (same float32 weights and
-input) in alternation and reports medians, the ratio torch/bptt (> 1: bptt faster), the
+input) alternately, round by round (the machine's speed drifts; alternating keeps the
+ratio fair), and reports medians, the ratio torch/bptt (> 1: bptt faster), the
 speed-up over bptt's own 1-thread time, and the float32 GEMM rate (torch matmul of
 2048²) at that thread count as the machine's peak. Shapes are those of
 ``test_bench_rnn.py``.
@@ -31,13 +32,21 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
 def median_ms(fn, rounds: int) -> float:
-    fn()
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
+    return paired_ms([fn], rounds)[0]
+
+
+def paired_ms(fns, rounds: int) -> list[float]:
+    """Median milliseconds of each function, timed in alternation round by round, so a
+    machine whose speed drifts slows all of them alike."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, ts in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+    return [float(np.median(ts) * 1e3) for ts in times]
 
 
 def flops(cell: str, shape: tuple[int, int, int, int], train: bool) -> float:
@@ -71,7 +80,7 @@ def main() -> None:
         for shape_name in args.shapes.split(","):
             shape = SHAPES[shape_name]
             t, b, i, h = shape
-            rounds = 3 if shape_name == "large" else 7
+            rounds = {"large": 3, "medium": 7, "long": 7}.get(shape_name, 15)
             x = np.random.default_rng(0).standard_normal((t, b, i)).astype(np.float32)
             for cell in args.cells.split(","):
                 model = getattr(bptt, cell)(i, h, dtype=np.float32, seed=0)
@@ -101,10 +110,12 @@ def main() -> None:
 
                 for mode, ours, theirs in (("inference", ours_inf, peer_inf),
                                            ("train", ours_train, peer_train)):
-                    ms = median_ms(ours, rounds)
+                    if peer is not None:
+                        ms, peer_ms = paired_ms([ours, theirs], rounds)
+                    else:
+                        ms, peer_ms = median_ms(ours, rounds), None
                     key = (cell, shape_name, mode)
                     own_1t.setdefault(key, ms)
-                    peer_ms = median_ms(theirs, rounds) if peer is not None else None
                     gflops = flops(cell, shape, mode == "train") / ms / 1e6
                     row = {
                         "threads": n, "cell": cell, "shape": shape_name, "mode": mode,
