@@ -304,7 +304,7 @@ mod x86 {
     /// `k` in order, as the baseline path does. Returns the number of rows done (all).
     macro_rules! panel_rows {
         ($rows:ident, $block:ident, $feat:literal, $vec:ty, $lanes:expr, $mr:expr,
-         $zero:ident, $load:ident, $set1:ident, $fmadd:ident, $storeu:ident) => {
+         $zero:ident, $load:ident, $set1:ident, $fmadd:ident, $add:ident, $storeu:ident) => {
             /// One block of `R` rows starting at row `r0`.
             ///
             /// # Safety
@@ -330,6 +330,22 @@ mod x86 {
                             *s = $fmadd(av, wq, *s);
                         }
                     }
+                }
+                if t.cols == NR {
+                    // A whole panel: add and store straight from the registers.
+                    for (r, acc_r) in acc.iter().enumerate() {
+                        // SAFETY: row `r0 + r` of the tile of `c` holds NR columns, ours.
+                        let row = unsafe { t.c.add((r0 + r) * t.ldc) };
+                        for (q, &v) in acc_r.iter().enumerate() {
+                            // SAFETY: as above; `q · lanes + lanes <= NR`.
+                            unsafe {
+                                let dst = row.add(q * $lanes);
+                                let v = if t.accumulate { $add($load(dst), v) } else { v };
+                                $storeu(dst, v);
+                            }
+                        }
+                    }
+                    return;
                 }
                 let mut buf = [0.0f32; NR];
                 for (r, acc_r) in acc.iter().enumerate() {
@@ -374,6 +390,7 @@ mod x86 {
         _mm512_loadu_ps,
         _mm512_set1_ps,
         _mm512_fmadd_ps,
+        _mm512_add_ps,
         _mm512_storeu_ps
     );
     panel_rows!(
@@ -387,6 +404,7 @@ mod x86 {
         _mm256_loadu_ps,
         _mm256_set1_ps,
         _mm256_fmadd_ps,
+        _mm256_add_ps,
         _mm256_storeu_ps
     );
 }
