@@ -5,8 +5,8 @@ Usage: python benches/scaling.py [--threads 1,2,4,8,16] [--shapes small,medium,l
 
 For every thread count, cell, shape and mode (inference forward; forward + full backward)
 it times bptt and, when importable, ``torch.nn.{RNN,LSTM,GRU}`` (same float32 weights and
-input) alternately, round by round (the machine's speed drifts; alternating keeps the
-ratio fair), and reports medians, the ratio torch/bptt (> 1: bptt faster), the
+input) in alternating blocks of a few calls (the machine's speed drifts; alternating
+keeps the ratio fair), and reports medians, the ratio torch/bptt (> 1: bptt faster), the
 speed-up over bptt's own 1-thread time, and the float32 GEMM rate (torch matmul of
 2048²) at that thread count as the machine's peak. Shapes are those of
 ``test_bench_rnn.py``.
@@ -35,17 +35,19 @@ def median_ms(fn, rounds: int) -> float:
     return paired_ms([fn], rounds)[0]
 
 
-def paired_ms(fns, rounds: int) -> list[float]:
-    """Median milliseconds of each function, timed in alternation round by round, so a
-    machine whose speed drifts slows all of them alike."""
-    for fn in fns:
-        fn()
+def paired_ms(fns, rounds: int, per_block: int = 3) -> list[float]:
+    """Median milliseconds of each function over `rounds` timed calls, run in alternating
+    blocks of `per_block` (each after one untimed call): a machine whose speed drifts
+    slows all of them alike, and each library's threads are awake when its block starts
+    rather than still spinning in the other library's code."""
     times = [[] for _ in fns]
-    for _ in range(rounds):
+    while len(times[0]) < rounds:
         for fn, ts in zip(fns, times):
-            t = time.perf_counter()
             fn()
-            ts.append(time.perf_counter() - t)
+            for _ in range(min(per_block, rounds - len(ts))):
+                t = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t)
     return [float(np.median(ts) * 1e3) for ts in times]
 
 
@@ -80,7 +82,7 @@ def main() -> None:
         for shape_name in args.shapes.split(","):
             shape = SHAPES[shape_name]
             t, b, i, h = shape
-            rounds = {"large": 3, "medium": 7, "long": 7}.get(shape_name, 15)
+            rounds = {"large": 4, "medium": 9, "long": 9}.get(shape_name, 15)
             x = np.random.default_rng(0).standard_normal((t, b, i)).astype(np.float32)
             for cell in args.cells.split(","):
                 model = getattr(bptt, cell)(i, h, dtype=np.float32, seed=0)

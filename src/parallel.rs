@@ -5,8 +5,10 @@
 //! `RAYON_NUM_THREADS`, else the number of CPUs, and rebuilt by [`set_num_threads`]. A
 //! child process made by `fork()` inherits no threads: [`pool`] notices the new process
 //! id and builds the child its own pool (the parent's, whose threads do not exist in the
-//! child, is leaked rather than touched).
+//! child, is leaked rather than touched). With one thread, [`run`] keeps the work on the
+//! calling thread.
 
+use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 
 struct Team {
@@ -70,6 +72,38 @@ pub fn pool() -> Arc<rayon::ThreadPool> {
     }
 }
 
+thread_local! {
+    /// Set while [`run`] runs work on the calling thread alone.
+    static ALONE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the configured number of threads: on the pool, or, with one thread,
+/// directly on the calling thread (no hand-over to a pool thread and back, which costs
+/// two thread wake-ups per call: a large share of a small model's call).
+pub fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if num_threads() > 1 {
+        return pool().install(f);
+    }
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ALONE.with(|a| a.set(self.0));
+        }
+    }
+    let _reset = Reset(ALONE.with(|a| a.replace(true)));
+    f()
+}
+
+/// The number of threads the work running on this thread may use: 1 inside [`run`] on
+/// the calling thread, else the size of the current rayon pool.
+pub fn current_threads() -> usize {
+    if ALONE.with(Cell::get) {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
+
 /// Sets the number of threads for all later calls (at least 1).
 pub fn set_num_threads(threads: usize) {
     let threads = threads.max(1);
@@ -99,7 +133,13 @@ mod tests {
         set_num_threads(3);
         assert_eq!(num_threads(), 3);
         assert_eq!(pool().install(rayon::current_num_threads), 3);
+        assert_eq!(run(current_threads), 3);
         set_num_threads(0);
         assert_eq!(num_threads(), 1);
+        assert_eq!(run(current_threads), 1);
+        assert_eq!(
+            run(|| std::thread::current().id()),
+            std::thread::current().id()
+        );
     }
 }

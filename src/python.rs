@@ -344,8 +344,7 @@ fn forward_typed<'py, T: TapeDtype>(
         let xv = x.as_array();
         let sv = state_view(&state);
         py.detach(move || {
-            parallel::pool()
-                .install(|| sequence::forward(&cfg, &wv, xv, sv, lengths.as_deref(), keep))
+            parallel::run(|| sequence::forward(&cfg, &wv, xv, sv, lengths.as_deref(), keep))
         })
         .map_err(value_error)?
     };
@@ -442,10 +441,8 @@ fn backward_typed<'py, T: TapeDtype>(
         let dv = d_out.as_array();
         let xv = x.as_ref().map(|x| x.as_array());
         let sv = state_view(&d_state);
-        py.detach(move || {
-            parallel::pool().install(|| sequence::backward(&cfg, &wv, core_tape, xv, dv, sv))
-        })
-        .map_err(value_error)?
+        py.detach(move || parallel::run(|| sequence::backward(&cfg, &wv, core_tape, xv, dv, sv)))
+            .map_err(value_error)?
     };
     let params = PyList::empty(py);
     for g in grads.params {

@@ -516,7 +516,7 @@ pub fn forward<T: Float>(
         (_, None) => DirKeep::Full,
         (_, Some(k)) => DirKeep::Checkpoints(k),
     };
-    let threads = rayon::current_num_threads();
+    let threads = crate::parallel::current_threads();
     let mut layers = Vec::new();
     for layer in 0..cfg.num_layers {
         let mut out = Array3::<T>::zeros((seq_len, batch, dirs * hidden));
@@ -1014,7 +1014,7 @@ pub fn backward<T: Float>(
     } else {
         CowArray::from(d_out)
     };
-    let threads = rayon::current_num_threads();
+    let threads = crate::parallel::current_threads();
     for layer in (0..cfg.num_layers).rev() {
         let lt = &tape.layers[layer];
         let input = match (&lt.input, x0) {
@@ -1135,7 +1135,7 @@ fn backward_direction<T: Float>(
                 let mut view = StepsView::of(steps, r.clone());
                 if let Some(h0) = h0 {
                     let mut buf = rebuilt.slice_mut(s![..r.len(), .., ..]);
-                    rebuild_lstm_h_prev(steps, h0, r.clone(), reverse, &mut buf);
+                    rebuild_lstm_h_prev(steps, h0, r.clone(), reverse, &mut buf, threads);
                     view.h_prev = rebuilt.slice(s![..r.len(), .., ..]);
                 }
                 ctx.run(
@@ -1212,6 +1212,7 @@ fn rebuild_lstm_h_prev<T: Float>(
     r: Range<usize>,
     reverse: bool,
     out: &mut ArrayViewMut3<'_, T>,
+    threads: usize,
 ) {
     use rayon::prelude::*;
     let seq_len = steps.gates.shape()[0];
@@ -1219,24 +1220,29 @@ fn rebuild_lstm_h_prev<T: Float>(
     let c_prev = steps.c_prev.as_ref().expect("the LSTM keeps c_prev");
     let out = out.as_slice_mut().expect("contiguous rebuild buffer");
     // Steps are independent: they run in parallel on the pool.
-    out.par_chunks_mut(batch * hidden)
-        .zip(r.into_par_iter())
-        .for_each(|(dst, t)| {
-            let before = if reverse { t + 1 } else { t.wrapping_sub(1) };
-            if before >= seq_len {
-                dst.copy_from_slice(h0.as_slice().expect("contiguous"));
-                return;
-            }
-            for (b, row) in dst.chunks_exact_mut(hidden).enumerate() {
-                let o = steps.gates.slice(s![before, b, 3 * hidden..]);
-                let c = c_prev.slice(s![t, b, ..]);
-                lstm_output(
-                    o.as_slice().expect("contiguous"),
-                    c.as_slice().expect("contiguous"),
-                    row,
-                );
-            }
-        });
+    let one_step = |(dst, t): (&mut [T], usize)| {
+        let before = if reverse { t + 1 } else { t.wrapping_sub(1) };
+        if before >= seq_len {
+            dst.copy_from_slice(h0.as_slice().expect("contiguous"));
+            return;
+        }
+        for (b, row) in dst.chunks_exact_mut(hidden).enumerate() {
+            let o = steps.gates.slice(s![before, b, 3 * hidden..]);
+            let c = c_prev.slice(s![t, b, ..]);
+            lstm_output(
+                o.as_slice().expect("contiguous"),
+                c.as_slice().expect("contiguous"),
+                row,
+            );
+        }
+    };
+    if threads < 2 {
+        out.chunks_mut(batch * hidden).zip(r).for_each(one_step);
+    } else {
+        out.par_chunks_mut(batch * hidden)
+            .zip(r.into_par_iter())
+            .for_each(one_step);
+    }
 }
 
 /// `acc[j] += Σ_r m[r, j]`, rows summed in order (the same bits for any thread count);
