@@ -1,4 +1,4 @@
-//! The thread team: one rayon pool for all of bptt's work, its size, and fork safety.
+//! The thread pool: one rayon pool for all of bptt's work, its size, and fork safety.
 //!
 //! Work splits across directions, batch and hidden units (inside faer's GEMMs), never
 //! across time. The pool is built on first use with `BPTT_NUM_THREADS`, else
