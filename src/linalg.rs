@@ -19,7 +19,19 @@ pub fn par(threads: usize) -> Par {
     }
 }
 
-/// `c := alpha * a · b + beta * c`.
+/// Multiply-adds below which one more GEMM thread costs more than it saves.
+const WORK_PER_THREAD: usize = 1 << 22;
+
+/// `par` with at most one thread per [`WORK_PER_THREAD`] multiply-adds of `work`.
+fn capped(par: Par, work: usize) -> Par {
+    match par {
+        Par::Rayon(n) => self::par(n.get().min(work / WORK_PER_THREAD)),
+        seq => seq,
+    }
+}
+
+/// `c := alpha * a · b + beta * c`, on up to the threads `par` allows (fewer for a small
+/// product).
 ///
 /// # Panics
 /// When the shapes do not agree (`a: (m, k)`, `b: (k, n)`, `c: (m, n)`); callers in the
@@ -46,6 +58,7 @@ pub fn gemm<T: Float>(
         }
         Accum::Add
     };
+    let par = capped(par, a.nrows() * a.ncols() * b.ncols());
     let (cs0, cs1) = (c.strides()[0], c.strides()[1]);
     // SAFETY: each view's pointer, dimensions and element strides describe exactly the
     // memory ndarray lets that view address; `c` is borrowed mutably for the whole call,

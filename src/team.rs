@@ -24,6 +24,10 @@ use crate::recurrent::UNIT_ALIGN;
 /// thread: the barrier would cost more than the split saves.
 pub const TEAM_MIN_WORK: usize = 1 << 19;
 
+/// A team has at most one member per this many multiply-adds of one step's product, so
+/// that each member's share of a step outweighs its share of the barrier.
+pub const MEMBER_MIN_WORK: usize = 1 << 17;
+
 /// The part of a step one member computes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tile {
@@ -35,7 +39,7 @@ pub struct Tile {
 
 /// Tiles for a team of at most `threads` members over `batch` rows and `hidden` units,
 /// when one step's recurrent product is `work` multiply-adds: one tile (no team) below
-/// [`TEAM_MIN_WORK`]. Units are split in blocks of [`UNIT_ALIGN`] first (each member then
+/// [`TEAM_MIN_WORK`], and at most one member per [`MEMBER_MIN_WORK`]. Units are split in blocks of [`UNIT_ALIGN`] first (each member then
 /// reads a disjoint part of the weights), rows (in blocks of 8 where the batch allows)
 /// when there are fewer unit blocks than threads; the split with the smallest largest
 /// tile wins, among equals the one with fewer members, then the one with more rows per
@@ -45,6 +49,7 @@ pub fn plan(threads: usize, batch: usize, hidden: usize, work: usize) -> Vec<Til
         rows: 0..batch,
         units: 0..hidden,
     }];
+    let threads = threads.min(work / MEMBER_MIN_WORK);
     if threads < 2 || work < TEAM_MIN_WORK {
         return whole;
     }
@@ -281,6 +286,9 @@ mod tests {
     fn small_steps_get_one_tile() {
         assert_eq!(plan(8, 1, 64, 4 * 64 * 64).len(), 1);
         assert_eq!(plan(1, 64, 1024, 1 << 30).len(), 1);
+        // A small LSTM step (16 × 128 × 512) takes at most 8 of 16 threads.
+        let tiles = plan(16, 16, 128, 16 * 128 * 512);
+        assert!(tiles.len() >= 2 && tiles.len() <= 8, "{tiles:?}");
     }
 
     #[test]
