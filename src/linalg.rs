@@ -20,7 +20,7 @@ pub fn par(threads: usize) -> Par {
 }
 
 /// Multiply-adds below which one more GEMM thread costs more than it saves.
-const WORK_PER_THREAD: usize = 1 << 22;
+pub const WORK_PER_THREAD: usize = 1 << 22;
 
 /// `par` with at most one thread per [`WORK_PER_THREAD`] multiply-adds of `work`.
 fn capped(par: Par, work: usize) -> Par {

@@ -77,11 +77,12 @@ thread_local! {
     static ALONE: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Runs `f` with the configured number of threads: on the pool, or, with one thread,
-/// directly on the calling thread (no hand-over to a pool thread and back, which costs
-/// two thread wake-ups per call: a large share of a small model's call).
-pub fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if num_threads() > 1 {
+/// Runs `f` with the configured number of threads: on the pool, or, with one thread or
+/// when `parallel` says the work cannot use more, directly on the calling thread (no
+/// hand-over to a pool thread and back, which costs two thread wake-ups per call: a large
+/// share of a small model's call).
+pub fn run<R: Send>(parallel: bool, f: impl FnOnce() -> R + Send) -> R {
+    if parallel && num_threads() > 1 {
         return pool().install(f);
     }
     struct Reset(bool);
@@ -133,13 +134,12 @@ mod tests {
         set_num_threads(3);
         assert_eq!(num_threads(), 3);
         assert_eq!(pool().install(rayon::current_num_threads), 3);
-        assert_eq!(run(current_threads), 3);
+        assert_eq!(run(true, current_threads), 3);
+        assert_eq!(run(false, current_threads), 1);
         set_num_threads(0);
         assert_eq!(num_threads(), 1);
-        assert_eq!(run(current_threads), 1);
-        assert_eq!(
-            run(|| std::thread::current().id()),
-            std::thread::current().id()
-        );
+        assert_eq!(run(true, current_threads), 1);
+        let here = std::thread::current().id();
+        assert_eq!(run(true, || std::thread::current().id()), here);
     }
 }

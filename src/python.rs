@@ -306,6 +306,15 @@ impl TapeDtype for f64 {
     }
 }
 
+/// `(seq_len, batch)` of an `x`-like array's shape under `cfg`'s layout.
+fn time_and_batch(cfg: &Config, dims: (usize, usize, usize)) -> (usize, usize) {
+    if cfg.batch_first {
+        (dims.1, dims.0)
+    } else {
+        (dims.0, dims.1)
+    }
+}
+
 fn lengths_vec(lengths: Option<PyReadonlyArray1<'_, i64>>) -> PyResult<Option<Vec<usize>>> {
     let Some(l) = lengths else { return Ok(None) };
     l.as_array()
@@ -343,8 +352,12 @@ fn forward_typed<'py, T: TapeDtype>(
         let wv = w.views();
         let xv = x.as_array();
         let sv = state_view(&state);
+        let (seq_len, batch) = time_and_batch(&cfg, xv.dim());
+        let threads = sequence::uses_threads(&cfg, seq_len, batch);
         py.detach(move || {
-            parallel::run(|| sequence::forward(&cfg, &wv, xv, sv, lengths.as_deref(), keep))
+            parallel::run(threads, || {
+                sequence::forward(&cfg, &wv, xv, sv, lengths.as_deref(), keep)
+            })
         })
         .map_err(value_error)?
     };
@@ -441,8 +454,14 @@ fn backward_typed<'py, T: TapeDtype>(
         let dv = d_out.as_array();
         let xv = x.as_ref().map(|x| x.as_array());
         let sv = state_view(&d_state);
-        py.detach(move || parallel::run(|| sequence::backward(&cfg, &wv, core_tape, xv, dv, sv)))
-            .map_err(value_error)?
+        let (seq_len, batch) = time_and_batch(&cfg, dv.dim());
+        let threads = sequence::uses_threads(&cfg, seq_len, batch);
+        py.detach(move || {
+            parallel::run(threads, || {
+                sequence::backward(&cfg, &wv, core_tape, xv, dv, sv)
+            })
+        })
+        .map_err(value_error)?
     };
     let params = PyList::empty(py);
     for g in grads.params {
