@@ -223,15 +223,16 @@ impl<T: Float> Tape<T> {
     }
 }
 
-/// Whether a forward or backward pass over `seq_len × batch` can use more than one
+/// Whether a forward or backward pass over `seq_len × batch` gains from more than one
 /// thread: a bidirectional layer (directions run concurrently), a step big enough for the
-/// step team, or a batched product big enough to split (see `linalg`).
+/// step team, or batched products big enough for several threads each (see `linalg`; on
+/// 16 cores, smaller ones ran slower split than on one thread).
 pub fn uses_threads(cfg: &Config, seq_len: usize, batch: usize) -> bool {
     let (h, gh) = (cfg.hidden_size, cfg.gate_size());
     let widest_input = cfg.input_size.max(cfg.num_directions() * h);
     cfg.bidirectional
         || batch * h * gh >= crate::team::TEAM_MIN_WORK
-        || seq_len.min(SEGMENT) * batch * widest_input * gh >= 2 * crate::linalg::WORK_PER_THREAD
+        || seq_len.min(SEGMENT) * batch * widest_input * gh >= 8 * crate::linalg::WORK_PER_THREAD
 }
 
 /// Output of [`forward`]: `out` in the layout of `x`, the final state, and the tape when
