@@ -8,8 +8,8 @@ it times bptt and, when importable, ``torch.nn.{RNN,LSTM,GRU}`` (same float32 we
 input) in alternating blocks of a few calls (the machine's speed drifts; alternating
 keeps the ratio fair), and reports medians, the ratio torch/bptt (> 1: bptt faster), the
 speed-up over bptt's own 1-thread time, and the float32 GEMM rate (torch matmul of
-2048²) at that thread count as the machine's peak. Shapes are those of
-``test_bench_rnn.py``.
+2048²) at that thread count as the machine's peak. Shapes and the FLOP model
+are those of ``shapes.py``.
 """
 
 from __future__ import annotations
@@ -20,15 +20,7 @@ import time
 
 import bptt
 import numpy as np
-
-SHAPES = {
-    "tiny": (100, 1, 32, 64),
-    "small": (100, 16, 64, 128),
-    "medium": (100, 32, 256, 256),
-    "large": (100, 64, 512, 1024),
-    "long": (1000, 16, 64, 128),
-}
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+from shapes import SHAPES, flops
 
 
 def median_ms(fn, rounds: int) -> float:
@@ -49,12 +41,6 @@ def paired_ms(fns, rounds: int, per_block: int = 3) -> list[float]:
                 fn()
                 ts.append(time.perf_counter() - t)
     return [float(np.median(ts) * 1e3) for ts in times]
-
-
-def flops(cell: str, shape: tuple[int, int, int, int], train: bool) -> float:
-    t, b, i, h = shape
-    fwd = 2.0 * t * b * (i + h) * GATES[cell] * h
-    return 3 * fwd if train else fwd
 
 
 def main() -> None:
@@ -118,7 +104,7 @@ def main() -> None:
                         ms, peer_ms = median_ms(ours, rounds), None
                     key = (cell, shape_name, mode)
                     own_1t.setdefault(key, ms)
-                    gflops = flops(cell, shape, mode == "train") / ms / 1e6
+                    gflops = flops(cell, shape_name, mode) / ms / 1e6
                     row = {
                         "threads": n, "cell": cell, "shape": shape_name, "mode": mode,
                         "bptt_ms": ms, "torch_ms": peer_ms,

@@ -14,24 +14,12 @@ import bptt
 import numpy as np
 import pytest
 import reference
+from shapes import GATES, SHAPES, flops
 
-SHAPES = {  # (T, B, input, hidden)
-    "tiny": (100, 1, 32, 64),
-    "small": (100, 16, 64, 128),
-    "medium": (100, 32, 256, 256),
-    "large": (100, 64, 512, 1024),
-    "long": (1000, 16, 64, 128),
-}
-CELLS = {"lstm": 4, "gru": 3, "rnn": 1}
+CELLS = GATES
 MODES = ("inference", "train")
 THREADS = (1, 2)
 REFERENCE_SHAPES = ("tiny", "small")
-
-
-def flops(cell, shape, mode):
-    T, B, I, H = SHAPES[shape]
-    fwd = 2 * T * B * (I + H) * CELLS[cell] * H
-    return fwd if mode == "inference" else 3 * fwd
 
 
 def rounds_for(shape):
