@@ -22,10 +22,15 @@ pub fn par(threads: usize) -> Par {
 /// Multiply-adds below which one more GEMM thread costs more than it saves.
 pub const WORK_PER_THREAD: usize = 1 << 22;
 
-/// `par` with at most one thread per [`WORK_PER_THREAD`] multiply-adds of `work`.
+/// `par` with at most one thread per [`WORK_PER_THREAD`] multiply-adds of `work`, and per
+/// CPU.
 fn capped(par: Par, work: usize) -> Par {
     match par {
-        Par::Rayon(n) => self::par(n.get().min(work / WORK_PER_THREAD)),
+        Par::Rayon(n) => self::par(
+            n.get()
+                .min(work / WORK_PER_THREAD)
+                .min(crate::parallel::cores()),
+        ),
         seq => seq,
     }
 }

@@ -72,6 +72,14 @@ pub fn pool() -> Arc<rayon::ThreadPool> {
     }
 }
 
+/// The CPUs this process may run on. Parallel work never uses more threads at once (a
+/// larger pool is allowed, but its extra threads would only take turns on the same cores,
+/// and a member of a step team waiting for one that has no core stalls every step).
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 thread_local! {
     /// Set while [`run`] runs work on the calling thread alone.
     static ALONE: Cell<bool> = const { Cell::new(false) };

@@ -39,12 +39,17 @@ pub struct Tile {
 
 /// Tiles for a team of at most `threads` members over `batch` rows and `hidden` units,
 /// when one step's recurrent product is `work` multiply-adds: one tile (no team) below
-/// [`TEAM_MIN_WORK`], and at most one member per [`MEMBER_MIN_WORK`]. Units are split in blocks of [`UNIT_ALIGN`] first (each member then
+/// [`TEAM_MIN_WORK`], at most one member per [`MEMBER_MIN_WORK`] and per CPU. Units are split in blocks of [`UNIT_ALIGN`] first (each member then
 /// reads a disjoint part of the weights), rows (in blocks of 8 where the batch allows)
 /// when there are fewer unit blocks than threads; the split with the smallest largest
 /// tile wins, among equals the one with fewer members, then the one with more rows per
 /// member.
 pub fn plan(threads: usize, batch: usize, hidden: usize, work: usize) -> Vec<Tile> {
+    plan_on(threads.min(crate::parallel::cores()), batch, hidden, work)
+}
+
+/// [`plan`] for a machine with at least `threads` CPUs.
+fn plan_on(threads: usize, batch: usize, hidden: usize, work: usize) -> Vec<Tile> {
     let whole = vec![Tile {
         rows: 0..batch,
         units: 0..hidden,
@@ -131,7 +136,7 @@ impl Barrier {
                 panic!("a member of the step team panicked");
             }
             spins = spins.saturating_add(1);
-            if spins < 1 << 14 {
+            if spins < 1 << 10 {
                 std::hint::spin_loop();
             } else {
                 // Oversubscribed machine: let the members that are behind run.
@@ -284,10 +289,10 @@ mod tests {
 
     #[test]
     fn small_steps_get_one_tile() {
-        assert_eq!(plan(8, 1, 64, 4 * 64 * 64).len(), 1);
-        assert_eq!(plan(1, 64, 1024, 1 << 30).len(), 1);
+        assert_eq!(plan_on(8, 1, 64, 4 * 64 * 64).len(), 1);
+        assert_eq!(plan_on(1, 64, 1024, 1 << 30).len(), 1);
         // A small LSTM step (16 × 128 × 512) takes at most 8 of 16 threads.
-        let tiles = plan(16, 16, 128, 16 * 128 * 512);
+        let tiles = plan_on(16, 16, 128, 16 * 128 * 512);
         assert!(tiles.len() >= 2 && tiles.len() <= 8, "{tiles:?}");
     }
 
@@ -300,7 +305,7 @@ mod tests {
             (3, 40, 96),
             (4, 5, 40),
         ] {
-            let tiles = plan(threads, batch, hidden, usize::MAX);
+            let tiles = plan_on(threads, batch, hidden, usize::MAX);
             assert!(tiles.len() <= threads && tiles.len() >= 2, "{tiles:?}");
             let mut seen = vec![0u8; batch * hidden];
             for t in &tiles {
@@ -317,7 +322,7 @@ mod tests {
             );
         }
         // Units first: 16 threads over 1024 units take 64 units each, all rows.
-        let tiles = plan(16, 64, 1024, usize::MAX);
+        let tiles = plan_on(16, 64, 1024, usize::MAX);
         assert_eq!(tiles.len(), 16);
         assert!(tiles
             .iter()
@@ -327,7 +332,7 @@ mod tests {
     #[test]
     fn the_barrier_orders_the_phases_of_every_step() {
         // One row per tile.
-        let tiles = plan(4, 4, UNIT_ALIGN, usize::MAX);
+        let tiles = plan_on(4, 4, UNIT_ALIGN, usize::MAX);
         let n = tiles.len();
         assert_eq!(n, 4);
         let mut buf = vec![0usize; n];
@@ -356,7 +361,7 @@ mod tests {
 
     #[test]
     fn a_panicking_member_does_not_hang_the_others() {
-        let tiles = plan(2, 16, 128, usize::MAX);
+        let tiles = plan_on(2, 16, 128, usize::MAX);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
@@ -377,7 +382,7 @@ mod tests {
     #[test]
     fn a_busy_pool_leaves_the_tiles_to_the_leader() {
         // A pool of one thread: nobody can join, the leader runs every tile.
-        let tiles = plan(4, 64, 4 * UNIT_ALIGN, usize::MAX);
+        let tiles = plan_on(4, 64, 4 * UNIT_ALIGN, usize::MAX);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
