@@ -1136,6 +1136,22 @@ fn backward_direction<T: Float>(
         lengths,
         threads,
     };
+    // Backward through one segment's steps, given their tape (kept or recomputed).
+    let mut backward_segment = |view: StepsView<'_, T>, r: Range<usize>| {
+        ctx.run(
+            view,
+            input,
+            d_y,
+            r,
+            dh,
+            dc.as_deref_mut(),
+            &mut dxp,
+            &mut drec,
+            &mut grads,
+            &mut d_x,
+            dh_norm,
+        )
+    };
     match tape {
         DirTape::Full { steps, h0 } => {
             let mut rebuilt = Array3::<T>::zeros(if h0.is_some() {
@@ -1150,19 +1166,7 @@ fn backward_direction<T: Float>(
                     rebuild_lstm_h_prev(steps, h0, r.clone(), reverse, &mut buf, threads);
                     view.h_prev = rebuilt.slice(s![..r.len(), .., ..]);
                 }
-                ctx.run(
-                    view,
-                    input,
-                    d_y,
-                    r,
-                    dh,
-                    dc.as_deref_mut(),
-                    &mut dxp,
-                    &mut drec,
-                    &mut grads,
-                    &mut d_x,
-                    dh_norm,
-                );
+                backward_segment(view, r);
             }
         }
         DirTape::Checkpoints { h: ck_h, c: ck_c } => {
@@ -1196,19 +1200,7 @@ fn backward_direction<T: Float>(
                     threads,
                 );
                 let view = StepsView::of(&steps, 0..r.len());
-                ctx.run(
-                    view,
-                    input,
-                    d_y,
-                    r,
-                    dh,
-                    dc.as_deref_mut(),
-                    &mut dxp,
-                    &mut drec,
-                    &mut grads,
-                    &mut d_x,
-                    dh_norm,
-                );
+                backward_segment(view, r);
             }
         }
     }
