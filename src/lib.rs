@@ -6,19 +6,20 @@
 //! checkpointed within a memory budget); [`sequence::backward`] turns the tape and
 //! `∂L/∂out` into every gradient. `cell` holds the per-step kernels, `simd` the fast
 //! activations and the run-time choice of instruction set, `linalg` the one GEMM entry
-//! point, `parallel` the thread pool. The optional `python` feature compiles the PyO3
+//! point, `recurrent` the per-step recurrent product, `team` the step team that runs a
+//! time loop on several threads, `parallel` the thread pool and the threading policy. The optional `python` feature compiles the PyO3
 //! bindings (`python.rs`), the only code that names Python.
 
 pub mod cell;
 pub mod error;
 pub mod float;
-pub mod linalg;
+pub(crate) mod linalg;
 pub mod model;
 pub mod parallel;
-pub mod recurrent;
+pub(crate) mod recurrent;
 pub mod sequence;
 pub mod simd;
-pub mod team;
+pub(crate) mod team;
 
 #[cfg(feature = "python")]
 mod python;

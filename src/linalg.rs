@@ -19,18 +19,11 @@ pub fn par(threads: usize) -> Par {
     }
 }
 
-/// Multiply-adds below which one more GEMM thread costs more than it saves.
-pub const WORK_PER_THREAD: usize = 1 << 22;
-
-/// `par` with at most one thread per [`WORK_PER_THREAD`] multiply-adds of `work`, and per
-/// CPU.
+/// `par` with at most the threads the policy gives a product of `work` multiply-adds
+/// (see `parallel`).
 fn capped(par: Par, work: usize) -> Par {
     match par {
-        Par::Rayon(n) => self::par(
-            n.get()
-                .min(work / WORK_PER_THREAD)
-                .min(crate::parallel::cores()),
-        ),
+        Par::Rayon(n) => self::par(crate::parallel::gemm_threads(n.get(), work)),
         seq => seq,
     }
 }

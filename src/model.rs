@@ -261,3 +261,53 @@ pub struct Grads<T> {
     /// layer-direction at each time index `t`.
     pub dh_norm: Array2<T>,
 }
+
+/// Checks `lengths` (one per sequence, each in `[1, T]`).
+pub(crate) fn check_lengths(lengths: Option<&[usize]>, seq_len: usize, batch: usize) -> Result<()> {
+    let Some(lengths) = lengths else {
+        return Ok(());
+    };
+    if lengths.len() != batch {
+        return Err(Error::shape(
+            "lengths",
+            format!("({batch},) (one length per sequence in the batch)"),
+            &[lengths.len()],
+        ));
+    }
+    if let Some((b, &l)) = lengths
+        .iter()
+        .enumerate()
+        .find(|&(_, &l)| l == 0 || l > seq_len)
+    {
+        return Err(Error::value(
+            "lengths",
+            format!(
+                "expected every length in [1, {seq_len}] (T = {seq_len}), got lengths[{b}] = {l}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `x` against `cfg` and returns `(T, B)`.
+pub(crate) fn check_sequence<T>(
+    cfg: &Config,
+    x: &ArrayView3<'_, T>,
+    arg: &str,
+    width: usize,
+) -> Result<(usize, usize)> {
+    if x.shape()[2] != width {
+        return Err(Error::shape(arg, cfg.seq_shape_text(width), x.shape()));
+    }
+    let (t, b) = cfg.seq_dims(x.shape());
+    if t == 0 || b == 0 {
+        return Err(Error::value(
+            arg,
+            format!(
+                "expected at least one time step and one sequence, got shape {} (T = {t}, B = {b})",
+                fmt_shape(x.shape())
+            ),
+        ));
+    }
+    Ok((t, b))
+}

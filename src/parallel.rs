@@ -1,23 +1,60 @@
-//! The thread pool: one rayon pool for all of bptt's work, its size, and fork safety.
+//! Threads: the one rayon pool of bptt, its size and fork safety, and the one threading
+//! policy — every decision of how many threads a piece of work gets is made here.
 //!
-//! Work splits across directions, batch and hidden units (inside faer's GEMMs), never
-//! across time. The pool is built on first use with `BPTT_NUM_THREADS`, else
+//! Work splits across directions, batch and hidden units (the step team, faer's GEMMs),
+//! never across time. The pool is built on first use with `BPTT_NUM_THREADS`, else
 //! `RAYON_NUM_THREADS`, else the number of CPUs, and rebuilt by [`set_num_threads`]. A
 //! child process made by `fork()` inherits no threads: [`pool`] notices the new process
 //! id and builds the child its own pool (the parent's, whose threads do not exist in the
 //! child, is leaked rather than touched). With one thread, [`run`] keeps the work on the
 //! calling thread.
+//!
+//! # The policy
+//! Thresholds are in multiply-adds, measured on a 16-core Xeon (AVX-512) and a 2-core
+//! EPYC (AVX2) against the same work on one thread (`benches/scaling.py`; the runs are in
+//! `benches/results/`). Below each, one more thread cost more than it saved:
+//! - [`GEMM_WORK_PER_THREAD`]: a batched GEMM (input projection, weight gradients, `dx`)
+//!   gets one thread per 4M multiply-adds;
+//! - [`TEAM_MIN_WORK`], [`MEMBER_MIN_WORK`]: the step team runs when one step's
+//!   recurrent product has 512K multiply-adds, with one member per 128K (a step is a few
+//!   microseconds; the per-step barrier costs about one);
+//! - [`PARALLEL_SUM_MIN_ELEMS`]: bias-gradient column sums split over 64K elements;
+//! - a call runs on the pool only when [`uses_threads`] says some part of it can use a
+//!   second thread; otherwise on the calling thread (no hand-over: two thread wake-ups,
+//!   a large share of a small model's call);
+//! - nothing uses more threads at once than the CPUs of the process ([`cores`]): extra
+//!   threads would take turns on the same cores, and a team member without a core stalls
+//!   every step;
+//! - the two directions of a bidirectional layer run concurrently, each with half of the
+//!   threads ([`per_direction`]).
 
+use crate::model::Config;
+use crate::sequence::CHUNK_STEPS;
 use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 
-struct Team {
+/// Multiply-adds per GEMM thread.
+pub(crate) const GEMM_WORK_PER_THREAD: usize = 1 << 22;
+
+/// Below this many multiply-adds in one step's recurrent product the time loop runs on one
+/// thread: the barrier would cost more than the split saves.
+pub(crate) const TEAM_MIN_WORK: usize = 1 << 19;
+
+/// A step team has at most one member per this many multiply-adds of one step's product,
+/// so that each member's share of a step outweighs its share of the barrier.
+pub(crate) const MEMBER_MIN_WORK: usize = 1 << 17;
+
+/// Elements of a `[rows, cols]` matrix below which its column sums run on one thread.
+pub(crate) const PARALLEL_SUM_MIN_ELEMS: usize = 1 << 16;
+
+/// The pool and what it was built for.
+struct Pool {
     pid: u32,
     threads: usize,
     pool: Arc<rayon::ThreadPool>,
 }
 
-static TEAM: Mutex<Option<Team>> = Mutex::new(None);
+static POOL: Mutex<Option<Pool>> = Mutex::new(None);
 
 /// The thread count used when none was set: `BPTT_NUM_THREADS`, `RAYON_NUM_THREADS`, or
 /// the number of CPUs available to this process.
@@ -45,24 +82,24 @@ fn build(threads: usize) -> Arc<rayon::ThreadPool> {
     }))
 }
 
-fn lock() -> std::sync::MutexGuard<'static, Option<Team>> {
-    TEAM.lock().unwrap_or_else(|e| e.into_inner())
+fn lock() -> std::sync::MutexGuard<'static, Option<Pool>> {
+    POOL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The pool to run on (built, or rebuilt after a fork, as needed).
 pub fn pool() -> Arc<rayon::ThreadPool> {
-    let mut team = lock();
+    let mut current = lock();
     let pid = std::process::id();
-    match team.as_ref() {
-        Some(t) if t.pid == pid => t.pool.clone(),
+    match current.as_ref() {
+        Some(p) if p.pid == pid => p.pool.clone(),
         stale => {
-            let threads = stale.map_or_else(default_num_threads, |t| t.threads);
-            if let Some(old) = team.take() {
+            let threads = stale.map_or_else(default_num_threads, |p| p.threads);
+            if let Some(old) = current.take() {
                 // Its worker threads belong to the parent process.
                 std::mem::forget(old);
             }
             let pool = build(threads);
-            *team = Some(Team {
+            *current = Some(Pool {
                 pid,
                 threads,
                 pool: pool.clone(),
@@ -72,9 +109,7 @@ pub fn pool() -> Arc<rayon::ThreadPool> {
     }
 }
 
-/// The CPUs this process may run on. Parallel work never uses more threads at once (a
-/// larger pool is allowed, but its extra threads would only take turns on the same cores,
-/// and a member of a step team waiting for one that has no core stalls every step).
+/// The CPUs this process may run on. Parallel work never uses more threads at once.
 pub fn cores() -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -86,9 +121,7 @@ thread_local! {
 }
 
 /// Runs `f` with the configured number of threads: on the pool, or, with one thread or
-/// when `parallel` says the work cannot use more, directly on the calling thread (no
-/// hand-over to a pool thread and back, which costs two thread wake-ups per call: a large
-/// share of a small model's call).
+/// when `parallel` says the work cannot use more, directly on the calling thread.
 pub fn run<R: Send>(parallel: bool, f: impl FnOnce() -> R + Send) -> R {
     if parallel && num_threads() > 1 {
         return pool().install(f);
@@ -116,8 +149,8 @@ pub fn current_threads() -> usize {
 /// Sets the number of threads for all later calls (at least 1).
 pub fn set_num_threads(threads: usize) {
     let threads = threads.max(1);
-    let mut team = lock();
-    *team = Some(Team {
+    let mut current = lock();
+    *current = Some(Pool {
         pid: std::process::id(),
         threads,
         pool: build(threads),
@@ -126,10 +159,55 @@ pub fn set_num_threads(threads: usize) {
 
 /// The number of threads later calls will use.
 pub fn num_threads() -> usize {
-    let team = lock();
-    match team.as_ref() {
-        Some(t) => t.threads,
+    let current = lock();
+    match current.as_ref() {
+        Some(p) => p.threads,
         None => default_num_threads(),
+    }
+}
+
+/// Whether a forward or backward pass over `seq_len × batch` gains from more than one
+/// thread: a bidirectional layer (directions run concurrently), a step big enough for the
+/// step team, or batched products big enough for several threads each.
+pub fn uses_threads(cfg: &Config, seq_len: usize, batch: usize) -> bool {
+    let (h, gh) = (cfg.hidden_size, cfg.gate_size());
+    let widest_input = cfg.input_size.max(cfg.num_directions() * h);
+    cfg.bidirectional
+        || batch * h * gh >= TEAM_MIN_WORK
+        || seq_len.min(CHUNK_STEPS) * batch * widest_input * gh >= 8 * GEMM_WORK_PER_THREAD
+}
+
+/// Threads for a GEMM of `work` multiply-adds when `threads` are allowed.
+pub(crate) fn gemm_threads(threads: usize, work: usize) -> usize {
+    threads.min(work / GEMM_WORK_PER_THREAD).min(cores())
+}
+
+/// The largest step team for a step of `work` multiply-adds when `threads` are allowed
+/// (1: no team).
+pub(crate) fn team_members(threads: usize, work: usize) -> usize {
+    if work < TEAM_MIN_WORK {
+        return 1;
+    }
+    threads.min(cores()).min(work / MEMBER_MIN_WORK).max(1)
+}
+
+/// Runs `f` on each direction's job: both at once, each with half the threads, when
+/// there are two and more than one thread; in order otherwise.
+pub(crate) fn per_direction<A: Send, R: Send>(
+    jobs: Vec<A>,
+    threads: usize,
+    f: impl Fn(A, usize) -> R + Sync,
+) -> Vec<R> {
+    let mut jobs = jobs.into_iter();
+    match (jobs.next(), jobs.next()) {
+        (Some(a), Some(b)) if threads > 1 => {
+            let half = threads / 2;
+            let (ra, rb) = rayon::join(|| f(a, threads - half), || f(b, half));
+            vec![ra, rb]
+        }
+        (Some(a), Some(b)) => vec![f(a, 1), f(b, 1)],
+        (Some(a), None) => vec![f(a, threads)],
+        _ => Vec::new(),
     }
 }
 
@@ -149,5 +227,16 @@ mod tests {
         assert_eq!(run(true, current_threads), 1);
         let here = std::thread::current().id();
         assert_eq!(run(true, || std::thread::current().id()), here);
+    }
+
+    #[test]
+    fn small_work_stays_on_one_thread() {
+        // A 64-unit RNN step at batch 1 is far below a team's worth.
+        assert_eq!(team_members(8, 4 * 64 * 64), 1);
+        assert_eq!(team_members(1, 1 << 30), 1);
+        // A small LSTM step (16 × 128 × 512) takes at most 8 members.
+        assert!(team_members(16, 16 * 128 * 512) <= 8);
+        assert_eq!(gemm_threads(16, GEMM_WORK_PER_THREAD - 1), 0);
+        assert!(gemm_threads(16, 1 << 30) <= cores());
     }
 }

@@ -353,7 +353,7 @@ fn forward_typed<'py, T: TapeDtype>(
         let xv = x.as_array();
         let sv = state_view(&state);
         let (seq_len, batch) = time_and_batch(&cfg, xv.dim());
-        let threads = sequence::uses_threads(&cfg, seq_len, batch);
+        let threads = parallel::uses_threads(&cfg, seq_len, batch);
         py.detach(move || {
             parallel::run(threads, || {
                 sequence::forward(&cfg, &wv, xv, sv, lengths.as_deref(), keep)
@@ -455,7 +455,7 @@ fn backward_typed<'py, T: TapeDtype>(
         let xv = x.as_ref().map(|x| x.as_array());
         let sv = state_view(&d_state);
         let (seq_len, batch) = time_and_batch(&cfg, dv.dim());
-        let threads = sequence::uses_threads(&cfg, seq_len, batch);
+        let threads = parallel::uses_threads(&cfg, seq_len, batch);
         py.detach(move || {
             parallel::run(threads, || {
                 sequence::backward(&cfg, &wv, core_tape, xv, dv, sv)

@@ -106,7 +106,7 @@ pub trait PanelKernel: Float {
     /// # Safety
     /// `t.a` readable for `m` rows of `k`, `t.c` writable for `m` rows of `cols`,
     /// exclusively; `w.len() >= k · NR`.
-    unsafe fn panel(level: crate::simd::Level, t: Tile<Self>, w: &[Self]);
+    unsafe fn panel(level: crate::simd::Level, t: PanelTile<Self>, w: &[Self]);
 }
 
 impl<T> Packed<T> {
@@ -166,7 +166,7 @@ impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
                 unsafe {
                     T::panel(
                         level,
-                        Tile {
+                        PanelTile {
                             a,
                             lda,
                             m: rows.len(),
@@ -194,7 +194,7 @@ impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
 
 /// One panel's share of a tile: `c[r, 0..cols] (+)= Σ_k a[r, k] · w[k, 0..cols]` for `r < m`.
 #[derive(Clone, Copy)]
-pub struct Tile<T> {
+pub struct PanelTile<T> {
     a: *const T,
     lda: usize,
     m: usize,
@@ -232,7 +232,7 @@ multiversion! {
 ///
 /// # Safety
 /// As [`PanelKernel::panel`].
-unsafe fn portable_rows<T: Float>(t: Tile<T>, w: &[T], r0: usize) {
+unsafe fn portable_rows<T: Float>(t: PanelTile<T>, w: &[T], r0: usize) {
     let mut r = r0;
     while r < t.m {
         let rows = MR_PORTABLE.min(t.m - r);
@@ -251,7 +251,7 @@ unsafe fn portable_rows<T: Float>(t: Tile<T>, w: &[T], r0: usize) {
 }
 
 impl PanelKernel for f64 {
-    unsafe fn panel(_level: crate::simd::Level, t: Tile<f64>, w: &[f64]) {
+    unsafe fn panel(_level: crate::simd::Level, t: PanelTile<f64>, w: &[f64]) {
         assert!(w.len() >= t.k * NR && t.cols <= NR);
         // SAFETY: the caller's contract.
         unsafe { portable_rows(t, w, 0) }
@@ -259,7 +259,7 @@ impl PanelKernel for f64 {
 }
 
 impl PanelKernel for f32 {
-    unsafe fn panel(level: crate::simd::Level, t: Tile<f32>, w: &[f32]) {
+    unsafe fn panel(level: crate::simd::Level, t: PanelTile<f32>, w: &[f32]) {
         assert!(w.len() >= t.k * NR && t.cols <= NR);
         let mut r = 0;
         #[cfg(target_arch = "x86_64")]
@@ -296,7 +296,7 @@ unsafe fn store<T: Float>(acc: &[T], dst: *mut T, accumulate: bool) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{store, Tile, NR};
+    use super::{store, PanelTile, NR};
     use std::arch::x86_64::*;
 
     /// Defines `$rows(tile, w) -> usize`: all rows, in blocks of `$mr` (an `$mr × NR` block
@@ -310,7 +310,7 @@ mod x86 {
             /// # Safety
             /// The tile's contract (`panel_product`) and `r0 + R <= t.m`.
             #[target_feature(enable = $feat)]
-            unsafe fn $block<const R: usize>(t: Tile<f32>, r0: usize, w: &[f32]) {
+            unsafe fn $block<const R: usize>(t: PanelTile<f32>, r0: usize, w: &[f32]) {
                 const V: usize = NR / $lanes;
                 assert!(w.len() >= t.k * NR);
                 // SAFETY: rows `r0..r0 + R` of `a` hold `k` readable elements each.
@@ -361,7 +361,7 @@ mod x86 {
             /// # Safety
             /// The tile's contract (`panel_product`) and the CPU features `$feat`.
             #[target_feature(enable = $feat)]
-            pub(super) unsafe fn $rows(t: Tile<f32>, w: &[f32]) -> usize {
+            pub(super) unsafe fn $rows(t: PanelTile<f32>, w: &[f32]) -> usize {
                 let mut r0 = 0;
                 while r0 + $mr <= t.m {
                     // SAFETY: `r0 + $mr <= m`.

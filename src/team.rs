@@ -20,42 +20,34 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::recurrent::UNIT_ALIGN;
 
-/// Below this many multiply-adds in one step's recurrent product the time loop runs on one
-/// thread: the barrier would cost more than the split saves.
-pub const TEAM_MIN_WORK: usize = 1 << 19;
-
-/// A team has at most one member per this many multiply-adds of one step's product, so
-/// that each member's share of a step outweighs its share of the barrier.
-pub const MEMBER_MIN_WORK: usize = 1 << 17;
-
 /// The part of a step one member computes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tile {
+pub struct StateTile {
     /// Batch rows.
     pub rows: Range<usize>,
     /// Hidden units (in every gate block).
     pub units: Range<usize>,
 }
 
-/// Tiles for a team of at most `threads` members over `batch` rows and `hidden` units,
-/// when one step's recurrent product is `work` multiply-adds: one tile (no team) below
-/// [`TEAM_MIN_WORK`], at most one member per [`MEMBER_MIN_WORK`] and per CPU. Units are split in blocks of [`UNIT_ALIGN`] first (each member then
-/// reads a disjoint part of the weights), rows (in blocks of 8 where the batch allows)
-/// when there are fewer unit blocks than threads; the split with the smallest largest
-/// tile wins, among equals the one with fewer members, then the one with more rows per
-/// member.
-pub fn plan(threads: usize, batch: usize, hidden: usize, work: usize) -> Vec<Tile> {
-    plan_on(threads.min(crate::parallel::cores()), batch, hidden, work)
+/// Tiles for the step team of a step of `work` multiply-adds over `batch` rows and
+/// `hidden` units, when `threads` are allowed: as many members as the threading policy
+/// gives (`parallel::team_members`), split by [`split`].
+pub fn plan(threads: usize, batch: usize, hidden: usize, work: usize) -> Vec<StateTile> {
+    split(crate::parallel::team_members(threads, work), batch, hidden)
 }
 
-/// [`plan`] for a machine with at least `threads` CPUs.
-fn plan_on(threads: usize, batch: usize, hidden: usize, work: usize) -> Vec<Tile> {
-    let whole = vec![Tile {
+/// Tiles for at most `members` members over `batch` rows and `hidden` units (one tile
+/// below two). Units are split in blocks of [`UNIT_ALIGN`] first (each member then reads
+/// a disjoint part of the weights), rows (in blocks of 8 where the batch allows) when
+/// there are fewer unit blocks than members; the split with the smallest largest tile
+/// wins, among equals the one with fewer members, then the one with more rows per member.
+fn split(members: usize, batch: usize, hidden: usize) -> Vec<StateTile> {
+    let whole = vec![StateTile {
         rows: 0..batch,
         units: 0..hidden,
     }];
-    let threads = threads.min(work / MEMBER_MIN_WORK);
-    if threads < 2 || work < TEAM_MIN_WORK {
+    let threads = members;
+    if threads < 2 {
         return whole;
     }
     let blocks = hidden.div_ceil(UNIT_ALIGN);
@@ -86,7 +78,7 @@ fn plan_on(threads: usize, batch: usize, hidden: usize, work: usize) -> Vec<Tile
     let mut tiles = Vec::with_capacity(members);
     for r0 in (0..batch).step_by(per_r) {
         for b0 in (0..blocks).step_by(per_u) {
-            tiles.push(Tile {
+            tiles.push(StateTile {
                 rows: r0..(r0 + per_r).min(batch),
                 units: b0 * UNIT_ALIGN..((b0 + per_u) * UNIT_ALIGN).min(hidden),
             });
@@ -167,9 +159,9 @@ const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_micros(500);
 /// tiles of those that have not started within [`JOIN_TIMEOUT`] (a late one then returns
 /// at once), so the team never waits for a thread the pool cannot give. A single tile
 /// runs on the calling thread with a barrier that does not wait.
-pub fn run<F>(tiles: &[Tile], member: F)
+pub fn run<F>(tiles: &[StateTile], member: F)
 where
-    F: Fn(&[Tile], &Barrier) + Sync,
+    F: Fn(&[StateTile], &Barrier) + Sync,
 {
     let n = tiles.len();
     let barrier = Barrier::new(1);
@@ -202,7 +194,7 @@ where
         let joined = claimed.swap(usize::MAX / 2, Ordering::AcqRel).min(n - 1);
         barrier.members.store(joined + 1, Ordering::Relaxed);
         ready.store(true, Ordering::Release);
-        let mine: Vec<Tile> = std::iter::once(tiles[0].clone())
+        let mine: Vec<StateTile> = std::iter::once(tiles[0].clone())
             .chain(tiles[joined + 1..].iter().cloned())
             .collect();
         let _guard = PoisonOnPanic(barrier);
@@ -289,10 +281,9 @@ mod tests {
 
     #[test]
     fn small_steps_get_one_tile() {
-        assert_eq!(plan_on(8, 1, 64, 4 * 64 * 64).len(), 1);
-        assert_eq!(plan_on(1, 64, 1024, 1 << 30).len(), 1);
-        // A small LSTM step (16 × 128 × 512) takes at most 8 of 16 threads.
-        let tiles = plan_on(16, 16, 128, 16 * 128 * 512);
+        assert_eq!(plan(8, 1, 64, 4 * 64 * 64).len(), 1);
+        assert_eq!(split(1, 64, 1024).len(), 1);
+        let tiles = split(8, 16, 128);
         assert!(tiles.len() >= 2 && tiles.len() <= 8, "{tiles:?}");
     }
 
@@ -305,7 +296,7 @@ mod tests {
             (3, 40, 96),
             (4, 5, 40),
         ] {
-            let tiles = plan_on(threads, batch, hidden, usize::MAX);
+            let tiles = split(threads, batch, hidden);
             assert!(tiles.len() <= threads && tiles.len() >= 2, "{tiles:?}");
             let mut seen = vec![0u8; batch * hidden];
             for t in &tiles {
@@ -322,7 +313,7 @@ mod tests {
             );
         }
         // Units first: 16 threads over 1024 units take 64 units each, all rows.
-        let tiles = plan_on(16, 64, 1024, usize::MAX);
+        let tiles = split(16, 64, 1024);
         assert_eq!(tiles.len(), 16);
         assert!(tiles
             .iter()
@@ -332,7 +323,7 @@ mod tests {
     #[test]
     fn the_barrier_orders_the_phases_of_every_step() {
         // One row per tile.
-        let tiles = plan_on(4, 4, UNIT_ALIGN, usize::MAX);
+        let tiles = split(4, 4, UNIT_ALIGN);
         let n = tiles.len();
         assert_eq!(n, 4);
         let mut buf = vec![0usize; n];
@@ -361,7 +352,7 @@ mod tests {
 
     #[test]
     fn a_panicking_member_does_not_hang_the_others() {
-        let tiles = plan_on(2, 16, 128, usize::MAX);
+        let tiles = split(2, 16, 128);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
@@ -382,7 +373,7 @@ mod tests {
     #[test]
     fn a_busy_pool_leaves_the_tiles_to_the_leader() {
         // A pool of one thread: nobody can join, the leader runs every tile.
-        let tiles = plan_on(4, 64, 4 * UNIT_ALIGN, usize::MAX);
+        let tiles = split(4, 64, 4 * UNIT_ALIGN);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()

@@ -2,6 +2,7 @@
 //! every cell and option, variable lengths, and the errors bad shapes give.
 
 use super::*;
+use crate::cell::CellKind;
 use crate::model::LayerWeights;
 use ndarray::{Array, Array1, Array2, Array3};
 

@@ -1,0 +1,494 @@
+//! BPTT through one layer-direction, chunk by chunk in reverse processing order.
+//!
+//! Per step (reverse within each chunk), by the step team, each member on its tile: the
+//! fused cell backward gives `dxp[t], drec[t] [B, G·H]`; after a barrier,
+//! `dh ← dh_direct + drec[t] · W_hh`. After each chunk, as GEMMs over all its steps:
+//! `dW_ih += dxpᵀ·X_l`, `dW_hh += drecᵀ·h_prev`, `db_ih += Σ dxp`, `db_hh += Σ drec`,
+//! `dX_l = dxp·W_ih`; `dX_l` is the gradient arriving at layer `l − 1`'s output. A
+//! checkpointed tape recomputes each segment from its checkpoint first, with the forward
+//! kernels, so the gradients are those of the full tape.
+
+use super::forward::{Chunk, Scratch};
+use super::layer::{Direction, StateSlot};
+use super::plan::{chunks, CHUNK_STEPS};
+use super::tape::{DirTape, Steps, StepsView};
+use crate::cell::{lstm_output, step_backward, CellKind, StepRowGrad};
+use crate::float::Float;
+use crate::linalg::{gemm, par};
+use crate::model::LayerGrads;
+use crate::parallel::PARALLEL_SUM_MIN_ELEMS;
+use crate::recurrent::{RecurrentWeights, UNIT_ALIGN};
+use crate::team::{self, Shared, StateTile};
+use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut3, Axis};
+use std::ops::Range;
+
+/// The gradients one direction accumulates over its chunks, and the per-chunk buffers.
+struct GradBufs<T> {
+    /// `[S, B, G·H]` pre-activation gradients of the input side (and of the recurrent
+    /// side, except for the GRU, which has its own `drec`).
+    dxp: Array3<T>,
+    drec: Array3<T>,
+    grads: LayerGrads<T>,
+    /// `dX_l [T, B, I_l]`.
+    d_x: Array3<T>,
+}
+
+impl<T: Float> Direction<'_, '_, T> {
+    /// BPTT through the direction over `input [T, B, I_l]` with `d_y [T, B, D·H]` from
+    /// above. `grad` enters as `∂L/∂` final state and leaves as `∂L/∂` initial state;
+    /// `dh_norm [T]` receives the norms. Returns the parameter gradients and `dX_l`.
+    pub(super) fn backward(
+        &self,
+        tape: &DirTape<T>,
+        segment: Option<usize>,
+        (input, d_y): (ArrayView3<'_, T>, ArrayView3<'_, T>),
+        grad: &mut StateSlot<T>,
+        dh_norm: &mut [T],
+    ) -> (LayerGrads<T>, Array3<T>) {
+        let cfg = self.cfg;
+        let (seq_len, batch, in_size) = input.dim();
+        let (hidden, gh) = (cfg.hidden_size, cfg.gate_size());
+        let chunk_len = segment.unwrap_or(CHUNK_STEPS).min(seq_len);
+        let dxp = Array3::<T>::zeros((chunk_len, batch, gh));
+        let split_rec = cfg.kind == CellKind::Gru;
+        let mut bufs = GradBufs {
+            drec: Array3::zeros(if split_rec { dxp.dim() } else { (0, 0, 0) }),
+            dxp,
+            grads: LayerGrads {
+                w_ih: Array2::zeros((gh, in_size)),
+                w_hh: Array2::zeros((gh, hidden)),
+                b_ih: cfg.bias.then(|| Array1::zeros(gh)),
+                b_hh: cfg.bias.then(|| Array1::zeros(gh)),
+            },
+            d_x: Array3::zeros((seq_len, batch, in_size)),
+        };
+        let w_hh = self.backward_weights();
+        let ctx = ChunkGrad {
+            d: self,
+            w_hh: &w_hh,
+            input,
+            d_y,
+        };
+        let order = chunks(seq_len, chunk_len, self.reverse);
+        match tape {
+            DirTape::Full { steps, h0 } => {
+                let mut rebuilt = Array3::<T>::zeros(if h0.is_some() {
+                    (chunk_len, batch, hidden)
+                } else {
+                    (0, 0, 0)
+                });
+                for r in order.into_iter().rev() {
+                    let mut view = steps.view(r.clone());
+                    if let Some(h0) = h0 {
+                        let mut buf = rebuilt.slice_mut(s![..r.len(), .., ..]);
+                        rebuild_lstm_h_prev(
+                            steps,
+                            h0,
+                            r.clone(),
+                            self.reverse,
+                            &mut buf,
+                            self.threads,
+                        );
+                        view.h_prev = rebuilt.slice(s![..r.len(), .., ..]);
+                    }
+                    ctx.run(view, r, grad, &mut bufs, dh_norm);
+                }
+            }
+            DirTape::Checkpoints { h: ck_h, c: ck_c } => {
+                let fw = self.forward_weights();
+                let mut steps = Steps::new(cfg, chunk_len, batch, true);
+                let mut scratch = Scratch::new(self, batch);
+                for (i, r) in order.into_iter().enumerate().rev() {
+                    let mut state = StateSlot {
+                        h: ck_h.index_axis(Axis(0), i).to_owned(),
+                        c: ck_c.as_ref().map(|c| c.index_axis(Axis(0), i).to_owned()),
+                    };
+                    let (gates, states) = steps.view_mut(0..r.len());
+                    let chunk = Chunk {
+                        input: input.slice(s![r.clone(), .., ..]),
+                        t0: r.start,
+                        gates,
+                        tape: Some(states),
+                        out: None,
+                    };
+                    self.forward_chunk(&fw, chunk, &mut state, &mut scratch);
+                    ctx.run(steps.view(0..r.len()), r, grad, &mut bufs, dh_norm);
+                }
+            }
+        }
+        (bufs.grads, bufs.d_x)
+    }
+}
+
+/// Rebuilds the LSTM's `h_prev` of the steps `r` as `o·tanh(c)` of the step processed
+/// before each (`h0` before the first), with the forward pass's own expression, so the
+/// values are bitwise those forward had.
+fn rebuild_lstm_h_prev<T: Float>(
+    steps: &Steps<T>,
+    h0: &Array2<T>,
+    r: Range<usize>,
+    reverse: bool,
+    out: &mut ArrayViewMut3<'_, T>,
+    threads: usize,
+) {
+    use rayon::prelude::*;
+    let seq_len = steps.gates.shape()[0];
+    let (batch, hidden) = h0.dim();
+    let c_prev = steps.c_prev.as_ref().expect("the LSTM keeps c_prev");
+    let out = out.as_slice_mut().expect("contiguous rebuild buffer");
+    // Steps are independent: they run in parallel on the pool.
+    let one_step = |(dst, t): (&mut [T], usize)| {
+        let before = if reverse { t + 1 } else { t.wrapping_sub(1) };
+        if before >= seq_len {
+            dst.copy_from_slice(h0.as_slice().expect("contiguous"));
+            return;
+        }
+        for (b, row) in dst.chunks_exact_mut(hidden).enumerate() {
+            let o = steps.gates.slice(s![before, b, 3 * hidden..]);
+            let c = c_prev.slice(s![t, b, ..]);
+            lstm_output(
+                o.as_slice().expect("contiguous"),
+                c.as_slice().expect("contiguous"),
+                row,
+            );
+        }
+    };
+    if threads < 2 {
+        out.chunks_mut(batch * hidden).zip(r).for_each(one_step);
+    } else {
+        out.par_chunks_mut(batch * hidden)
+            .zip(r.into_par_iter())
+            .for_each(one_step);
+    }
+}
+
+/// `acc[j] += Σ_r m[r, j]`, rows summed in order (the same bits for any thread count);
+/// column blocks run in parallel.
+fn add_column_sums<T: Float>(acc: &mut Array1<T>, m: &ArrayView2<'_, T>, threads: usize) {
+    use rayon::prelude::*;
+    const COLS: usize = 64;
+    let m = m.as_standard_layout();
+    let cols = m.ncols();
+    let rows = m.as_slice().expect("standard layout");
+    let acc = acc.as_slice_mut().expect("contiguous");
+    let sum_block = |j: usize, a: &mut [T]| {
+        let mut s = vec![T::zero(); a.len()];
+        for row in rows.chunks_exact(cols) {
+            for (s, &v) in s.iter_mut().zip(&row[j * COLS..j * COLS + a.len()]) {
+                *s += v;
+            }
+        }
+        for (a, s) in a.iter_mut().zip(s) {
+            *a += s;
+        }
+    };
+    if threads < 2 || rows.len() < PARALLEL_SUM_MIN_ELEMS {
+        acc.chunks_mut(COLS)
+            .enumerate()
+            .for_each(|(j, a)| sum_block(j, a));
+    } else {
+        acc.par_chunks_mut(COLS)
+            .enumerate()
+            .for_each(|(j, a)| sum_block(j, a));
+    }
+}
+
+/// What stays fixed while backward walks the chunks of one direction.
+struct ChunkGrad<'a, 'w, T: Float> {
+    d: &'a Direction<'a, 'w, T>,
+    /// `W_hh [G·H, H]` prepared for the per-step `dh += drec · W_hh`.
+    w_hh: &'a T::Recurrent,
+    /// `X_l [T, B, I_l]` and `∂L/∂out_l [T, B, D·H]`.
+    input: ArrayView3<'a, T>,
+    d_y: ArrayView3<'a, T>,
+}
+
+impl<T: Float> ChunkGrad<'_, '_, T> {
+    /// Backward through the steps `r` (tape `steps`, local index `t − r.start`), then the
+    /// chunk's share of the weight gradients and its rows of `d_x`, as GEMMs.
+    fn run(
+        &self,
+        steps: StepsView<'_, T>,
+        r: Range<usize>,
+        grad: &mut StateSlot<T>,
+        bufs: &mut GradBufs<T>,
+        dh_norm: &mut [T],
+    ) {
+        let (cfg, d) = (self.d.cfg, self.d);
+        let (len, batch) = (r.len(), grad.h.nrows());
+        let (hidden, gh, kind) = (cfg.hidden_size, cfg.gate_size(), cfg.kind);
+        let split_rec = kind == CellKind::Gru;
+        let blocks = hidden.div_ceil(UNIT_ALIGN);
+        // `Σ (∂L/∂h')²` per step, row and block of units, summed below in a fixed order
+        // so that `dh_norm` does not depend on the tiling.
+        let mut sumsq = vec![T::zero(); len * batch * blocks];
+        let tiles = team::plan(d.threads, batch, hidden, batch * hidden * gh);
+        {
+            let sh = BwdShared {
+                dh: Shared::new(grad.h.as_slice_mut().expect("contiguous")),
+                dc: Shared::new(
+                    grad.c
+                        .as_mut()
+                        .map_or(&mut [][..], |dc| dc.as_slice_mut().expect("contiguous")),
+                ),
+                dxp: Shared::new(bufs.dxp.as_slice_mut().expect("contiguous")),
+                drec: Shared::new(bufs.drec.as_slice_mut().expect("contiguous")),
+                sumsq: Shared::new(&mut sumsq),
+            };
+            let cx = BwdCtx {
+                kind,
+                hidden,
+                batch,
+                lengths: d.lengths,
+            };
+            let (sh, cx, steps, d_y) = (&sh, &cx, &steps, &self.d_y);
+            let dy_stride = d_y.shape()[2];
+            let dy_offset = d.dir * hidden;
+            team::run(&tiles, |mine, barrier| {
+                for i in 0..len {
+                    let local = if d.reverse { i } else { len - 1 - i };
+                    let at = BwdAt {
+                        i,
+                        local,
+                        t: r.start + local,
+                    };
+                    let tape = StepTape {
+                        gates: at_step(&steps.gates, local),
+                        h_prev: if steps.h_prev.is_empty() {
+                            &[]
+                        } else {
+                            at_step(&steps.h_prev, local)
+                        },
+                        c_prev: steps.c_prev.as_ref().map_or(&[][..], |a| at_step(a, local)),
+                        gh_n: steps.gh_n.as_ref().map_or(&[][..], |a| at_step(a, local)),
+                        dy: at_step(d_y, at.t),
+                        dy_stride,
+                        dy_offset,
+                    };
+                    // SAFETY: members write only their tiles of `dh`, `dc`, this step's
+                    // `dxp`/`drec` and `sumsq`; the barrier separates the cell updates
+                    // from the product, which reads the tile's rows of this step's
+                    // `drec` written by the members sharing them.
+                    for tile in mine {
+                        unsafe { backward_tile(sh, &tape, cx, at, tile) };
+                    }
+                    barrier.wait();
+                    // SAFETY: as above; this step's `drec` is no longer written.
+                    unsafe {
+                        let drec_t = if split_rec {
+                            sh.drec.ptr()
+                        } else {
+                            sh.dxp.ptr()
+                        }
+                        .add(local * batch * gh);
+                        for tile in mine {
+                            self.w_hh.apply_tile(
+                                drec_t,
+                                gh,
+                                sh.dh.ptr(),
+                                hidden,
+                                tile.rows.clone(),
+                                tile.units.clone(),
+                                true,
+                            );
+                        }
+                    }
+                }
+            });
+        }
+        for (i, per_step) in sumsq.chunks_exact(batch * blocks).enumerate() {
+            let local = if d.reverse { i } else { len - 1 - i };
+            dh_norm[r.start + local] = per_step.iter().fold(T::zero(), |acc, &v| acc + v).sqrt();
+        }
+
+        let rows = len * batch;
+        let all = par(d.threads);
+        let in_size = self.input.shape()[2];
+        let dxp2 = flat(bufs.dxp.slice(s![..len, .., ..]), rows, gh);
+        let drec2 = if split_rec {
+            flat(bufs.drec.slice(s![..len, .., ..]), rows, gh)
+        } else {
+            dxp2
+        };
+        let x2 = flat(self.input.slice(s![r.clone(), .., ..]), rows, in_size);
+        let grads = &mut bufs.grads;
+        gemm(
+            T::one(),
+            &dxp2.t(),
+            &x2,
+            T::one(),
+            &mut grads.w_ih.view_mut(),
+            all,
+        );
+        gemm(
+            T::one(),
+            &drec2.t(),
+            &flat(steps.h_prev, rows, hidden),
+            T::one(),
+            &mut grads.w_hh.view_mut(),
+            all,
+        );
+        if let (Some(bi), Some(bh)) = (grads.b_ih.as_mut(), grads.b_hh.as_mut()) {
+            add_column_sums(bi, &dxp2, d.threads);
+            add_column_sums(bh, &drec2, d.threads);
+        }
+        let mut dx2 = bufs
+            .d_x
+            .slice_mut(s![r, .., ..])
+            .into_shape_with_order((rows, in_size))
+            .expect("contiguous [T, B, I] buffer");
+        gemm(T::one(), &dxp2, &d.w.w_ih, T::zero(), &mut dx2, all);
+    }
+}
+
+/// The buffers of one backward chunk, shared by the step team.
+struct BwdShared<T> {
+    /// `∂L/∂h` `[B, H]`: in, from the step after; out, to the step before.
+    dh: Shared<T>,
+    /// LSTM `∂L/∂c` `[B, H]` (empty otherwise).
+    dc: Shared<T>,
+    /// See [`GradBufs`].
+    dxp: Shared<T>,
+    drec: Shared<T>,
+    /// `[S, B, blocks]`.
+    sumsq: Shared<T>,
+}
+
+/// What every backward step of a chunk needs besides the buffers.
+struct BwdCtx<'a> {
+    kind: CellKind,
+    hidden: usize,
+    batch: usize,
+    lengths: Option<&'a [usize]>,
+}
+
+/// Where one backward step sits: `i` its position in the chunk's processing order (for
+/// `sumsq`), `local` its buffer index, `t` its time index.
+#[derive(Clone, Copy)]
+struct BwdAt {
+    i: usize,
+    local: usize,
+    t: usize,
+}
+
+/// The tape and `d_out` rows of one backward step (flat `[B, ·]` slices).
+struct StepTape<'a, T> {
+    gates: &'a [T],
+    h_prev: &'a [T],
+    c_prev: &'a [T],
+    gh_n: &'a [T],
+    /// `[B, D·H]` rows of the gradient from above; this direction's block starts at
+    /// `dy_offset`.
+    dy: &'a [T],
+    dy_stride: usize,
+    dy_offset: usize,
+}
+
+/// The fused cell backward of one step for one tile.
+///
+/// # Safety
+/// The team's contract (see the call site): the tile's elements are this member's.
+unsafe fn backward_tile<T: Float>(
+    sh: &BwdShared<T>,
+    tp: &StepTape<'_, T>,
+    cx: &BwdCtx<'_>,
+    at: BwdAt,
+    tile: &StateTile,
+) {
+    let (n, batch, kind) = (cx.hidden, cx.batch, cx.kind);
+    let g = kind.gates();
+    let gh = g * n;
+    let blocks = n.div_ceil(UNIT_ALIGN);
+    let u = tile.units.clone();
+    let (blk0, blk1) = (u.start / UNIT_ALIGN, u.end.div_ceil(UNIT_ALIGN));
+    let state = |b: usize| b * n + u.start..b * n + u.end;
+    let gru = kind == CellKind::Gru;
+    unsafe {
+        for b in tile.rows.clone() {
+            let row0 = (at.local * batch + b) * gh;
+            let block = |buf: &Shared<T>, k: usize| {
+                if k < g && !buf.is_empty() {
+                    buf.part(row0 + k * n + u.start..row0 + k * n + u.end)
+                } else {
+                    &mut [][..]
+                }
+            };
+            let dxp = [
+                block(&sh.dxp, 0),
+                block(&sh.dxp, 1),
+                block(&sh.dxp, 2),
+                block(&sh.dxp, 3),
+            ];
+            let drec = [block(&sh.drec, 0), block(&sh.drec, 1), block(&sh.drec, 2)];
+            let s0 = (at.i * batch + b) * blocks;
+            let sumsq = sh.sumsq.part(s0 + blk0..s0 + blk1);
+            let dh = sh.dh.part(state(b));
+            if cx.lengths.is_some_and(|l| at.t >= l[b]) {
+                // The carried state passes through a padded step unchanged; the buffers
+                // are reused across chunks, so the row's gate gradients are cleared.
+                for (s, chunk) in sumsq.iter_mut().zip(dh.chunks(UNIT_ALIGN)) {
+                    *s = sum_squares(chunk);
+                }
+                dxp.into_iter().chain(drec).for_each(|d| d.fill(T::zero()));
+                continue;
+            }
+            let gate = |k: usize| {
+                if k < g {
+                    &tp.gates[b * gh + k * n + u.start..b * gh + k * n + u.end]
+                } else {
+                    &[][..]
+                }
+            };
+            let dy0 = b * tp.dy_stride + tp.dy_offset;
+            step_backward(
+                kind,
+                StepRowGrad {
+                    gates: [gate(0), gate(1), gate(2), gate(3)],
+                    h_prev: if gru {
+                        part_or_empty(tp.h_prev, state(b))
+                    } else {
+                        &[]
+                    },
+                    c_prev: part_or_empty(tp.c_prev, state(b)),
+                    gh_n: part_or_empty(tp.gh_n, state(b)),
+                    dy: &tp.dy[dy0 + u.start..dy0 + u.end],
+                    dh,
+                    dc: if sh.dc.is_empty() {
+                        &mut []
+                    } else {
+                        sh.dc.part(state(b))
+                    },
+                    dxp,
+                    drec,
+                    sumsq,
+                },
+            );
+        }
+    }
+}
+
+/// Step `i` of a contiguous `[S, B, C]` view, flat.
+fn at_step<'a, T>(a: &ArrayView3<'a, T>, i: usize) -> &'a [T] {
+    (*a).index_axis_move(Axis(0), i)
+        .to_slice()
+        .expect("contiguous step")
+}
+
+/// `a[r]`, or `a` itself when empty (a buffer the cell does not have).
+fn part_or_empty<T>(a: &[T], r: Range<usize>) -> &[T] {
+    if a.is_empty() {
+        a
+    } else {
+        &a[r]
+    }
+}
+
+/// A contiguous `[S, B, C]` view as `[S·B, C]`.
+fn flat<T: Float>(a: ArrayView3<'_, T>, rows: usize, cols: usize) -> ArrayView2<'_, T> {
+    a.into_shape_with_order((rows, cols))
+        .expect("contiguous [S, B, ·] buffer")
+}
+
+fn sum_squares<T: Float>(v: &[T]) -> T {
+    v.iter().fold(T::zero(), |s, &x| s + x * x)
+}

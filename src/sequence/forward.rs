@@ -1,0 +1,388 @@
+//! The forward time loop of one layer-direction, chunk by chunk.
+//!
+//! Per chunk of `S` steps from `t0` (`t` ascending forward, descending reverse):
+//! 1. `gates[S·B, G·H] = X_l[S·B, I_l] · W_ihᵀ + b`: one GEMM, `b = b_ih + b_hh` (the GRU
+//!    keeps `b_hn` apart: the reset gate scales it);
+//! 2. per step, by the step team (`team.rs`), each member on its tile of the state:
+//!    `gates[t] += h · W_hhᵀ` (the GRU: `rec = h · W_hhᵀ`), then the fused cell step
+//!    (`cell.rs`) overwrites `gates[t]` with the activated gates and writes `h'` (and `c'`);
+//! 3. `out[t, :, d·H..(d+1)·H] = h'`.
+//!
+//! The state is double-buffered: step `i` of a chunk reads `h[i % 2]` and writes the
+//! other, so one barrier per step separates the writers of a state from its readers.
+
+use super::layer::{Direction, ForwardWeights, StateSlot};
+use super::plan::{chunks, DirPlan};
+use super::tape::{drops_h_prev, DirTape, StatesMut, Steps};
+use crate::cell::{step_forward, CellKind, StepRow};
+use crate::float::Float;
+use crate::linalg::{gemm, par};
+use crate::recurrent::RecurrentWeights;
+use crate::team::{self, Shared, StateTile};
+use ndarray::{s, Array2, Array3, ArrayView3, ArrayViewMut3, Axis};
+
+/// The buffers one chunk reads and writes.
+pub(super) struct Chunk<'a, T> {
+    /// `X_l` of the chunk's steps `[S, B, I_l]`, time-major and contiguous.
+    pub(super) input: ArrayView3<'a, T>,
+    /// The time index of the chunk's first step (in time, not processing, order).
+    pub(super) t0: usize,
+    /// `[S, B, G·H]`: receives the projection, then the activated gates.
+    pub(super) gates: ArrayViewMut3<'a, T>,
+    /// Where the tape keeps the per-step states, if it does.
+    pub(super) tape: Option<StatesMut<'a, T>>,
+    /// `[S, B, H]`: this direction's block of the outputs, if wanted.
+    pub(super) out: Option<ArrayViewMut3<'a, T>>,
+}
+
+/// Buffers reused by every chunk of a direction.
+pub(super) struct Scratch<T> {
+    /// The second state buffer `[B, H]`.
+    h_next: Array2<T>,
+    /// GRU: `h·W_hhᵀ` `[B, G·H]` (empty otherwise).
+    rec: Array2<T>,
+}
+
+impl<T: Float> Scratch<T> {
+    pub(super) fn new<'w>(d: &Direction<'_, 'w, T>, batch: usize) -> Self {
+        let cfg = d.cfg;
+        Scratch {
+            h_next: Array2::zeros((batch, cfg.hidden_size)),
+            rec: Array2::zeros(if cfg.kind == CellKind::Gru {
+                (batch, cfg.gate_size())
+            } else {
+                (0, 0)
+            }),
+        }
+    }
+}
+
+impl<T: Float> Direction<'_, '_, T> {
+    /// Runs the direction over `input [T, B, I_l]` from `state`, which leaves as the final
+    /// state; writes `out [T, B, H]` and keeps what `plan` asks for.
+    pub(super) fn forward(
+        &self,
+        input: ArrayView3<'_, T>,
+        state: &mut StateSlot<T>,
+        mut out: ArrayViewMut3<'_, T>,
+        plan: DirPlan,
+    ) -> Option<DirTape<T>> {
+        let cfg = self.cfg;
+        let (seq_len, batch, _) = input.dim();
+        let fw = self.forward_weights();
+        let chunk_len = plan.chunk_len(seq_len);
+        let ranges = chunks(seq_len, chunk_len, self.reverse);
+        let drop_h = drops_h_prev(cfg, self.lengths.is_some());
+        let mut full =
+            matches!(plan, DirPlan::Full).then(|| Steps::new(cfg, seq_len, batch, !drop_h));
+        let h0 = (full.is_some() && drop_h).then(|| state.h.clone());
+        let mut gates_buf = Array3::<T>::zeros(if full.is_some() {
+            (0, 0, 0)
+        } else {
+            (chunk_len, batch, cfg.gate_size())
+        });
+        let ck_shape = (ranges.len(), batch, cfg.hidden_size);
+        let mut ck_h =
+            matches!(plan, DirPlan::Checkpoints(_)).then(|| Array3::<T>::zeros(ck_shape));
+        let mut ck_c = (ck_h.is_some() && state.c.is_some()).then(|| Array3::<T>::zeros(ck_shape));
+        let mut scratch = Scratch::new(self, batch);
+        for (i, r) in ranges.iter().enumerate() {
+            if let Some(ck) = ck_h.as_mut() {
+                ck.index_axis_mut(Axis(0), i).assign(&state.h);
+            }
+            if let (Some(ck), Some(c)) = (ck_c.as_mut(), state.c.as_ref()) {
+                ck.index_axis_mut(Axis(0), i).assign(c);
+            }
+            let (gates, tape) = match full.as_mut() {
+                Some(steps) => {
+                    let (gates, states) = steps.view_mut(r.clone());
+                    (gates, Some(states))
+                }
+                None => (gates_buf.slice_mut(s![..r.len(), .., ..]), None),
+            };
+            let chunk = Chunk {
+                input: input.slice(s![r.clone(), .., ..]),
+                t0: r.start,
+                gates,
+                tape,
+                out: Some(out.slice_mut(s![r.clone(), .., ..])),
+            };
+            self.forward_chunk(&fw, chunk, state, &mut scratch);
+        }
+        match plan {
+            DirPlan::Nothing => None,
+            DirPlan::Full => full.map(|steps| DirTape::Full {
+                steps: Box::new(steps),
+                h0,
+            }),
+            DirPlan::Checkpoints(_) => Some(DirTape::Checkpoints {
+                h: ck_h.expect("made for checkpoints"),
+                c: ck_c,
+            }),
+        }
+    }
+
+    /// Forward over one chunk's steps from `state`, which leaves as the state after them.
+    pub(super) fn forward_chunk(
+        &self,
+        fw: &ForwardWeights<T>,
+        mut chunk: Chunk<'_, T>,
+        state: &mut StateSlot<T>,
+        scratch: &mut Scratch<T>,
+    ) {
+        let (len, batch, in_size) = chunk.input.dim();
+        let (hidden, gh, kind) = (self.cfg.hidden_size, self.cfg.gate_size(), self.cfg.kind);
+        {
+            let x2 = chunk
+                .input
+                .into_shape_with_order((len * batch, in_size))
+                .expect("time-major input is contiguous");
+            let mut g2 = chunk
+                .gates
+                .view_mut()
+                .into_shape_with_order((len * batch, gh))
+                .expect("gate buffer is contiguous");
+            match fw.bias.folded.as_ref().and_then(|b| b.as_slice()) {
+                Some(b) => g2
+                    .as_slice_mut()
+                    .expect("gate buffer is contiguous")
+                    .chunks_exact_mut(gh)
+                    .for_each(|row| row.copy_from_slice(b)),
+                None => g2.fill(T::zero()),
+            }
+            gemm(
+                T::one(),
+                &x2,
+                &self.w.w_ih.t(),
+                T::one(),
+                &mut g2,
+                par(self.threads),
+            );
+        }
+
+        let tiles = team::plan(self.threads, batch, hidden, batch * hidden * gh);
+        let tape = chunk.tape.as_mut();
+        let (h_prev, c_prev, gh_n) = match tape {
+            Some(tp) => (tp.h_prev.as_mut(), tp.c_prev.as_mut(), tp.gh_n.as_mut()),
+            None => (None, None, None),
+        };
+        let sh = FwdShared {
+            gates: Shared::new(chunk.gates.as_slice_mut().expect("contiguous gate buffer")),
+            h: [
+                Shared::new(state.h.as_slice_mut().expect("contiguous")),
+                Shared::new(scratch.h_next.as_slice_mut().expect("contiguous")),
+            ],
+            c: Shared::new(
+                state
+                    .c
+                    .as_mut()
+                    .map_or(&mut [][..], |c| c.as_slice_mut().expect("contiguous")),
+            ),
+            rec: Shared::new(scratch.rec.as_slice_mut().expect("contiguous")),
+            h_prev: shared_opt(h_prev),
+            c_prev: shared_opt(c_prev),
+            gh_n: shared_opt(gh_n),
+            out: chunk.out.as_mut().map(shared_strided),
+        };
+        let cx = StepCtx {
+            kind,
+            hidden,
+            batch,
+            w: &fw.w_hh_t,
+            b_hn: &fw.bias.b_hn,
+            lengths: self.lengths,
+        };
+        let (sh, cx) = (&sh, &cx);
+        team::run(&tiles, |mine, barrier| {
+            for i in 0..len {
+                let local = if self.reverse { len - 1 - i } else { i };
+                let at = StepAt {
+                    cur: i % 2,
+                    local,
+                    t: chunk.t0 + local,
+                };
+                for tile in mine {
+                    // SAFETY: every member reads all of `h[i % 2]` and writes only its tile
+                    // of `h[1 − i % 2]` and of the per-step buffers; the barrier at the end
+                    // of the step separates the step that writes a buffer from the one that
+                    // reads it.
+                    unsafe { forward_tile(sh, cx, at, tile) };
+                }
+                barrier.wait();
+            }
+        });
+        if len % 2 == 1 {
+            std::mem::swap(&mut state.h, &mut scratch.h_next);
+        }
+    }
+}
+
+/// The buffers of one forward chunk, shared by the step team.
+struct FwdShared<T> {
+    /// `[S, B, G·H]`: the input projection, then the activated gates.
+    gates: Shared<T>,
+    /// The state `[B, H]`, double-buffered: step `i` reads `h[i % 2]`, writes the other.
+    h: [Shared<T>; 2],
+    /// LSTM cell `[B, H]` (empty otherwise), updated in place.
+    c: Shared<T>,
+    /// GRU: `h·W_hhᵀ` `[B, G·H]` (empty otherwise).
+    rec: Shared<T>,
+    /// The tape's per-step states `[S, B, H]` (empty when not kept).
+    h_prev: Shared<T>,
+    c_prev: Shared<T>,
+    gh_n: Shared<T>,
+    /// The outputs `[S, B, ·]` and their (step, row) strides.
+    out: Option<(Shared<T>, [usize; 2])>,
+}
+
+/// What every step of a chunk needs besides the buffers.
+struct StepCtx<'a, T: Float> {
+    kind: CellKind,
+    hidden: usize,
+    batch: usize,
+    w: &'a T::Recurrent,
+    b_hn: &'a [T],
+    lengths: Option<&'a [usize]>,
+}
+
+/// Where one step sits.
+#[derive(Clone, Copy)]
+struct StepAt {
+    /// Which state buffer the step reads.
+    cur: usize,
+    /// The step's index in the chunk's buffers, and its time index.
+    local: usize,
+    t: usize,
+}
+
+fn shared_opt<T>(a: Option<&mut ArrayViewMut3<'_, T>>) -> Shared<T> {
+    Shared::new(a.map_or(&mut [][..], |a| {
+        a.as_slice_mut().expect("contiguous tape buffer")
+    }))
+}
+
+/// Shares a `[S, B, H]` view whose rows are contiguous (a direction's block of `out`).
+fn shared_strided<T>(v: &mut ArrayViewMut3<'_, T>) -> (Shared<T>, [usize; 2]) {
+    let (steps, batch, hidden) = v.dim();
+    // Axes of length 1 may carry any stride; they never move the pointer.
+    let st: Vec<isize> = (0..3)
+        .map(|a| if v.shape()[a] > 1 { v.strides()[a] } else { 0 })
+        .collect();
+    assert!(
+        st[2] <= 1 && st[0] >= 0 && st[1] >= 0,
+        "output rows are contiguous"
+    );
+    let (s0, s1) = (st[0] as usize, st[1] as usize);
+    let len = if steps * batch * hidden == 0 {
+        0
+    } else {
+        (steps - 1) * s0 + (batch - 1) * s1 + hidden
+    };
+    // SAFETY: the view covers these elements (its layout is checked above) and is
+    // mutably borrowed for as long as the shared handle is used.
+    (unsafe { Shared::from_raw(v.as_mut_ptr(), len) }, [s0, s1])
+}
+
+/// One forward step for one tile: saves the entering state for the tape, adds the
+/// tile's recurrent product, runs the fused cell and writes the outputs.
+///
+/// # Safety
+/// The team's contract (see the call site): the tile's elements are this member's.
+unsafe fn forward_tile<T: Float>(
+    sh: &FwdShared<T>,
+    cx: &StepCtx<'_, T>,
+    at: StepAt,
+    tile: &StateTile,
+) {
+    let (n, b_all) = (cx.hidden, cx.batch);
+    let g = cx.kind.gates();
+    let gh = g * n;
+    let (cur, next) = (&sh.h[at.cur], &sh.h[1 - at.cur]);
+    let u = tile.units.clone();
+    let gru = cx.kind == CellKind::Gru;
+    let state = |b: usize| b * n + u.start..b * n + u.end;
+    let at_step =
+        |b: usize| (at.local * b_all + b) * n + u.start..(at.local * b_all + b) * n + u.end;
+    unsafe {
+        for b in tile.rows.clone() {
+            if !sh.h_prev.is_empty() {
+                sh.h_prev
+                    .part(at_step(b))
+                    .copy_from_slice(cur.read(state(b)));
+            }
+            if !sh.c_prev.is_empty() {
+                sh.c_prev
+                    .part(at_step(b))
+                    .copy_from_slice(sh.c.read(state(b)));
+            }
+        }
+        let gates_t = sh.gates.ptr().add(at.local * b_all * gh);
+        let (dst, accumulate) = if gru {
+            (sh.rec.ptr(), false)
+        } else {
+            (gates_t, true)
+        };
+        cx.w.apply_tile(
+            cur.ptr(),
+            n,
+            dst,
+            gh,
+            tile.rows.clone(),
+            u.clone(),
+            accumulate,
+        );
+        for b in tile.rows.clone() {
+            let masked = cx.lengths.is_some_and(|l| at.t >= l[b]);
+            let h_row = next.part(state(b));
+            if masked || gru {
+                h_row.copy_from_slice(cur.read(state(b)));
+            }
+            if !masked {
+                let row0 = (at.local * b_all + b) * gh;
+                let gate = |k: usize| {
+                    if k < g {
+                        sh.gates.part(row0 + k * n + u.start..row0 + k * n + u.end)
+                    } else {
+                        &mut [][..]
+                    }
+                };
+                let rec = |k: usize| {
+                    if gru {
+                        sh.rec
+                            .read(b * gh + k * n + u.start..b * gh + k * n + u.end)
+                    } else {
+                        &[][..]
+                    }
+                };
+                step_forward(
+                    cx.kind,
+                    StepRow {
+                        gates: [gate(0), gate(1), gate(2), gate(3)],
+                        rec: [rec(0), rec(1), rec(2)],
+                        b_hn: if gru { &cx.b_hn[u.clone()] } else { &[] },
+                        h: &mut *h_row,
+                        c: if sh.c.is_empty() {
+                            &mut []
+                        } else {
+                            sh.c.part(state(b))
+                        },
+                        gh_n: if sh.gh_n.is_empty() {
+                            &mut []
+                        } else {
+                            sh.gh_n.part(at_step(b))
+                        },
+                    },
+                );
+            }
+            if let Some((out, [s0, s1])) = &sh.out {
+                let o0 = at.local * s0 + b * s1;
+                let o = out.part(o0 + u.start..o0 + u.end);
+                if masked {
+                    o.fill(T::zero());
+                } else {
+                    o.copy_from_slice(h_row);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! One layer-direction: the context forward and backward share, its prepared weights, and
+//! its slot of the recurrent state.
+
+use crate::cell::CellKind;
+use crate::float::Float;
+use crate::model::{Config, LayerWeights, State, StateView};
+use crate::recurrent::RecurrentWeights;
+use ndarray::{s, Array1, Array2, Axis};
+
+/// What stays fixed while one direction of one layer runs, forward or backward: PyTorch's
+/// "struct of references passed around" instead of the same arguments threaded by hand.
+pub(super) struct Direction<'a, 'w, T> {
+    pub(super) cfg: &'a Config,
+    pub(super) w: &'a LayerWeights<'w, T>,
+    /// `0` forward in time, `1` reverse.
+    pub(super) dir: usize,
+    pub(super) reverse: bool,
+    /// Valid length of each sequence (all `T` when `None`).
+    pub(super) lengths: Option<&'a [usize]>,
+    /// Threads this direction may use (its share of the call's).
+    pub(super) threads: usize,
+}
+
+impl<'a, 'w, T: Float> Direction<'a, 'w, T> {
+    pub(super) fn new(
+        cfg: &'a Config,
+        weights: &'a [LayerWeights<'w, T>],
+        layer: usize,
+        dir: usize,
+        lengths: Option<&'a [usize]>,
+        threads: usize,
+    ) -> Self {
+        Direction {
+            cfg,
+            w: &weights[layer * cfg.num_directions() + dir],
+            dir,
+            reverse: dir == 1,
+            lengths,
+            threads,
+        }
+    }
+
+    /// The weights forward needs, prepared once per pass.
+    pub(super) fn forward_weights(&self) -> ForwardWeights<T> {
+        ForwardWeights {
+            bias: Bias::new(self.cfg, self.w),
+            w_hh_t: T::Recurrent::prepare(&self.w.w_hh.t(), self.cfg.kind.gates()),
+        }
+    }
+
+    /// `W_hh [G·H, H]` prepared for backward's per-step `dh += drec · W_hh`.
+    pub(super) fn backward_weights(&self) -> T::Recurrent {
+        T::Recurrent::prepare(&self.w.w_hh, 1)
+    }
+}
+
+/// The forward pass's view of the weights: the folded biases and `W_hhᵀ` packed by gate.
+pub(super) struct ForwardWeights<T: Float> {
+    pub(super) bias: Bias<T>,
+    pub(super) w_hh_t: T::Recurrent,
+}
+
+/// `b_ih + b_hh` folded (the GRU's `n` block only `b_in`), and the GRU's `b_hn`.
+pub(super) struct Bias<T> {
+    pub(super) folded: Option<Array1<T>>,
+    pub(super) b_hn: Vec<T>,
+}
+
+impl<T: Float> Bias<T> {
+    fn new(cfg: &Config, w: &LayerWeights<'_, T>) -> Self {
+        let (h, gru) = (cfg.hidden_size, cfg.kind == CellKind::Gru);
+        let mut b_hn = vec![T::zero(); if gru { h } else { 0 }];
+        let folded = match (&w.b_ih, &w.b_hh) {
+            (Some(bi), Some(bh)) => {
+                let mut b = bi.to_owned();
+                let n = if gru { 2 * h } else { b.len() };
+                b.slice_mut(s![..n])
+                    .zip_mut_with(&bh.slice(s![..n]), |a, &v| *a += v);
+                if gru {
+                    b_hn.iter_mut()
+                        .zip(bh.slice(s![2 * h..]))
+                        .for_each(|(d, &v)| *d = v);
+                }
+                Some(b)
+            }
+            _ => None,
+        };
+        Bias { folded, b_hn }
+    }
+}
+
+/// One layer-direction's slot `k = l·D + d` of a state (or of its gradient): `h [B, H]`,
+/// and `c` for the LSTM.
+pub(super) struct StateSlot<T> {
+    pub(super) h: Array2<T>,
+    pub(super) c: Option<Array2<T>>,
+}
+
+impl<T: Float> StateSlot<T> {
+    /// A copy of slot `k` of `state`, or zeros when there is none.
+    pub(super) fn read(
+        cfg: &Config,
+        state: Option<&StateView<'_, T>>,
+        batch: usize,
+        k: usize,
+    ) -> Self {
+        let zeros = || Array2::zeros((batch, cfg.hidden_size));
+        StateSlot {
+            h: state.map_or_else(zeros, |st| st.h.index_axis(Axis(0), k).to_owned()),
+            c: cfg.kind.has_cell_state().then(|| match state {
+                Some(StateView { c: Some(c), .. }) => c.index_axis(Axis(0), k).to_owned(),
+                _ => zeros(),
+            }),
+        }
+    }
+
+    /// Writes the slot into slot `k` of `state`.
+    pub(super) fn write(&self, state: &mut State<T>, k: usize) {
+        state.h.index_axis_mut(Axis(0), k).assign(&self.h);
+        if let (Some(all), Some(c)) = (state.c.as_mut(), self.c.as_ref()) {
+            all.index_axis_mut(Axis(0), k).assign(c);
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The sequence driver: a stack of layers over a sequence, forward and backward (BPTT).
+//!
+//! The shape follows PyTorch's `RNN.cpp`: cell (`cell.rs`, one fused step per row) →
+//! layer-direction ([`layer`]: the context both passes share; [`forward`](mod@forward)
+//! and [`backward`](mod@backward): its time loop) → stack (this file: layers bottom-up
+//! forward and top-down backward, both directions of a layer concurrently). What forward
+//! keeps is the [`tape`]; how the time axis is walked and what a memory budget buys is the
+//! [`plan`].
+//!
+//! Forward, per layer `l` and direction `d` (`T` steps, batch `B`, `G·H` gates), one chunk
+//! of steps at a time: `gates = X_l · W_ihᵀ + b` as one GEMM, then per step
+//! `gates[t] += h · W_hhᵀ` and the fused cell update, and `out[t, :, d·H..(d+1)·H] = h`.
+//! Backward walks the chunks in reverse: the fused cell backward and `dh ← dh_direct +
+//! drec[t] · W_hh` per step, then the weight gradients and `dX_l` as GEMMs per chunk.
+//!
+//! Variable lengths: row `b` is *masked* at every `t >= lengths[b]`: its state is carried
+//! unchanged and its output is zero. The forward direction therefore ends at `b`'s last
+//! step, and the reverse direction carries `h0` through the padding and starts at
+//! `lengths[b] − 1`, exactly as if `b` had been run alone.
+
+mod backward;
+mod forward;
+mod layer;
+mod plan;
+mod tape;
+
+pub use plan::budget_range;
+pub(crate) use plan::CHUNK_STEPS;
+pub use tape::{digest, Keep, Tape};
+
+use crate::error::{fmt_shape, Error, Result};
+use crate::float::Float;
+use crate::model::{
+    check_lengths, check_sequence, check_state, check_weights, Config, Grads, LayerGrads,
+    LayerWeights, State, StateView,
+};
+use crate::parallel::per_direction;
+use layer::{Direction, StateSlot};
+use ndarray::{s, Array2, Array3, ArrayView1, ArrayView3, Axis, CowArray, Ix3};
+use plan::{checkpoint_interval, DirPlan, PassShape};
+use tape::LayerTape;
+
+/// Output of [`forward`]: `out` in the layout of `x`, the final state, and the tape when
+/// one was asked for.
+pub type ForwardOutput<T> = (Array3<T>, State<T>, Option<Tape<T>>);
+
+/// A time-major, contiguous copy of a sequence given in the user's layout.
+fn to_time_major<T: Float>(cfg: &Config, x: &ArrayView3<'_, T>) -> Array3<T> {
+    let v = if cfg.batch_first {
+        x.view().permuted_axes([1, 0, 2])
+    } else {
+        x.view()
+    };
+    v.as_standard_layout().into_owned()
+}
+
+/// The user's layout of a time-major array (moves when no transpose is needed).
+fn from_time_major<T: Float>(cfg: &Config, a: Array3<T>) -> Array3<T> {
+    if cfg.batch_first {
+        a.permuted_axes([1, 0, 2]).as_standard_layout().into_owned()
+    } else {
+        a
+    }
+}
+
+/// Runs the stack over `x` (`[T, B, I]`, or `[B, T, I]` with `batch_first`).
+///
+/// `state` is the initial state (zeros when `None`); `lengths` the valid length of each
+/// sequence (all `T` when `None`); `keep` what to keep for [`backward`]. When the returned
+/// tape's [`Tape::needs_x`] is true, backward must be given the same `x` again.
+///
+/// # Errors
+/// [`Error::Shape`] / [`Error::Value`] naming `x`, `state`, `lengths`, `memory_budget` or
+/// a weight.
+pub fn forward<T: Float>(
+    cfg: &Config,
+    weights: &[LayerWeights<'_, T>],
+    x: ArrayView3<'_, T>,
+    state: Option<StateView<'_, T>>,
+    lengths: Option<&[usize]>,
+    keep: Keep,
+) -> Result<ForwardOutput<T>> {
+    cfg.validate()?;
+    check_weights(cfg, weights)?;
+    let (seq_len, batch) = check_sequence(cfg, &x, "x", cfg.input_size)?;
+    if let Some(st) = &state {
+        check_state(cfg, batch, st, "state")?;
+    }
+    check_lengths(lengths, seq_len, batch)?;
+    // The caller's x serves as layer 0's input (and is referenced, not copied, by the
+    // tape) when it is already time-major and no padding must be hidden.
+    let borrow_x = !cfg.batch_first && lengths.is_none() && x.is_standard_layout();
+    let shape = PassShape {
+        seq_len,
+        batch,
+        copies_x: !borrow_x,
+        has_lengths: lengths.is_some(),
+    };
+    let segment = checkpoint_interval::<T>(cfg, shape, keep)?;
+
+    let dirs = cfg.num_directions();
+    let hidden = cfg.hidden_size;
+    let mut final_state = State::zeros(cfg, batch);
+    let mut input: CowArray<'_, T, Ix3> = if borrow_x {
+        CowArray::from(x.view())
+    } else {
+        let mut owned = to_time_major(cfg, &x);
+        if let Some(lengths) = lengths {
+            // Padding never reaches the arithmetic, so even NaN padding cannot leak into
+            // the weight gradients (0 · NaN would).
+            for (b, &len) in lengths.iter().enumerate() {
+                owned.slice_mut(s![len.., b, ..]).fill(T::zero());
+            }
+        }
+        CowArray::from(owned)
+    };
+    let plan = DirPlan::new(keep, segment);
+    let threads = crate::parallel::current_threads();
+    let mut layers = Vec::new();
+    for layer in 0..cfg.num_layers {
+        let mut out = Array3::<T>::zeros((seq_len, batch, dirs * hidden));
+        let jobs: Vec<_> = out
+            .axis_chunks_iter_mut(Axis(2), hidden)
+            .enumerate()
+            .map(|(d, block)| {
+                let slot = StateSlot::read(cfg, state.as_ref(), batch, layer * dirs + d);
+                (d, block, slot)
+            })
+            .collect();
+        let layer_input = input.view();
+        let results = per_direction(jobs, threads, |(d, block, mut slot), threads| {
+            let dir = Direction::new(cfg, weights, layer, d, lengths, threads);
+            let tape = dir.forward(layer_input.view(), &mut slot, block, plan);
+            (slot, tape)
+        });
+        let mut dir_tapes = Vec::new();
+        for (d, (slot, tape)) in results.into_iter().enumerate() {
+            slot.write(&mut final_state, layer * dirs + d);
+            dir_tapes.extend(tape);
+        }
+        let next = std::mem::replace(&mut input, CowArray::from(out));
+        if keep != Keep::Nothing {
+            layers.push(LayerTape {
+                input: if next.is_view() {
+                    None
+                } else {
+                    Some(next.into_owned())
+                },
+                dirs: dir_tapes,
+            });
+        }
+    }
+    let tape = (keep != Keep::Nothing).then(|| Tape {
+        config: *cfg,
+        seq_len,
+        batch,
+        lengths: lengths.map(<[usize]>::to_vec),
+        segment,
+        x_digest: borrow_x.then(|| digest(&x)),
+        layers,
+    });
+    Ok((from_time_major(cfg, input.into_owned()), final_state, tape))
+}
+
+/// Full backpropagation through time over the whole sequence.
+///
+/// `d_out` is `∂L/∂out` (layout of `x`), `d_state` is `∂L/∂` final state (zeros when
+/// `None`). `x` must be the `x` given to forward when [`Tape::needs_x`] (it is checked
+/// against a digest), and is ignored otherwise. Uses the current `weights`, which must be
+/// those the tape was made with.
+///
+/// # Errors
+/// [`Error::Value`] when the tape comes from another configuration or `x` is missing or
+/// changed; [`Error::Shape`] when `d_out` or `d_state` do not match the forward pass.
+pub fn backward<T: Float>(
+    cfg: &Config,
+    weights: &[LayerWeights<'_, T>],
+    tape: &Tape<T>,
+    x: Option<ArrayView3<'_, T>>,
+    d_out: ArrayView3<'_, T>,
+    d_state: Option<StateView<'_, T>>,
+) -> Result<Grads<T>> {
+    if tape.config != *cfg {
+        return Err(Error::value(
+            "tape",
+            format!(
+                "was made by a model of another configuration ({:?}), not by this one ({:?})",
+                tape.config, cfg
+            ),
+        ));
+    }
+    check_weights(cfg, weights)?;
+    let (seq_len, batch) = (tape.seq_len, tape.batch);
+    let out_shape = if cfg.batch_first {
+        [batch, seq_len, cfg.output_size()]
+    } else {
+        [seq_len, batch, cfg.output_size()]
+    };
+    if d_out.shape() != out_shape {
+        return Err(Error::shape("d_out", fmt_shape(&out_shape), d_out.shape()));
+    }
+    if let Some(ds) = &d_state {
+        check_state(cfg, batch, ds, "d_state")?;
+    }
+    let x0 = match (tape.x_digest, x) {
+        (None, _) => None,
+        (Some(want), Some(x))
+            if x.shape() == [seq_len, batch, cfg.input_size] && digest(&x) == want =>
+        {
+            Some(x)
+        }
+        (Some(_), Some(_)) => {
+            return Err(Error::value(
+                "x",
+                "differs from the x given to forward(); the tape refers to that array, which \
+                 must not change before backward()",
+            ))
+        }
+        (Some(_), None) => {
+            return Err(Error::value(
+                "x",
+                "the tape refers to the x given to forward(); pass it again",
+            ))
+        }
+    };
+
+    let dirs = cfg.num_directions();
+    let lengths = tape.lengths.as_deref();
+    let mut dstate = State::zeros(cfg, batch);
+    let mut dh_norm = Array2::<T>::zeros((cfg.num_stacks(), seq_len));
+    let mut params: Vec<Option<LayerGrads<T>>> = vec![None; cfg.num_stacks()];
+    let mut d_y: CowArray<'_, T, Ix3> = if cfg.batch_first || !d_out.is_standard_layout() {
+        CowArray::from(to_time_major(cfg, &d_out))
+    } else {
+        CowArray::from(d_out)
+    };
+    let threads = crate::parallel::current_threads();
+    for layer in (0..cfg.num_layers).rev() {
+        let lt = &tape.layers[layer];
+        let input = match (&lt.input, x0) {
+            (Some(a), _) => a.view(),
+            (None, Some(x)) => x,
+            (None, None) => unreachable!("layer 0 without input implies an x digest"),
+        };
+        let jobs: Vec<_> = (0..dirs)
+            .map(|d| {
+                let slot = StateSlot::read(cfg, d_state.as_ref(), batch, layer * dirs + d);
+                (d, slot)
+            })
+            .collect();
+        let d_y_view = d_y.view();
+        let results = per_direction(jobs, threads, |(d, mut grad), threads| {
+            let mut norm = vec![T::zero(); seq_len];
+            let dir = Direction::new(cfg, weights, layer, d, lengths, threads);
+            let io = (input, d_y_view.view());
+            let (grads, d_x) = dir.backward(&lt.dirs[d], tape.segment, io, &mut grad, &mut norm);
+            (grads, d_x, grad, norm)
+        });
+        let mut d_x: Option<Array3<T>> = None;
+        for (d, (grads, dx_d, grad, norm)) in results.into_iter().enumerate() {
+            let k = layer * dirs + d;
+            grad.write(&mut dstate, k);
+            dh_norm.row_mut(k).assign(&ArrayView1::from(&norm));
+            params[k] = Some(grads);
+            d_x = Some(match d_x {
+                None => dx_d,
+                Some(acc) => acc + dx_d,
+            });
+        }
+        d_y = CowArray::from(d_x.expect("at least one direction"));
+    }
+    Ok(Grads {
+        dx: from_time_major(cfg, d_y.into_owned()),
+        dstate,
+        params: params
+            .into_iter()
+            .map(|p| p.expect("every layer-direction visited"))
+            .collect(),
+        dh_norm,
+    })
+}
+
+#[cfg(test)]
+mod tests;

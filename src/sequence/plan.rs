@@ -1,0 +1,194 @@
+//! How a pass walks the time axis: chunks of steps, the memory budget and checkpoints.
+//!
+//! Two words, two meanings: a *chunk* is a run of consecutive steps processed together
+//! (one input-projection GEMM, one buffer of gates, one backward GEMM batch); a *segment*
+//! is the interval between two checkpoints of a budgeted tape, `k` steps, which is also the
+//! chunk that backward recomputes at a time. Without a budget, inference and the full
+//! tape's backward walk chunks of [`CHUNK_STEPS`]; the full tape's forward walks one chunk
+//! of `T` steps.
+
+use super::tape::{drops_h_prev, Keep};
+use crate::cell::CellKind;
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::model::Config;
+use std::ops::Range;
+
+/// Steps per chunk for inference and for the full tape's backward pass: big enough for
+/// efficient GEMMs, small enough that the buffers do not grow with `T`.
+pub(crate) const CHUNK_STEPS: usize = 64;
+
+/// What one direction keeps while its forward pass runs.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum DirPlan {
+    Nothing,
+    Full,
+    /// Checkpoints every `k` steps.
+    Checkpoints(usize),
+}
+
+impl DirPlan {
+    /// The plan of every direction under `keep`, given the checkpoint interval chosen by
+    /// [`checkpoint_interval`].
+    pub(super) fn new(keep: Keep, segment: Option<usize>) -> Self {
+        match (keep, segment) {
+            (Keep::Nothing, _) => DirPlan::Nothing,
+            (_, None) => DirPlan::Full,
+            (_, Some(k)) => DirPlan::Checkpoints(k),
+        }
+    }
+
+    /// Steps per forward chunk over `seq_len` steps.
+    pub(super) fn chunk_len(self, seq_len: usize) -> usize {
+        match self {
+            DirPlan::Full => seq_len,
+            DirPlan::Nothing => CHUNK_STEPS.min(seq_len),
+            DirPlan::Checkpoints(k) => k,
+        }
+    }
+}
+
+/// Elements per time step of each layer-direction's full tape and checkpoint, and of
+/// the gradient buffers backward adds per segment step.
+fn step_sizes(cfg: &Config, batch: usize) -> (usize, usize, usize) {
+    let (h, gh) = (cfg.hidden_size, cfg.gate_size());
+    let extra = if cfg.kind == CellKind::Gru || cfg.kind == CellKind::Lstm {
+        h
+    } else {
+        0
+    };
+    let state = if cfg.kind.has_cell_state() { 2 * h } else { h };
+    let grads = if cfg.kind == CellKind::Gru {
+        2 * gh
+    } else {
+        gh
+    };
+    (batch * (gh + h + extra), batch * state, batch * grads)
+}
+
+/// Memory model of a checkpointed tape, in bytes: `cost(k)` is what the tape keeps
+/// with checkpoints every `k` steps plus the one segment backward recomputes at a time.
+struct MemoryModel {
+    seq_len: usize,
+    fixed: usize,
+    per_checkpoint: usize,
+    per_segment_step: usize,
+    full: usize,
+}
+
+impl MemoryModel {
+    fn new<T: Float>(
+        cfg: &Config,
+        seq_len: usize,
+        batch: usize,
+        copies_x: bool,
+        has_lengths: bool,
+    ) -> Self {
+        let sz = std::mem::size_of::<T>();
+        let (full_step, ck_step, grad_step) = step_sizes(cfg, batch);
+        let dropped = if drops_h_prev(cfg, has_lengths) {
+            batch * cfg.hidden_size
+        } else {
+            0
+        };
+        let stacks = cfg.num_stacks();
+        // Kept whatever the plan: the inputs of the layers above the first, and x if copied.
+        let x_elems = if copies_x {
+            seq_len * batch * cfg.input_size
+        } else {
+            0
+        };
+        let fixed = (x_elems + (cfg.num_layers - 1) * seq_len * batch * cfg.output_size()) * sz;
+        MemoryModel {
+            seq_len,
+            fixed,
+            per_checkpoint: stacks * ck_step * sz,
+            per_segment_step: cfg.num_directions() * (full_step + grad_step) * sz,
+            full: fixed + stacks * (seq_len * (full_step - dropped) + dropped) * sz,
+        }
+    }
+
+    fn cost(&self, k: usize) -> usize {
+        self.fixed + self.seq_len.div_ceil(k) * self.per_checkpoint + k * self.per_segment_step
+    }
+
+    fn minimum(&self) -> usize {
+        (1..=self.seq_len)
+            .map(|k| self.cost(k))
+            .min()
+            .unwrap_or(self.full)
+            .min(self.full)
+    }
+}
+
+/// `(smallest budget, full tape)` in bytes for this model and input: the range in which a
+/// memory budget changes anything. `copies_x`: whether the tape holds its own copy of `x`
+/// (it does with `batch_first` or `lengths`); `has_lengths`: whether `lengths` is given.
+pub fn budget_range<T: Float>(
+    cfg: &Config,
+    seq_len: usize,
+    batch: usize,
+    copies_x: bool,
+    has_lengths: bool,
+) -> (usize, usize) {
+    let m = MemoryModel::new::<T>(cfg, seq_len, batch, copies_x, has_lengths);
+    (m.minimum(), m.full)
+}
+
+/// The shape of a forward pass that a plan depends on.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PassShape {
+    pub(super) seq_len: usize,
+    pub(super) batch: usize,
+    pub(super) copies_x: bool,
+    pub(super) has_lengths: bool,
+}
+
+/// How forward keeps the tape under `keep`: `None` for the full tape, `Some(k)` for
+/// checkpoints every `k` steps (the largest `k` that fits the budget).
+///
+/// # Errors
+/// [`Error::Value`] naming `memory_budget` and the minimum when no `k` fits.
+pub(super) fn checkpoint_interval<T: Float>(
+    cfg: &Config,
+    shape: PassShape,
+    keep: Keep,
+) -> Result<Option<usize>> {
+    let Keep::Budget(budget) = keep else {
+        return Ok(None);
+    };
+    let m = MemoryModel::new::<T>(
+        cfg,
+        shape.seq_len,
+        shape.batch,
+        shape.copies_x,
+        shape.has_lengths,
+    );
+    if budget >= m.full {
+        return Ok(None);
+    }
+    if let Some(k) = (1..=shape.seq_len).rev().find(|&k| m.cost(k) <= budget) {
+        return Ok(Some(k));
+    }
+    Err(Error::value(
+        "memory_budget",
+        format!(
+            "expected at least {} bytes for this model and input (checkpoints plus one \
+             recomputed segment; the full tape takes {}), got {budget}",
+            m.minimum(),
+            m.full
+        ),
+    ))
+}
+
+/// The time ranges of the chunks of `k` steps, in processing order.
+pub(super) fn chunks(seq_len: usize, k: usize, reverse: bool) -> Vec<Range<usize>> {
+    let fwd = (0..seq_len)
+        .step_by(k.max(1))
+        .map(|t0| t0..(t0 + k).min(seq_len));
+    if reverse {
+        fwd.map(|r| seq_len - r.end..seq_len - r.start).collect()
+    } else {
+        fwd.collect()
+    }
+}
