@@ -27,6 +27,16 @@ fi
 cargo test --release
 "$BUILD/build-venv/bin/ruff" check python tests examples benches scripts
 
+# The Rust house rules: formatting, clippy (warnings are errors, with the bindings), and
+# the layout checks (README's Rust version, lib.rs's module list, file sizes).
+for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" \
+        || rustup component add "$component"
+done
+cargo fmt --check
+PYO3_PYTHON="$BUILD/build-venv/bin/python" cargo clippy --all-targets --features python -- -D warnings
+"$BUILD/build-venv/bin/python" scripts/check_layout.py
+
 # Types, against the installed wheel: the stub _core.pyi must match the compiled module
 # (stubtest imports it, so it runs with the test environment's packages on its path), and
 # a typed usage example and the installed package itself must be clean under mypy --strict.

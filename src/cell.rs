@@ -21,7 +21,7 @@
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::recurrent::UNIT_ALIGN;
-use crate::simd::multiversion;
+use crate::simd::dispatch;
 
 /// Which recurrent cell a model uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,7 +99,7 @@ pub(crate) struct StepRow<'a, T> {
 }
 
 /// One forward step of one row's units, in place (see the module docs for the equations).
-/// Each cell's loop is its own function (`multiversion!`), compiled per instruction set.
+/// Each cell's loop is its own function (`dispatch!`), compiled per instruction set.
 #[inline(always)]
 pub(crate) fn step_forward<T: Float>(kind: CellKind, row: StepRow<'_, T>) {
     let StepRow {
@@ -127,26 +127,40 @@ pub(crate) fn step_forward<T: Float>(kind: CellKind, row: StepRow<'_, T>) {
     }
 }
 
-multiversion! {
-    fn rnn_forward<T: Float>(g: &mut [T], h: &mut [T], tanh: bool) -> () {
+dispatch!(fn rnn_forward<T: Float>(g: &mut [T], h: &mut [T], tanh: bool) = rnn_forward_kernel);
+
+#[inline(always)]
+fn rnn_forward_kernel<T: Float>(g: &mut [T], h: &mut [T], tanh: bool) {
     for (g, h) in g.iter_mut().zip(h.iter_mut()) {
         let a = if tanh { g.act_tanh() } else { g.relu() };
         *g = a;
         *h = a;
     }
 }
-}
 
-multiversion! {
-    fn lstm_forward<T: Float>(
+dispatch!(fn lstm_forward<T: Float>(
     gi: &mut [T],
     gf: &mut [T],
     gg: &mut [T],
     go: &mut [T],
     c: &mut [T],
     h: &mut [T],
-) -> () {
-    let gates = gi.iter_mut().zip(gf.iter_mut()).zip(gg.iter_mut()).zip(go.iter_mut());
+) = lstm_forward_kernel);
+
+#[inline(always)]
+fn lstm_forward_kernel<T: Float>(
+    gi: &mut [T],
+    gf: &mut [T],
+    gg: &mut [T],
+    go: &mut [T],
+    c: &mut [T],
+    h: &mut [T],
+) {
+    let gates = gi
+        .iter_mut()
+        .zip(gf.iter_mut())
+        .zip(gg.iter_mut())
+        .zip(go.iter_mut());
     for ((((pi, pf), pg), po), (c, h)) in gates.zip(c.iter_mut().zip(h.iter_mut())) {
         let i = pi.sigmoid();
         let f = pf.sigmoid();
@@ -158,10 +172,8 @@ multiversion! {
         *h = lstm_h(o, c_new);
     }
 }
-}
 
-multiversion! {
-    fn gru_forward<T: Float>(
+dispatch!(fn gru_forward<T: Float>(
     gr: &mut [T],
     gz: &mut [T],
     gn: &mut [T],
@@ -170,9 +182,30 @@ multiversion! {
     rn: &[T],
     b_hn: &[T],
     h: &mut [T],
-) -> () {
+) = gru_forward_kernel);
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // one slice per gate: the compiler may assume they do not alias
+fn gru_forward_kernel<T: Float>(
+    gr: &mut [T],
+    gz: &mut [T],
+    gn: &mut [T],
+    rr: &[T],
+    rz: &[T],
+    rn: &[T],
+    b_hn: &[T],
+    h: &mut [T],
+) {
     let n = h.len();
-    let (gr, gz, gn, rr, rz, rn, b_hn) = (&mut gr[..n], &mut gz[..n], &mut gn[..n], &rr[..n], &rz[..n], &rn[..n], &b_hn[..n]);
+    let (gr, gz, gn, rr, rz, rn, b_hn) = (
+        &mut gr[..n],
+        &mut gz[..n],
+        &mut gn[..n],
+        &rr[..n],
+        &rz[..n],
+        &rn[..n],
+        &b_hn[..n],
+    );
     for j in 0..n {
         let r = (gr[j] + rr[j]).sigmoid();
         let z = (gz[j] + rz[j]).sigmoid();
@@ -182,7 +215,6 @@ multiversion! {
         gn[j] = nn;
         h[j] = (T::one() - z) * nn + z * h[j];
     }
-}
 }
 
 /// Flushes gradients too small to matter to zero: magnitudes below `MIN_POSITIVE / EPSILON`
@@ -206,12 +238,13 @@ fn lstm_h<T: Float>(o: T, c: T) -> T {
     o * c.act_tanh()
 }
 
-multiversion! {
-    /// `h = o·tanh(c)` over a row: rebuilds the LSTM state a tape left out.
-    pub(crate) fn lstm_output<T: Float>(o: &[T], c: &[T], h: &mut [T]) -> () {
-        for ((h, &o), &c) in h.iter_mut().zip(o).zip(c) {
-            *h = lstm_h(o, c);
-        }
+dispatch!(pub(crate) fn lstm_output<T: Float>(o: &[T], c: &[T], h: &mut [T]) = lstm_output_kernel);
+
+/// `h = o·tanh(c)` over a row: rebuilds the LSTM state a tape left out.
+#[inline(always)]
+fn lstm_output_kernel<T: Float>(o: &[T], c: &[T], h: &mut [T]) {
+    for ((h, &o), &c) in h.iter_mut().zip(o).zip(c) {
+        *h = lstm_h(o, c);
     }
 }
 
@@ -309,29 +342,41 @@ pub(crate) fn step_backward<T: Float>(kind: CellKind, row: StepRowGrad<'_, T>) {
 /// bits at every instruction-set level.
 const LANES: usize = 16;
 
-multiversion! {
-    /// `dh ← dy + dh` (subnormals flushed); returns `Σ dh²`.
-    fn add_sumsq<T: Float>(dy: &[T], dh: &mut [T]) -> T {
-        let mut acc = [T::zero(); LANES];
-        let mut dh_chunks = dh.chunks_exact_mut(LANES);
-        let mut dy_chunks = dy.chunks_exact(LANES);
-        for (h, y) in (&mut dh_chunks).zip(&mut dy_chunks) {
-            for k in 0..LANES {
-                h[k] = ftz(h[k] + y[k]);
-                acc[k] += h[k] * h[k];
-            }
+dispatch!(fn add_sumsq<T: Float>(dy: &[T], dh: &mut [T]) -> T = add_sumsq_kernel);
+
+/// `dh ← dy + dh` (subnormals flushed); returns `Σ dh²`.
+#[inline(always)]
+fn add_sumsq_kernel<T: Float>(dy: &[T], dh: &mut [T]) -> T {
+    let mut acc = [T::zero(); LANES];
+    let mut dh_chunks = dh.chunks_exact_mut(LANES);
+    let mut dy_chunks = dy.chunks_exact(LANES);
+    for (h, y) in (&mut dh_chunks).zip(&mut dy_chunks) {
+        for k in 0..LANES {
+            h[k] = ftz(h[k] + y[k]);
+            acc[k] += h[k] * h[k];
         }
-        let mut tail = T::zero();
-        for (h, &y) in dh_chunks.into_remainder().iter_mut().zip(dy_chunks.remainder()) {
-            *h = ftz(*h + y);
-            tail += *h * *h;
-        }
-        acc.iter().fold(T::zero(), |s, &a| s + a) + tail
     }
+    let mut tail = T::zero();
+    for (h, &y) in dh_chunks
+        .into_remainder()
+        .iter_mut()
+        .zip(dy_chunks.remainder())
+    {
+        *h = ftz(*h + y);
+        tail += *h * *h;
+    }
+    acc.iter().fold(T::zero(), |s, &a| s + a) + tail
 }
 
-multiversion! {
-    fn rnn_backward<T: Float>(a: &[T], dh: &mut [T], dxp: &mut [T], tanh: bool) -> () {
+dispatch!(fn rnn_backward<T: Float>(
+    a: &[T],
+    dh: &mut [T],
+    dxp: &mut [T],
+    tanh: bool,
+) = rnn_backward_kernel);
+
+#[inline(always)]
+fn rnn_backward_kernel<T: Float>(a: &[T], dh: &mut [T], dxp: &mut [T], tanh: bool) {
     let (one, n) = (T::one(), dh.len());
     let (a, dxp) = (&a[..n], &mut dxp[..n]);
     for j in 0..n {
@@ -347,10 +392,8 @@ multiversion! {
         dh[j] = T::zero();
     }
 }
-}
 
-multiversion! {
-    fn lstm_backward<T: Float>(
+dispatch!(fn lstm_backward<T: Float>(
     gi: &[T],
     gf: &[T],
     gg: &[T],
@@ -362,7 +405,23 @@ multiversion! {
     df: &mut [T],
     dg: &mut [T],
     d_o: &mut [T],
-) -> () {
+) = lstm_backward_kernel);
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // one slice per gate: the compiler may assume they do not alias
+fn lstm_backward_kernel<T: Float>(
+    gi: &[T],
+    gf: &[T],
+    gg: &[T],
+    go: &[T],
+    c_prev: &[T],
+    dh: &mut [T],
+    dc: &mut [T],
+    di: &mut [T],
+    df: &mut [T],
+    dg: &mut [T],
+    d_o: &mut [T],
+) {
     let (one, n) = (T::one(), dh.len());
     let (gi, gf, gg, go) = (&gi[..n], &gf[..n], &gg[..n], &go[..n]);
     let (c_prev, dc) = (&c_prev[..n], &mut dc[..n]);
@@ -380,10 +439,8 @@ multiversion! {
         dh[j] = T::zero();
     }
 }
-}
 
-multiversion! {
-    fn gru_backward<T: Float>(
+dispatch!(fn gru_backward<T: Float>(
     gr: &[T],
     gz: &[T],
     gn: &[T],
@@ -396,7 +453,24 @@ multiversion! {
     rr: &mut [T],
     rz: &mut [T],
     rn: &mut [T],
-) -> () {
+) = gru_backward_kernel);
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // one slice per gate: the compiler may assume they do not alias
+fn gru_backward_kernel<T: Float>(
+    gr: &[T],
+    gz: &[T],
+    gn: &[T],
+    h_prev: &[T],
+    gh_n: &[T],
+    dh: &mut [T],
+    dr: &mut [T],
+    dz: &mut [T],
+    dn: &mut [T],
+    rr: &mut [T],
+    rz: &mut [T],
+    rn: &mut [T],
+) {
     let (one, n) = (T::one(), dh.len());
     let (gr, gz, gn) = (&gr[..n], &gz[..n], &gn[..n]);
     let (h_prev, gh_n) = (&h_prev[..n], &gh_n[..n]);
@@ -417,5 +491,4 @@ multiversion! {
         rn[j] = ftz(dn_pre * r);
         dh[j] = ftz(d * z);
     }
-}
 }

@@ -20,7 +20,7 @@
 //! every tiling (each element is the same chain of operations).
 
 use crate::float::Float;
-use crate::simd::multiversion;
+use crate::simd::dispatch;
 use ndarray::{ArrayView2, ArrayViewMut2};
 use std::ops::Range;
 
@@ -154,8 +154,9 @@ impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
         debug_assert!(units.start.is_multiple_of(NR) && units.end <= self.n);
         let level = crate::simd::level();
         let np = self.panels_per_group();
-        // SAFETY (both pointer offsets): the caller's contract.
+        // SAFETY: row `rows.start` of `a` lies in the memory the caller vouches for.
         let a = unsafe { a.add(rows.start * lda) };
+        // SAFETY: as above, for `c`.
         let c = unsafe { c.add(rows.start * ldc) };
         for g in 0..self.groups {
             for p in units.start / NR..units.end.div_ceil(NR) {
@@ -208,24 +209,33 @@ pub struct PanelTile<T> {
 /// Rows per block of the portable kernel.
 const MR_PORTABLE: usize = 4;
 
-multiversion! {
-    /// `acc[r] = Σ_k a[r][k] · w[k, :]` for the first `rows` of up to four rows, with
-    /// `mul_add` in `k` order: one rounding per step at every level (a fused multiply-add
-    /// where the CPU has one, the exact software one elsewhere), so the bits never change.
-    fn portable_block<T: Float>(a: [&[T]; MR_PORTABLE], rows: usize, w: &[T]) -> [[T; NR]; MR_PORTABLE] {
-        let k = a[0].len();
-        let mut acc = [[T::zero(); NR]; MR_PORTABLE];
-        for kk in 0..k {
-            let wr: &[T; NR] = w[kk * NR..(kk + 1) * NR].try_into().expect("one panel row");
-            for (acc_r, a_r) in acc.iter_mut().zip(&a).take(rows) {
-                let av = a_r[kk];
-                for (s, &wv) in acc_r.iter_mut().zip(wr) {
-                    *s = av.mul_add(wv, *s);
-                }
+dispatch!(fn portable_block<T: Float>(
+    a: [&[T]; MR_PORTABLE],
+    rows: usize,
+    w: &[T],
+) -> [[T; NR]; MR_PORTABLE] = portable_block_kernel);
+
+/// `acc[r] = Σ_k a[r][k] · w[k, :]` for the first `rows` of up to four rows, with
+/// `mul_add` in `k` order: one rounding per step at every level (a fused multiply-add
+/// where the CPU has one, the exact software one elsewhere), so the bits never change.
+#[inline(always)]
+fn portable_block_kernel<T: Float>(
+    a: [&[T]; MR_PORTABLE],
+    rows: usize,
+    w: &[T],
+) -> [[T; NR]; MR_PORTABLE] {
+    let k = a[0].len();
+    let mut acc = [[T::zero(); NR]; MR_PORTABLE];
+    for kk in 0..k {
+        let wr: &[T; NR] = w[kk * NR..(kk + 1) * NR].try_into().expect("one panel row");
+        for (acc_r, a_r) in acc.iter_mut().zip(&a).take(rows) {
+            let av = a_r[kk];
+            for (s, &wv) in acc_r.iter_mut().zip(wr) {
+                *s = av.mul_add(wv, *s);
             }
         }
-        acc
     }
+    acc
 }
 
 /// The portable kernel, from row `r0` on.

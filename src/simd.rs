@@ -1,7 +1,7 @@
 //! Fast activations and the runtime choice of instruction set for the fused cell kernels.
 //!
 //! The cell kernels in `cell.rs` are written once as branch-free loops over slices and
-//! compiled three times (macro [`multiversion!`]), inside functions with
+//! compiled three times (macro [`dispatch!`] around ordinary kernel functions), inside functions with
 //! `#[target_feature]` (AVX-512F, AVX2+FMA) and without (the scalar/baseline oracle);
 //! [`level`] picks one at run time, so a portable wheel uses the widest vectors the CPU
 //! has. All levels give bitwise-identical results: only the vector width changes. The
@@ -100,27 +100,27 @@ pub fn set_level(want: Option<Level>) -> Result<Level, Level> {
     Ok(l)
 }
 
-/// Defines `fn $name<T: Float>(args) -> R` compiled three times (AVX-512F, AVX2+FMA,
-/// baseline) and dispatched on [`level`]. The kernel's slices stay arguments of a real
-/// (not inlined) function: that is what lets the compiler treat them as non-aliasing and
+/// Defines `fn $name<T: Float>(args) -> R` that runs the ordinary function `$kernel`
+/// compiled three times (AVX-512F, AVX2+FMA, baseline), chosen by [`level`]. The kernel is
+/// written as plain Rust (rustfmt and clippy see it) and marked `#[inline(always)]`, so each
+/// `#[target_feature]` wrapper gets its own copy of the loop; its slices stay arguments of
+/// a real (not inlined) function, which lets the compiler treat them as non-aliasing and
 /// vectorise the loop.
-macro_rules! multiversion {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident<T: Float>($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
-        $(#[$meta])*
-        #[allow(clippy::too_many_arguments, clippy::unused_unit)]
-        $vis fn $name<T: Float>($($arg: $ty),*) -> $ret {
-            #[inline(always)]
-            #[allow(clippy::too_many_arguments, clippy::unused_unit)]
-            fn kernel<T: Float>($($arg: $ty),*) -> $ret $body
+macro_rules! dispatch {
+    ($vis:vis fn $name:ident<T: Float>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $kernel:ident) => {
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name<T: Float>($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
-                fn avx512<T: Float>($($arg: $ty),*) -> $ret {
-                    kernel($($arg),*)
+                #[allow(clippy::too_many_arguments)]
+                fn avx512<T: Float>($($arg: $ty),*) $(-> $ret)? {
+                    $kernel($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                fn avx2<T: Float>($($arg: $ty),*) -> $ret {
-                    kernel($($arg),*)
+                #[allow(clippy::too_many_arguments)]
+                fn avx2<T: Float>($($arg: $ty),*) $(-> $ret)? {
+                    $kernel($($arg),*)
                 }
                 match $crate::simd::level() {
                     // SAFETY: `level()` only returns a level whose CPU features were
@@ -131,11 +131,11 @@ macro_rules! multiversion {
                     $crate::simd::Level::Scalar => {}
                 }
             }
-            kernel($($arg),*)
+            $kernel($($arg),*)
         }
     };
 }
-pub(crate) use multiversion;
+pub(crate) use dispatch;
 
 /// `1.5 · 2^23`: adding it to an f32 rounds to the nearest integer, kept in the low bits.
 const ROUND_MAGIC: f32 = 12_582_912.0;

@@ -342,6 +342,7 @@ mod tests {
                         unsafe { shared.part(i..i + 1)[0] = step };
                     }
                     barrier.wait();
+                    // SAFETY: nobody writes until the next barrier.
                     let all = unsafe { shared.read(0..n) };
                     assert!(all.iter().all(|&v| v == step));
                     barrier.wait();

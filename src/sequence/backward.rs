@@ -265,11 +265,11 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
                         dy_stride,
                         dy_offset,
                     };
-                    // SAFETY: members write only their tiles of `dh`, `dc`, this step's
-                    // `dxp`/`drec` and `sumsq`; the barrier separates the cell updates
-                    // from the product, which reads the tile's rows of this step's
-                    // `drec` written by the members sharing them.
                     for tile in mine {
+                        // SAFETY: members write only their tiles of `dh`, `dc`, this
+                        // step's `dxp`/`drec` and `sumsq`; the barrier separates the cell
+                        // updates from the product, which reads the tile's rows of this
+                        // step's `drec` written by the members sharing them.
                         unsafe { backward_tile(sh, &tape, cx, at, tile) };
                     }
                     barrier.wait();
@@ -403,6 +403,8 @@ unsafe fn backward_tile<T: Float>(
     let (blk0, blk1) = (u.start / UNIT_ALIGN, u.end.div_ceil(UNIT_ALIGN));
     let state = |b: usize| b * n + u.start..b * n + u.end;
     let gru = kind == CellKind::Gru;
+    // SAFETY: every element reached through `sh` below is in this member's tile (rows
+    // `tile.rows`, units `tile.units` of every gate block), the caller's contract.
     unsafe {
         for b in tile.rows.clone() {
             let row0 = (at.local * batch + b) * gh;

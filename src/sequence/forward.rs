@@ -303,6 +303,8 @@ unsafe fn forward_tile<T: Float>(
     let state = |b: usize| b * n + u.start..b * n + u.end;
     let at_step =
         |b: usize| (at.local * b_all + b) * n + u.start..(at.local * b_all + b) * n + u.end;
+    // SAFETY: every element written through `sh` below is in this member's tile, and the
+    // state read (`cur`) is not written during this step: the caller's contract.
     unsafe {
         for b in tile.rows.clone() {
             if !sh.h_prev.is_empty() {

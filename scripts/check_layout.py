@@ -1,0 +1,63 @@
+"""Checks that keep the source tree's structure honest; run by scripts/test.sh.
+
+- README.md states the same minimum Rust version as Cargo.toml's ``rust-version``;
+- ``src/lib.rs`` declares exactly the modules that exist under ``src/``;
+- no Rust source file is over 700 lines (split it along its seams instead);
+- the sequence driver carries no ``clippy::too_many_arguments`` allowance (pass a
+  context struct instead).
+
+Usage: ``python scripts/check_layout.py`` from anywhere; exits 1 with the reasons.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_LINES = 700
+
+
+def problems() -> list[str]:
+    """Every violation found, as one line each."""
+    found: list[str] = []
+    cargo = (ROOT / "Cargo.toml").read_text()
+    msrv = re.search(r'^rust-version\s*=\s*"([^"]+)"', cargo, re.M)
+    readme = (ROOT / "README.md").read_text()
+    stated = re.findall(r"Rust >= ([0-9.]+)", readme)
+    if msrv is None:
+        found.append("Cargo.toml: no rust-version")
+    elif stated != [msrv.group(1)] * len(stated) or not stated:
+        found.append(f"README.md states Rust {stated}, Cargo.toml rust-version {msrv.group(1)}")
+
+    src = ROOT / "src"
+    lib = (src / "lib.rs").read_text()
+    declared = set(re.findall(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?mod\s+(\w+)\s*;", lib, re.M))
+    present = {p.stem for p in src.glob("*.rs") if p.name != "lib.rs"}
+    present |= {p.parent.name for p in src.glob("*/mod.rs")}
+    if declared != present:
+        found.append(
+            f"src/lib.rs declares {sorted(declared)}, src/ holds {sorted(present)}"
+        )
+
+    for path in sorted(src.rglob("*.rs")):
+        n = len(path.read_text().splitlines())
+        if n > MAX_LINES:
+            found.append(f"{path.relative_to(ROOT)}: {n} lines (> {MAX_LINES})")
+    for path in sorted((src / "sequence").rglob("*.rs")):
+        if "too_many_arguments" in path.read_text():
+            found.append(f"{path.relative_to(ROOT)}: a too_many_arguments allowance")
+    return found
+
+
+def main() -> int:
+    """Prints the problems and returns the exit status."""
+    found = problems()
+    for line in found:
+        print(f"check_layout: {line}", file=sys.stderr)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
