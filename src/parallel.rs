@@ -26,12 +26,17 @@
 //!   threads would take turns on the same cores, and a team member without a core stalls
 //!   every step;
 //! - the two directions of a bidirectional layer run concurrently, each with half of the
-//!   threads ([`per_direction`]).
+//!   threads ([`per_direction`]);
+//! - a step team that loses more time at its barrier than its split saves (a member keeps
+//!   losing its core to another process) shrinks to its leader for the rest of the chunk,
+//!   and the process forms no teams for a back-off period ([`note_contention`]).
 
 use crate::model::Config;
 use crate::sequence::CHUNK_STEPS;
 use std::cell::Cell;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Multiply-adds per GEMM thread.
 pub(crate) const GEMM_WORK_PER_THREAD: usize = 1 << 22;
@@ -182,10 +187,43 @@ pub(crate) fn gemm_threads(threads: usize, work: usize) -> usize {
     threads.min(work / GEMM_WORK_PER_THREAD).min(cores())
 }
 
+/// The shortest and longest time a process runs without step teams after one shrank.
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Nanoseconds of the process clock until which step teams are not formed, and the
+/// current back-off (doubled each time a team shrinks again, reset when one pays).
+static NO_TEAMS_UNTIL: AtomicU64 = AtomicU64::new(0);
+static BACKOFF_NS: AtomicU64 = AtomicU64::new(0);
+
+fn clock_ns() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A step team shrank to its leader because its members kept waiting for one that had
+/// lost its core (another process is busy): later calls run their time loops on one
+/// thread for a while (10 ms, doubling up to 1 s while it keeps happening) instead of
+/// stalling again.
+pub(crate) fn note_contention() {
+    let min = BACKOFF_MIN.as_nanos() as u64;
+    let backoff = (BACKOFF_NS.load(Ordering::Relaxed).saturating_mul(2))
+        .clamp(min, BACKOFF_MAX.as_nanos() as u64);
+    BACKOFF_NS.store(backoff, Ordering::Relaxed);
+    NO_TEAMS_UNTIL.store(clock_ns().saturating_add(backoff), Ordering::Relaxed);
+}
+
+/// A step team ran to its end without shrinking: the back-off starts again from its least.
+pub(crate) fn note_team_paid() {
+    if BACKOFF_NS.load(Ordering::Relaxed) != 0 {
+        BACKOFF_NS.store(0, Ordering::Relaxed);
+    }
+}
+
 /// The largest step team for a step of `work` multiply-adds when `threads` are allowed
-/// (1: no team).
+/// (1: no team, also while the process backs off after a team shrank).
 pub(crate) fn team_members(threads: usize, work: usize) -> usize {
-    if work < TEAM_MIN_WORK {
+    if work < TEAM_MIN_WORK || clock_ns() < NO_TEAMS_UNTIL.load(Ordering::Relaxed) {
         return 1;
     }
     threads.min(cores()).min(work / MEMBER_MIN_WORK).max(1)

@@ -16,7 +16,9 @@
 //! size.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::recurrent::UNIT_ALIGN;
 
@@ -87,23 +89,64 @@ fn split(members: usize, batch: usize, hidden: usize) -> Vec<StateTile> {
     tiles
 }
 
-/// A reusable spinning barrier for the members of one team.
+/// How long a member spins at the barrier before it sleeps. Steps that the team is worth
+/// running take a few microseconds to tens of them, so members that are all running meet
+/// within this; a member that takes longer has most likely lost its core, and the waiter
+/// then frees its own core (which lets the scheduler move the late member there).
+const SPIN_LIMIT: Duration = Duration::from_micros(50);
+
+/// A barrier generation is decided after at least this many, so that one slow step (a
+/// page fault, an interrupt) does not shrink the team.
+const MIN_GENERATIONS: usize = 4;
+
+/// A reusable barrier for the members of one team: spins briefly, then sleeps, and
+/// shrinks the team to its leader when the members lose more time waiting for each other
+/// than the split saves (a member keeps losing its core to another process).
 pub struct Barrier {
     members: AtomicUsize,
     arrived: AtomicUsize,
     generation: AtomicUsize,
     /// Set when a member panicked, so the others stop waiting for it.
     poisoned: AtomicBool,
+    /// Set when the team shrank to its leader for the rest of the run.
+    retired: AtomicBool,
+    /// The team's clock, and in nanoseconds of it: the earliest arrival of the current
+    /// generation (`u64::MAX` before the first), the release of the previous one, and the
+    /// sums of the work before the first arrival and of the waits after it.
+    clock: Instant,
+    first_arrival: AtomicU64,
+    released: AtomicU64,
+    work_ns: AtomicU64,
+    wait_ns: AtomicU64,
+    /// `(work + wait) / work` above which one member alone would be about as fast.
+    worth: f64,
+    sleepers: AtomicUsize,
+    sleep: Mutex<()>,
+    wake: Condvar,
 }
 
 impl Barrier {
-    fn new(members: usize) -> Self {
+    fn new(members: usize, worth: f64) -> Self {
         Barrier {
             members: AtomicUsize::new(members),
             arrived: AtomicUsize::new(0),
             generation: AtomicUsize::new(0),
             poisoned: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            clock: Instant::now(),
+            first_arrival: AtomicU64::new(u64::MAX),
+            released: AtomicU64::new(0),
+            work_ns: AtomicU64::new(0),
+            wait_ns: AtomicU64::new(0),
+            worth,
+            sleepers: AtomicUsize::new(0),
+            sleep: Mutex::new(()),
+            wake: Condvar::new(),
         }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Waits until every member has called `wait` as often as this one. Everything a
@@ -111,30 +154,96 @@ impl Barrier {
     ///
     /// # Panics
     /// When another member panicked (instead of waiting forever).
-    pub fn wait(&self) {
-        let members = self.members.load(Ordering::Relaxed);
+    fn wait(&self) {
+        let members = self.members.load(Ordering::Acquire);
         if members < 2 {
             return;
         }
         let generation = self.generation.load(Ordering::Acquire);
+        self.first_arrival
+            .fetch_min(self.now_ns(), Ordering::Relaxed);
         if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == members {
-            self.arrived.store(0, Ordering::Relaxed);
-            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.release(generation);
             return;
         }
+        let spin_start = Instant::now();
         let mut spins = 0u32;
         while self.generation.load(Ordering::Acquire) == generation {
             if self.poisoned.load(Ordering::Relaxed) {
                 panic!("a member of the step team panicked");
             }
-            spins = spins.saturating_add(1);
-            if spins < 1 << 10 {
+            spins = spins.wrapping_add(1);
+            if !spins.is_multiple_of(64) || spin_start.elapsed() < SPIN_LIMIT {
                 std::hint::spin_loop();
-            } else {
-                // Oversubscribed machine: let the members that are behind run.
-                std::thread::yield_now();
+                continue;
             }
+            self.sleepers.fetch_add(1, Ordering::SeqCst);
+            let mut guard = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
+            while self.generation.load(Ordering::SeqCst) == generation
+                && !self.poisoned.load(Ordering::Relaxed)
+            {
+                // The timeout only guards against a lost wake-up; `release` notifies.
+                guard = self
+                    .wake
+                    .wait_timeout(guard, Duration::from_millis(1))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            drop(guard);
+            self.sleepers.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// The last arrival of a generation: accounts its work and wait, shrinks the team if
+    /// it does not pay, and lets the members go.
+    fn release(&self, generation: usize) {
+        let now = self.now_ns();
+        let first = self
+            .first_arrival
+            .swap(u64::MAX, Ordering::Relaxed)
+            .min(now);
+        let work = first.saturating_sub(self.released.load(Ordering::Relaxed));
+        let work = self.work_ns.fetch_add(work, Ordering::Relaxed) + work;
+        let wait = self.wait_ns.fetch_add(now - first, Ordering::Relaxed) + (now - first);
+        if generation + 1 >= MIN_GENERATIONS && (work + wait) as f64 > self.worth * work as f64 {
+            self.retired.store(true, Ordering::Release);
+            self.members.store(1, Ordering::Release);
+            crate::parallel::note_contention();
+        }
+        self.released.store(now, Ordering::Relaxed);
+        self.arrived.store(0, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            let _guard = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.notify_all();
+        }
+    }
+}
+
+/// One member's view of the team: its tiles, and the barrier.
+pub struct Member<'a> {
+    own: &'a [StateTile],
+    all: &'a [StateTile],
+    leader: bool,
+    barrier: &'a Barrier,
+}
+
+impl Member<'_> {
+    /// The tiles this member computes now: its own, or every tile once the team shrank to
+    /// its leader.
+    pub fn tiles(&self) -> &[StateTile] {
+        if self.leader && self.barrier.retired.load(Ordering::Acquire) {
+            self.all
+        } else {
+            self.own
+        }
+    }
+
+    /// Waits for the other members (see [`Barrier`]); `false` when the team shrank and this
+    /// member is no longer part of it: it must return without touching the buffers again.
+    pub fn sync(&self) -> bool {
+        self.barrier.wait();
+        self.leader || !self.barrier.retired.load(Ordering::Acquire)
     }
 }
 
@@ -144,29 +253,42 @@ struct PoisonOnPanic<'a>(&'a Barrier);
 impl Drop for PoisonOnPanic<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.poisoned.store(true, Ordering::Relaxed);
+            self.0.poisoned.store(true, Ordering::SeqCst);
+            let _guard = self.0.sleep.lock().unwrap_or_else(|e| e.into_inner());
+            self.0.wake.notify_all();
         }
     }
 }
 
 /// How long the leader waits for pool threads to join before it takes their tiles itself
 /// (they are busy elsewhere: another caller's work, or the other direction's team).
-const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_micros(500);
+const JOIN_TIMEOUT: Duration = Duration::from_micros(500);
 
-/// Runs `member(tiles, barrier)` once per member, each on its own thread of the rayon
-/// pool, with the tiles that member owns, and returns when all have returned. The calling
-/// thread leads: it asks the pool for one thread per further tile, and takes itself the
-/// tiles of those that have not started within [`JOIN_TIMEOUT`] (a late one then returns
-/// at once), so the team never waits for a thread the pool cannot give. A single tile
-/// runs on the calling thread with a barrier that does not wait.
+/// Runs `member` once per member, each on its own thread of the rayon pool, and returns
+/// when all have returned. The calling thread leads: it asks the pool for one thread per
+/// further tile, and takes itself the tiles of those that have not started within
+/// [`JOIN_TIMEOUT`] (a late one then returns at once), so the team never waits for a
+/// thread the pool cannot give; and it takes every tile when the team shrinks (see
+/// [`Barrier`]). A single tile runs on the calling thread with a barrier that does not
+/// wait.
 pub fn run<F>(tiles: &[StateTile], member: F)
 where
-    F: Fn(&[StateTile], &Barrier) + Sync,
+    F: Fn(&Member<'_>) + Sync,
 {
     let n = tiles.len();
-    let barrier = Barrier::new(1);
+    let area = |t: &StateTile| (t.rows.len() * t.units.len()).max(1) as f64;
+    let smallest = tiles.iter().map(area).fold(f64::INFINITY, f64::min);
+    let total: f64 = tiles.iter().map(area).sum();
+    // One member alone would take about `total / smallest` times the first arrival's
+    // work; the team is kept while it takes less than 90% of that.
+    let barrier = Barrier::new(1, 0.9 * total / smallest);
     if n < 2 {
-        member(tiles, &barrier);
+        member(&Member {
+            own: tiles,
+            all: tiles,
+            leader: true,
+            barrier: &barrier,
+        });
         return;
     }
     let claimed = AtomicUsize::new(0);
@@ -183,23 +305,36 @@ where
                     std::hint::spin_loop();
                 }
                 let _guard = PoisonOnPanic(barrier);
-                member(std::slice::from_ref(&tiles[i]), barrier);
+                member(&Member {
+                    own: std::slice::from_ref(&tiles[i]),
+                    all: tiles,
+                    leader: false,
+                    barrier,
+                });
             });
         }
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         while claimed.load(Ordering::Acquire) < n - 1 && start.elapsed() < JOIN_TIMEOUT {
             std::hint::spin_loop();
         }
         // Close the team: a thread that starts from now on finds no tile.
         let joined = claimed.swap(usize::MAX / 2, Ordering::AcqRel).min(n - 1);
-        barrier.members.store(joined + 1, Ordering::Relaxed);
+        barrier.members.store(joined + 1, Ordering::Release);
         ready.store(true, Ordering::Release);
         let mine: Vec<StateTile> = std::iter::once(tiles[0].clone())
             .chain(tiles[joined + 1..].iter().cloned())
             .collect();
         let _guard = PoisonOnPanic(barrier);
-        member(&mine, barrier);
+        member(&Member {
+            own: &mine,
+            all: tiles,
+            leader: true,
+            barrier,
+        });
     });
+    if !barrier.retired.load(Ordering::Acquire) && barrier.members.load(Ordering::Relaxed) > 1 {
+        crate::parallel::note_team_paid();
+    }
 }
 
 /// A buffer shared by the members of a team, each of which reads and writes only the
@@ -333,19 +468,23 @@ mod tests {
             .build()
             .unwrap();
         pool.install(|| {
-            run(&tiles, |mine, barrier| {
+            run(&tiles, |m| {
                 for step in 1..200 {
-                    for t in mine {
+                    for t in m.tiles() {
                         let i = t.rows.start;
                         // SAFETY: each tile writes its own element, then all are read
                         // after the barrier.
                         unsafe { shared.part(i..i + 1)[0] = step };
                     }
-                    barrier.wait();
+                    if !m.sync() {
+                        return;
+                    }
                     // SAFETY: nobody writes until the next barrier.
                     let all = unsafe { shared.read(0..n) };
                     assert!(all.iter().all(|&v| v == step));
-                    barrier.wait();
+                    if !m.sync() {
+                        return;
+                    }
                 }
             })
         });
@@ -360,11 +499,11 @@ mod tests {
             .unwrap();
         let caught = pool.install(|| {
             std::panic::catch_unwind(|| {
-                run(&tiles, |mine, barrier| {
-                    if mine.iter().any(|t| t.units.start > 0) {
+                run(&tiles, |m| {
+                    if m.tiles().iter().any(|t| t.units.start > 0) {
                         panic!("the member with the second tile fails");
                     }
-                    barrier.wait();
+                    m.sync();
                 })
             })
         });
@@ -381,11 +520,47 @@ mod tests {
             .unwrap();
         let seen = AtomicUsize::new(0);
         pool.install(|| {
-            run(&tiles, |mine, barrier| {
-                seen.fetch_add(mine.len(), Ordering::Relaxed);
-                barrier.wait();
+            run(&tiles, |m| {
+                seen.fetch_add(m.tiles().len(), Ordering::Relaxed);
+                m.sync();
             })
         });
         assert_eq!(seen.into_inner(), tiles.len());
+    }
+
+    #[test]
+    fn a_member_that_keeps_losing_its_core_is_retired_and_every_tile_still_runs_once() {
+        // The second member sleeps 2 ms per step (as if another process had its core):
+        // the team shrinks to the leader, which then runs both tiles of every step.
+        let tiles = split(2, 16, 2 * UNIT_ALIGN);
+        assert_eq!(tiles.len(), 2);
+        const STEPS: usize = 40;
+        let done: Vec<AtomicUsize> = (0..STEPS).map(|_| AtomicUsize::new(0)).collect();
+        let leader_tiles = AtomicUsize::new(0);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let here = std::thread::current().id();
+            run(&tiles, |m| {
+                let leader = std::thread::current().id() == here;
+                for d in &done {
+                    for _ in m.tiles() {
+                        d.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if leader {
+                        leader_tiles.fetch_max(m.tiles().len(), Ordering::Relaxed);
+                    } else {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    if !m.sync() {
+                        return;
+                    }
+                }
+            })
+        });
+        assert!(done.iter().all(|d| d.load(Ordering::Relaxed) == 2));
+        assert_eq!(leader_tiles.into_inner(), 2, "the team never shrank");
     }
 }

@@ -244,7 +244,7 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
             let (sh, cx, steps, d_y) = (&sh, &cx, &steps, &self.d_y);
             let dy_stride = d_y.shape()[2];
             let dy_offset = d.dir * hidden;
-            team::run(&tiles, |mine, barrier| {
+            team::run(&tiles, |member| {
                 for i in 0..len {
                     let local = if d.reverse { i } else { len - 1 - i };
                     let at = BwdAt {
@@ -265,14 +265,16 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
                         dy_stride,
                         dy_offset,
                     };
-                    for tile in mine {
+                    for tile in member.tiles() {
                         // SAFETY: members write only their tiles of `dh`, `dc`, this
                         // step's `dxp`/`drec` and `sumsq`; the barrier separates the cell
                         // updates from the product, which reads the tile's rows of this
                         // step's `drec` written by the members sharing them.
                         unsafe { backward_tile(sh, &tape, cx, at, tile) };
                     }
-                    barrier.wait();
+                    if !member.sync() {
+                        return;
+                    }
                     // SAFETY: as above; this step's `drec` is no longer written.
                     unsafe {
                         let drec_t = if split_rec {
@@ -281,7 +283,7 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
                             sh.dxp.ptr()
                         }
                         .add(local * batch * gh);
-                        for tile in mine {
+                        for tile in member.tiles() {
                             self.w_hh.apply_tile(
                                 drec_t,
                                 gh,

@@ -193,7 +193,7 @@ impl<T: Float> Direction<'_, '_, T> {
             lengths: self.lengths,
         };
         let (sh, cx) = (&sh, &cx);
-        team::run(&tiles, |mine, barrier| {
+        team::run(&tiles, |member| {
             for i in 0..len {
                 let local = if self.reverse { len - 1 - i } else { i };
                 let at = StepAt {
@@ -201,14 +201,16 @@ impl<T: Float> Direction<'_, '_, T> {
                     local,
                     t: chunk.t0 + local,
                 };
-                for tile in mine {
+                for tile in member.tiles() {
                     // SAFETY: every member reads all of `h[i % 2]` and writes only its tile
                     // of `h[1 − i % 2]` and of the per-step buffers; the barrier at the end
                     // of the step separates the step that writes a buffer from the one that
                     // reads it.
                     unsafe { forward_tile(sh, cx, at, tile) };
                 }
-                barrier.wait();
+                if !member.sync() {
+                    return;
+                }
             }
         });
         if len % 2 == 1 {
