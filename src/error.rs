@@ -2,7 +2,8 @@
 //!
 //! Every variant names the argument at fault and says what was expected and what was
 //! given, so the bindings can pass the message through unchanged. The bindings map
-//! [`Error::Shape`] and [`Error::Value`] to `ValueError`.
+//! [`Error::Shape`] and [`Error::Value`] to `ValueError`, [`Error::Memory`] to
+//! `MemoryError` and [`Error::Interrupted`] to the pending signal's exception.
 
 use thiserror::Error;
 
@@ -19,6 +20,13 @@ pub enum Error {
     /// A configuration or argument value is out of its domain.
     #[error("{arg}: {message}")]
     Value { arg: String, message: String },
+    /// A buffer the machine could not give (`bytes` beyond `usize` when its size
+    /// overflows).
+    #[error("cannot allocate {bytes} bytes for {what}")]
+    Memory { what: String, bytes: u128 },
+    /// The caller asked the call to stop (see `Control`); nothing was returned.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl Error {

@@ -10,6 +10,7 @@
 //! time loop on several threads, `parallel` the thread pool and the threading policy. The optional `python` feature compiles the PyO3
 //! bindings (`python.rs`), the only code that names Python.
 
+pub mod buffer;
 pub mod cell;
 pub mod error;
 pub mod float;
@@ -24,6 +25,7 @@ pub(crate) mod team;
 #[cfg(feature = "python")]
 mod python;
 
+pub use buffer::Control;
 pub use cell::CellKind;
 pub use error::{Error, Result};
 pub use float::Float;

@@ -191,12 +191,15 @@ pub struct State<T> {
 }
 
 impl<T: Float> State<T> {
-    pub(crate) fn zeros(cfg: &Config, batch: usize) -> Self {
+    pub(crate) fn zeros(cfg: &Config, batch: usize) -> Result<Self> {
         let shape = cfg.state_shape(batch);
-        State {
-            h: Array3::zeros(shape),
-            c: cfg.kind.has_cell_state().then(|| Array3::zeros(shape)),
-        }
+        Ok(State {
+            h: crate::buffer::zeros(shape, "state")?,
+            c: match cfg.kind.has_cell_state() {
+                true => Some(crate::buffer::zeros(shape, "state")?),
+                false => None,
+            },
+        })
     }
 }
 

@@ -12,7 +12,9 @@ use super::forward::{Chunk, Scratch};
 use super::layer::{Direction, StateSlot};
 use super::plan::{chunks, CHUNK_STEPS};
 use super::tape::{DirTape, Steps, StepsView};
+use crate::buffer::{copy, zeros};
 use crate::cell::{lstm_output, step_backward, CellKind, StepRowGrad};
+use crate::error::Result;
 use crate::float::Float;
 use crate::linalg::{gemm, par};
 use crate::model::LayerGrads;
@@ -44,23 +46,27 @@ impl<T: Float> Direction<'_, '_, T> {
         (input, d_y): (ArrayView3<'_, T>, ArrayView3<'_, T>),
         grad: &mut StateSlot<T>,
         dh_norm: &mut [T],
-    ) -> (LayerGrads<T>, Array3<T>) {
+    ) -> Result<(LayerGrads<T>, Array3<T>)> {
         let cfg = self.cfg;
         let (seq_len, batch, in_size) = input.dim();
         let (hidden, gh) = (cfg.hidden_size, cfg.gate_size());
         let chunk_len = segment.unwrap_or(CHUNK_STEPS).min(seq_len);
-        let dxp = Array3::<T>::zeros((chunk_len, batch, gh));
+        let dxp: Array3<T> = zeros((chunk_len, batch, gh), "the gate gradients")?;
         let split_rec = cfg.kind == CellKind::Gru;
+        let bias = || cfg.bias.then(|| zeros(gh, "the gradients")).transpose();
         let mut bufs = GradBufs {
-            drec: Array3::zeros(if split_rec { dxp.dim() } else { (0, 0, 0) }),
+            drec: zeros(
+                if split_rec { dxp.dim() } else { (0, 0, 0) },
+                "the gate gradients",
+            )?,
             dxp,
             grads: LayerGrads {
-                w_ih: Array2::zeros((gh, in_size)),
-                w_hh: Array2::zeros((gh, hidden)),
-                b_ih: cfg.bias.then(|| Array1::zeros(gh)),
-                b_hh: cfg.bias.then(|| Array1::zeros(gh)),
+                w_ih: zeros((gh, in_size), "the gradients")?,
+                w_hh: zeros((gh, hidden), "the gradients")?,
+                b_ih: bias()?,
+                b_hh: bias()?,
             },
-            d_x: Array3::zeros((seq_len, batch, in_size)),
+            d_x: zeros((seq_len, batch, in_size), "dx")?,
         };
         let w_hh = self.backward_weights();
         let ctx = ChunkGrad {
@@ -72,12 +78,16 @@ impl<T: Float> Direction<'_, '_, T> {
         let order = chunks(seq_len, chunk_len, self.reverse);
         match tape {
             DirTape::Full { steps, h0 } => {
-                let mut rebuilt = Array3::<T>::zeros(if h0.is_some() {
-                    (chunk_len, batch, hidden)
-                } else {
-                    (0, 0, 0)
-                });
+                let mut rebuilt: Array3<T> = zeros(
+                    if h0.is_some() {
+                        (chunk_len, batch, hidden)
+                    } else {
+                        (0, 0, 0)
+                    },
+                    "the rebuilt states",
+                )?;
                 for r in order.into_iter().rev() {
+                    self.ctl.check()?;
                     let mut view = steps.view(r.clone());
                     if let Some(h0) = h0 {
                         let mut buf = rebuilt.slice_mut(s![..r.len(), .., ..]);
@@ -96,12 +106,14 @@ impl<T: Float> Direction<'_, '_, T> {
             }
             DirTape::Checkpoints { h: ck_h, c: ck_c } => {
                 let fw = self.forward_weights();
-                let mut steps = Steps::new(cfg, chunk_len, batch, true);
-                let mut scratch = Scratch::new(self, batch);
+                let mut steps = Steps::new(cfg, chunk_len, batch, true)?;
+                let mut scratch = Scratch::new(self, batch)?;
                 for (i, r) in order.into_iter().enumerate().rev() {
+                    self.ctl.check()?;
+                    let checkpoint = |a: &Array3<T>| copy(&a.index_axis(Axis(0), i), "the state");
                     let mut state = StateSlot {
-                        h: ck_h.index_axis(Axis(0), i).to_owned(),
-                        c: ck_c.as_ref().map(|c| c.index_axis(Axis(0), i).to_owned()),
+                        h: checkpoint(ck_h)?,
+                        c: ck_c.as_ref().map(checkpoint).transpose()?,
                     };
                     let (gates, states) = steps.view_mut(0..r.len());
                     let chunk = Chunk {
@@ -116,7 +128,7 @@ impl<T: Float> Direction<'_, '_, T> {
                 }
             }
         }
-        (bufs.grads, bufs.d_x)
+        Ok((bufs.grads, bufs.d_x))
     }
 }
 

@@ -14,7 +14,9 @@
 use super::layer::{Direction, ForwardWeights, StateSlot};
 use super::plan::{chunks, DirPlan};
 use super::tape::{drops_h_prev, DirTape, StatesMut, Steps};
+use crate::buffer::{copy, zeros};
 use crate::cell::{step_forward, CellKind, StepRow};
+use crate::error::Result;
 use crate::float::Float;
 use crate::linalg::{gemm, par};
 use crate::recurrent::RecurrentWeights;
@@ -44,16 +46,19 @@ pub(super) struct Scratch<T> {
 }
 
 impl<T: Float> Scratch<T> {
-    pub(super) fn new<'w>(d: &Direction<'_, 'w, T>, batch: usize) -> Self {
+    pub(super) fn new<'w>(d: &Direction<'_, 'w, T>, batch: usize) -> Result<Self> {
         let cfg = d.cfg;
-        Scratch {
-            h_next: Array2::zeros((batch, cfg.hidden_size)),
-            rec: Array2::zeros(if cfg.kind == CellKind::Gru {
-                (batch, cfg.gate_size())
-            } else {
-                (0, 0)
-            }),
-        }
+        Ok(Scratch {
+            h_next: zeros((batch, cfg.hidden_size), "the state")?,
+            rec: zeros(
+                if cfg.kind == CellKind::Gru {
+                    (batch, cfg.gate_size())
+                } else {
+                    (0, 0)
+                },
+                "the recurrent product",
+            )?,
+        })
     }
 }
 
@@ -66,27 +71,34 @@ impl<T: Float> Direction<'_, '_, T> {
         state: &mut StateSlot<T>,
         mut out: ArrayViewMut3<'_, T>,
         plan: DirPlan,
-    ) -> Option<DirTape<T>> {
+    ) -> Result<Option<DirTape<T>>> {
         let cfg = self.cfg;
         let (seq_len, batch, _) = input.dim();
         let fw = self.forward_weights();
         let chunk_len = plan.chunk_len(seq_len);
         let ranges = chunks(seq_len, chunk_len, self.reverse);
         let drop_h = drops_h_prev(cfg, self.lengths.is_some());
-        let mut full =
-            matches!(plan, DirPlan::Full).then(|| Steps::new(cfg, seq_len, batch, !drop_h));
-        let h0 = (full.is_some() && drop_h).then(|| state.h.clone());
-        let mut gates_buf = Array3::<T>::zeros(if full.is_some() {
-            (0, 0, 0)
-        } else {
-            (chunk_len, batch, cfg.gate_size())
-        });
+        let mut full = matches!(plan, DirPlan::Full)
+            .then(|| Steps::new(cfg, seq_len, batch, !drop_h))
+            .transpose()?;
+        let h0 = (full.is_some() && drop_h)
+            .then(|| copy(&state.h, "the tape"))
+            .transpose()?;
+        let mut gates_buf: Array3<T> = zeros(
+            if full.is_some() {
+                (0, 0, 0)
+            } else {
+                (chunk_len, batch, cfg.gate_size())
+            },
+            "the gates",
+        )?;
         let ck_shape = (ranges.len(), batch, cfg.hidden_size);
-        let mut ck_h =
-            matches!(plan, DirPlan::Checkpoints(_)).then(|| Array3::<T>::zeros(ck_shape));
-        let mut ck_c = (ck_h.is_some() && state.c.is_some()).then(|| Array3::<T>::zeros(ck_shape));
-        let mut scratch = Scratch::new(self, batch);
+        let checkpoints = |keep: bool| keep.then(|| zeros(ck_shape, "the tape")).transpose();
+        let mut ck_h = checkpoints(matches!(plan, DirPlan::Checkpoints(_)))?;
+        let mut ck_c = checkpoints(ck_h.is_some() && state.c.is_some())?;
+        let mut scratch = Scratch::new(self, batch)?;
         for (i, r) in ranges.iter().enumerate() {
+            self.ctl.check()?;
             if let Some(ck) = ck_h.as_mut() {
                 ck.index_axis_mut(Axis(0), i).assign(&state.h);
             }
@@ -109,17 +121,14 @@ impl<T: Float> Direction<'_, '_, T> {
             };
             self.forward_chunk(&fw, chunk, state, &mut scratch);
         }
-        match plan {
+        Ok(match plan {
             DirPlan::Nothing => None,
             DirPlan::Full => full.map(|steps| DirTape::Full {
                 steps: Box::new(steps),
                 h0,
             }),
-            DirPlan::Checkpoints(_) => Some(DirTape::Checkpoints {
-                h: ck_h.expect("made for checkpoints"),
-                c: ck_c,
-            }),
-        }
+            DirPlan::Checkpoints(_) => ck_h.map(|h| DirTape::Checkpoints { h, c: ck_c }),
+        })
     }
 
     /// Forward over one chunk's steps from `state`, which leaves as the state after them.

@@ -1,11 +1,13 @@
 //! One layer-direction: the context forward and backward share, its prepared weights, and
 //! its slot of the recurrent state.
 
+use crate::buffer::{copy, zeros, Control};
 use crate::cell::CellKind;
+use crate::error::Result;
 use crate::float::Float;
 use crate::model::{Config, LayerWeights, State, StateView};
 use crate::recurrent::RecurrentWeights;
-use ndarray::{s, Array1, Array2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView3, Axis};
 
 /// What stays fixed while one direction of one layer runs, forward or backward: PyTorch's
 /// "struct of references passed around" instead of the same arguments threaded by hand.
@@ -19,24 +21,23 @@ pub(super) struct Direction<'a, 'w, T> {
     pub(super) lengths: Option<&'a [usize]>,
     /// Threads this direction may use (its share of the call's).
     pub(super) threads: usize,
+    /// Looked at between chunks: the caller may stop the call.
+    pub(super) ctl: &'a Control,
 }
 
 impl<'a, 'w, T: Float> Direction<'a, 'w, T> {
-    pub(super) fn new(
-        cfg: &'a Config,
-        weights: &'a [LayerWeights<'w, T>],
-        layer: usize,
-        dir: usize,
-        lengths: Option<&'a [usize]>,
-        threads: usize,
-    ) -> Self {
+    /// Direction `dir` of layer `layer` of a pass (`pass.threads` is this direction's
+    /// share).
+    pub(super) fn new(pass: &Pass<'a, 'w, T>, layer: usize, dir: usize, threads: usize) -> Self {
+        let cfg = pass.cfg;
         Direction {
             cfg,
-            w: &weights[layer * cfg.num_directions() + dir],
+            w: &pass.weights[layer * cfg.num_directions() + dir],
             dir,
             reverse: dir == 1,
-            lengths,
+            lengths: pass.lengths,
             threads,
+            ctl: pass.ctl,
         }
     }
 
@@ -52,6 +53,15 @@ impl<'a, 'w, T: Float> Direction<'a, 'w, T> {
     pub(super) fn backward_weights(&self) -> T::Recurrent {
         T::Recurrent::prepare(&self.w.w_hh, 1)
     }
+}
+
+/// What a whole pass over the stack shares: the model, its weights, the lengths and the
+/// caller's control.
+pub(super) struct Pass<'a, 'w, T> {
+    pub(super) cfg: &'a Config,
+    pub(super) weights: &'a [LayerWeights<'w, T>],
+    pub(super) lengths: Option<&'a [usize]>,
+    pub(super) ctl: &'a Control,
 }
 
 /// The forward pass's view of the weights: the folded biases and `W_hhᵀ` packed by gate.
@@ -103,15 +113,18 @@ impl<T: Float> StateSlot<T> {
         state: Option<&StateView<'_, T>>,
         batch: usize,
         k: usize,
-    ) -> Self {
-        let zeros = || Array2::zeros((batch, cfg.hidden_size));
-        StateSlot {
-            h: state.map_or_else(zeros, |st| st.h.index_axis(Axis(0), k).to_owned()),
-            c: cfg.kind.has_cell_state().then(|| match state {
-                Some(StateView { c: Some(c), .. }) => c.index_axis(Axis(0), k).to_owned(),
-                _ => zeros(),
-            }),
-        }
+    ) -> Result<Self> {
+        let slot = |a: Option<ArrayView3<'_, T>>| match a {
+            Some(a) => copy(&a.index_axis(Axis(0), k), "state"),
+            None => zeros((batch, cfg.hidden_size), "state"),
+        };
+        Ok(StateSlot {
+            h: slot(state.map(|st| st.h.view()))?,
+            c: match cfg.kind.has_cell_state() {
+                true => Some(slot(state.and_then(|st| st.c.as_ref().map(|c| c.view())))?),
+                false => None,
+            },
+        })
     }
 
     /// Writes the slot into slot `k` of `state`.

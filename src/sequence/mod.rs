@@ -28,6 +28,7 @@ pub use plan::budget_range;
 pub(crate) use plan::CHUNK_STEPS;
 pub use tape::{digest, Keep, Tape};
 
+use crate::buffer::{copy, zeroed_vec, zeros, Control};
 use crate::error::{fmt_shape, Error, Result};
 use crate::float::Float;
 use crate::model::{
@@ -35,7 +36,7 @@ use crate::model::{
     LayerWeights, State, StateView,
 };
 use crate::parallel::per_direction;
-use layer::{Direction, StateSlot};
+use layer::{Direction, Pass, StateSlot};
 use ndarray::{s, Array2, Array3, ArrayView1, ArrayView3, Axis, CowArray, Ix3};
 use plan::{checkpoint_interval, DirPlan, PassShape};
 use tape::LayerTape;
@@ -45,21 +46,21 @@ use tape::LayerTape;
 pub type ForwardOutput<T> = (Array3<T>, State<T>, Option<Tape<T>>);
 
 /// A time-major, contiguous copy of a sequence given in the user's layout.
-fn to_time_major<T: Float>(cfg: &Config, x: &ArrayView3<'_, T>) -> Array3<T> {
+fn to_time_major<T: Float>(cfg: &Config, x: &ArrayView3<'_, T>, what: &str) -> Result<Array3<T>> {
     let v = if cfg.batch_first {
         x.view().permuted_axes([1, 0, 2])
     } else {
         x.view()
     };
-    v.as_standard_layout().into_owned()
+    copy(&v, what)
 }
 
 /// The user's layout of a time-major array (moves when no transpose is needed).
-fn from_time_major<T: Float>(cfg: &Config, a: Array3<T>) -> Array3<T> {
+fn from_time_major<T: Float>(cfg: &Config, a: Array3<T>, what: &str) -> Result<Array3<T>> {
     if cfg.batch_first {
-        a.permuted_axes([1, 0, 2]).as_standard_layout().into_owned()
+        copy(&a.permuted_axes([1, 0, 2]), what)
     } else {
-        a
+        Ok(a)
     }
 }
 
@@ -67,11 +68,13 @@ fn from_time_major<T: Float>(cfg: &Config, a: Array3<T>) -> Array3<T> {
 ///
 /// `state` is the initial state (zeros when `None`); `lengths` the valid length of each
 /// sequence (all `T` when `None`); `keep` what to keep for [`backward`]. When the returned
-/// tape's [`Tape::needs_x`] is true, backward must be given the same `x` again.
+/// tape's [`Tape::needs_x`] is true, backward must be given the same `x` again. `ctl`
+/// lets another thread stop the call.
 ///
 /// # Errors
 /// [`Error::Shape`] / [`Error::Value`] naming `x`, `state`, `lengths`, `memory_budget` or
-/// a weight.
+/// a weight; [`Error::Memory`] when a buffer cannot be allocated; [`Error::Interrupted`]
+/// when `ctl` was stopped.
 pub fn forward<T: Float>(
     cfg: &Config,
     weights: &[LayerWeights<'_, T>],
@@ -79,6 +82,7 @@ pub fn forward<T: Float>(
     state: Option<StateView<'_, T>>,
     lengths: Option<&[usize]>,
     keep: Keep,
+    ctl: &Control,
 ) -> Result<ForwardOutput<T>> {
     cfg.validate()?;
     check_weights(cfg, weights)?;
@@ -100,11 +104,11 @@ pub fn forward<T: Float>(
 
     let dirs = cfg.num_directions();
     let hidden = cfg.hidden_size;
-    let mut final_state = State::zeros(cfg, batch);
+    let mut final_state = State::zeros(cfg, batch)?;
     let mut input: CowArray<'_, T, Ix3> = if borrow_x {
         CowArray::from(x.view())
     } else {
-        let mut owned = to_time_major(cfg, &x);
+        let mut owned = to_time_major(cfg, &x, "the tape's copy of x")?;
         if let Some(lengths) = lengths {
             // Padding never reaches the arithmetic, so even NaN padding cannot leak into
             // the weight gradients (0 · NaN would).
@@ -116,25 +120,32 @@ pub fn forward<T: Float>(
     };
     let plan = DirPlan::new(keep, segment);
     let threads = crate::parallel::current_threads();
+    let pass = Pass {
+        cfg,
+        weights,
+        lengths,
+        ctl,
+    };
     let mut layers = Vec::new();
     for layer in 0..cfg.num_layers {
-        let mut out = Array3::<T>::zeros((seq_len, batch, dirs * hidden));
-        let jobs: Vec<_> = out
+        let mut out: Array3<T> = zeros((seq_len, batch, dirs * hidden), "out")?;
+        let jobs = out
             .axis_chunks_iter_mut(Axis(2), hidden)
             .enumerate()
             .map(|(d, block)| {
-                let slot = StateSlot::read(cfg, state.as_ref(), batch, layer * dirs + d);
-                (d, block, slot)
+                let slot = StateSlot::read(cfg, state.as_ref(), batch, layer * dirs + d)?;
+                Ok((d, block, slot))
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let layer_input = input.view();
         let results = per_direction(jobs, threads, |(d, block, mut slot), threads| {
-            let dir = Direction::new(cfg, weights, layer, d, lengths, threads);
-            let tape = dir.forward(layer_input.view(), &mut slot, block, plan);
-            (slot, tape)
+            let dir = Direction::new(&pass, layer, d, threads);
+            let tape = dir.forward(layer_input.view(), &mut slot, block, plan)?;
+            Ok((slot, tape))
         });
         let mut dir_tapes = Vec::new();
-        for (d, (slot, tape)) in results.into_iter().enumerate() {
+        for (d, result) in results.into_iter().enumerate() {
+            let (slot, tape) = result?;
             slot.write(&mut final_state, layer * dirs + d);
             dir_tapes.extend(tape);
         }
@@ -159,7 +170,8 @@ pub fn forward<T: Float>(
         x_digest: borrow_x.then(|| digest(&x)),
         layers,
     });
-    Ok((from_time_major(cfg, input.into_owned()), final_state, tape))
+    let out = from_time_major(cfg, input.into_owned(), "out")?;
+    Ok((out, final_state, tape))
 }
 
 /// Full backpropagation through time over the whole sequence.
@@ -171,7 +183,8 @@ pub fn forward<T: Float>(
 ///
 /// # Errors
 /// [`Error::Value`] when the tape comes from another configuration or `x` is missing or
-/// changed; [`Error::Shape`] when `d_out` or `d_state` do not match the forward pass.
+/// changed; [`Error::Shape`] when `d_out` or `d_state` do not match the forward pass;
+/// [`Error::Memory`] and [`Error::Interrupted`] as for [`forward`].
 pub fn backward<T: Float>(
     cfg: &Config,
     weights: &[LayerWeights<'_, T>],
@@ -179,6 +192,7 @@ pub fn backward<T: Float>(
     x: Option<ArrayView3<'_, T>>,
     d_out: ArrayView3<'_, T>,
     d_state: Option<StateView<'_, T>>,
+    ctl: &Control,
 ) -> Result<Grads<T>> {
     if tape.config != *cfg {
         return Err(Error::value(
@@ -226,15 +240,21 @@ pub fn backward<T: Float>(
 
     let dirs = cfg.num_directions();
     let lengths = tape.lengths.as_deref();
-    let mut dstate = State::zeros(cfg, batch);
-    let mut dh_norm = Array2::<T>::zeros((cfg.num_stacks(), seq_len));
+    let mut dstate = State::zeros(cfg, batch)?;
+    let mut dh_norm: Array2<T> = zeros((cfg.num_stacks(), seq_len), "dh_norm")?;
     let mut params: Vec<Option<LayerGrads<T>>> = vec![None; cfg.num_stacks()];
     let mut d_y: CowArray<'_, T, Ix3> = if cfg.batch_first || !d_out.is_standard_layout() {
-        CowArray::from(to_time_major(cfg, &d_out))
+        CowArray::from(to_time_major(cfg, &d_out, "a copy of d_out")?)
     } else {
         CowArray::from(d_out)
     };
     let threads = crate::parallel::current_threads();
+    let pass = Pass {
+        cfg,
+        weights,
+        lengths,
+        ctl,
+    };
     for layer in (0..cfg.num_layers).rev() {
         let lt = &tape.layers[layer];
         let input = match (&lt.input, x0) {
@@ -242,35 +262,39 @@ pub fn backward<T: Float>(
             (None, Some(x)) => x,
             (None, None) => unreachable!("layer 0 without input implies an x digest"),
         };
-        let jobs: Vec<_> = (0..dirs)
+        let jobs = (0..dirs)
             .map(|d| {
-                let slot = StateSlot::read(cfg, d_state.as_ref(), batch, layer * dirs + d);
-                (d, slot)
+                let slot = StateSlot::read(cfg, d_state.as_ref(), batch, layer * dirs + d)?;
+                Ok((d, slot))
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let d_y_view = d_y.view();
         let results = per_direction(jobs, threads, |(d, mut grad), threads| {
-            let mut norm = vec![T::zero(); seq_len];
-            let dir = Direction::new(cfg, weights, layer, d, lengths, threads);
+            let mut norm = zeroed_vec(seq_len, "dh_norm")?;
+            let dir = Direction::new(&pass, layer, d, threads);
             let io = (input, d_y_view.view());
-            let (grads, d_x) = dir.backward(&lt.dirs[d], tape.segment, io, &mut grad, &mut norm);
-            (grads, d_x, grad, norm)
+            let (grads, d_x) = dir.backward(&lt.dirs[d], tape.segment, io, &mut grad, &mut norm)?;
+            Ok((grads, d_x, grad, norm))
         });
         let mut d_x: Option<Array3<T>> = None;
-        for (d, (grads, dx_d, grad, norm)) in results.into_iter().enumerate() {
+        for (d, result) in results.into_iter().enumerate() {
+            let (grads, dx_d, grad, norm) = result?;
             let k = layer * dirs + d;
             grad.write(&mut dstate, k);
             dh_norm.row_mut(k).assign(&ArrayView1::from(&norm));
             params[k] = Some(grads);
             d_x = Some(match d_x {
                 None => dx_d,
-                Some(acc) => acc + dx_d,
+                Some(mut acc) => {
+                    acc += &dx_d;
+                    acc
+                }
             });
         }
         d_y = CowArray::from(d_x.expect("at least one direction"));
     }
     Ok(Grads {
-        dx: from_time_major(cfg, d_y.into_owned()),
+        dx: from_time_major(cfg, d_y.into_owned(), "dx")?,
         dstate,
         params: params
             .into_iter()

@@ -7,7 +7,9 @@
 //! Under a memory budget it keeps, instead of the per-step arrays, the state at the start
 //! of every segment of `k` steps (checkpoints); backward recomputes one segment at a time.
 
+use crate::buffer::zeros;
 use crate::cell::CellKind;
+use crate::error::Result;
 use crate::float::Float;
 use crate::model::Config;
 use ndarray::{s, Array2, Array3, ArrayView3, ArrayViewMut3};
@@ -72,14 +74,15 @@ pub(super) struct Steps<T> {
 }
 
 impl<T: Float> Steps<T> {
-    pub(super) fn new(cfg: &Config, len: usize, batch: usize, with_h_prev: bool) -> Self {
+    pub(super) fn new(cfg: &Config, len: usize, batch: usize, with_h_prev: bool) -> Result<Self> {
         let h = (len, batch, cfg.hidden_size);
-        Steps {
-            gates: Array3::zeros((len, batch, cfg.gate_size())),
-            h_prev: with_h_prev.then(|| Array3::zeros(h)),
-            c_prev: (cfg.kind == CellKind::Lstm).then(|| Array3::zeros(h)),
-            gh_n: (cfg.kind == CellKind::Gru).then(|| Array3::zeros(h)),
-        }
+        let states = |keep: bool| keep.then(|| zeros(h, "the tape")).transpose();
+        Ok(Steps {
+            gates: zeros((len, batch, cfg.gate_size()), "the tape")?,
+            h_prev: states(with_h_prev)?,
+            c_prev: states(cfg.kind == CellKind::Lstm)?,
+            gh_n: states(cfg.kind == CellKind::Gru)?,
+        })
     }
 
     fn len(&self) -> usize {

@@ -2,6 +2,7 @@
 //! every cell and option, variable lengths, and the errors bad shapes give.
 
 use super::*;
+use crate::buffer::Control;
 use crate::cell::CellKind;
 use crate::model::LayerWeights;
 use ndarray::{Array, Array1, Array2, Array3};
@@ -110,6 +111,7 @@ impl Problem {
             Some(st),
             self.lengths.as_deref(),
             keep,
+            &Control::default(),
         )
         .expect("valid problem")
     }
@@ -142,6 +144,7 @@ impl Problem {
             Some(self.x.view()),
             self.r_out.view(),
             Some(ds),
+            &Control::default(),
         )
         .expect("valid problem");
         (g, tape)
@@ -291,13 +294,31 @@ fn bad_shapes_name_the_argument() {
     let p = Problem::new(cfg, 3, 2, None, 1);
     let wv = views(&p.w);
     let bad_x = Array3::<f64>::zeros((3, 2, 5));
-    let err = forward(&cfg, &wv, bad_x.view(), None, None, Keep::Nothing).unwrap_err();
+    let err = forward(
+        &cfg,
+        &wv,
+        bad_x.view(),
+        None,
+        None,
+        Keep::Nothing,
+        &Control::default(),
+    )
+    .unwrap_err();
     assert_eq!(
         err.to_string(),
         "x: expected shape (T, B, 3), got (3, 2, 5)"
     );
     let empty = Array3::<f64>::zeros((0, 2, 3));
-    let err = forward(&cfg, &wv, empty.view(), None, None, Keep::Nothing).unwrap_err();
+    let err = forward(
+        &cfg,
+        &wv,
+        empty.view(),
+        None,
+        None,
+        Keep::Nothing,
+        &Control::default(),
+    )
+    .unwrap_err();
     assert!(
         err.to_string()
             .starts_with("x: expected at least one time step"),
@@ -308,18 +329,45 @@ fn bad_shapes_name_the_argument() {
         h: h.view(),
         c: Some(h.view()),
     };
-    let err = forward(&cfg, &wv, p.x.view(), Some(st), None, Keep::Nothing).unwrap_err();
+    let err = forward(
+        &cfg,
+        &wv,
+        p.x.view(),
+        Some(st),
+        None,
+        Keep::Nothing,
+        &Control::default(),
+    )
+    .unwrap_err();
     assert_eq!(
         err.to_string(),
         "state[0]: expected shape (1, 2, 4), got (1, 3, 4)"
     );
-    let err = forward(&cfg, &wv, p.x.view(), None, Some(&[3, 4]), Keep::Nothing).unwrap_err();
+    let err = forward(
+        &cfg,
+        &wv,
+        p.x.view(),
+        None,
+        Some(&[3, 4]),
+        Keep::Nothing,
+        &Control::default(),
+    )
+    .unwrap_err();
     assert!(
         err.to_string()
             .starts_with("lengths: expected every length in [1, 3]"),
         "{err}"
     );
-    let err = forward(&cfg, &wv[..0], p.x.view(), None, None, Keep::Nothing).unwrap_err();
+    let err = forward(
+        &cfg,
+        &wv[..0],
+        p.x.view(),
+        None,
+        None,
+        Keep::Nothing,
+        &Control::default(),
+    )
+    .unwrap_err();
     assert!(err.to_string().starts_with("weights:"), "{err}");
     let (_, _, tape) = p.run(Keep::Everything);
     let bad_d = Array3::<f64>::zeros((3, 2, 5));
@@ -330,6 +378,7 @@ fn bad_shapes_name_the_argument() {
         Some(p.x.view()),
         bad_d.view(),
         None,
+        &Control::default(),
     )
     .unwrap_err();
     assert_eq!(
@@ -349,6 +398,7 @@ fn bad_shapes_name_the_argument() {
         Some(p.x.view()),
         p.r_out.view(),
         None,
+        &Control::default(),
     )
     .unwrap_err();
     assert!(err.to_string().starts_with("tape:"), "{err}");
@@ -415,6 +465,7 @@ fn every_simd_level_gives_identical_bits() {
                 None,
                 p.lengths.as_deref(),
                 Keep::Everything,
+                &Control::default(),
             )
             .unwrap();
             let g = backward(
@@ -424,6 +475,7 @@ fn every_simd_level_gives_identical_bits() {
                 Some(x.view()),
                 d_out.view(),
                 None,
+                &Control::default(),
             )
             .unwrap();
             (out, st, g)
@@ -510,7 +562,16 @@ fn the_smallest_budget_checkpoints_often_and_a_smaller_one_is_refused() {
     let k = tape.unwrap().segment().unwrap();
     assert!(k > 1 && k < 50, "segment {k}");
     let wv = views(&p.w);
-    let err = forward(&cfg, &wv, p.x.view(), None, None, Keep::Budget(min - 1)).unwrap_err();
+    let err = forward(
+        &cfg,
+        &wv,
+        p.x.view(),
+        None,
+        None,
+        Keep::Budget(min - 1),
+        &Control::default(),
+    )
+    .unwrap_err();
     let msg = err.to_string();
     assert!(msg.starts_with("memory_budget: expected at least"), "{msg}");
     assert!(msg.contains(&min.to_string()), "{msg}");
@@ -524,10 +585,28 @@ fn a_changed_or_missing_x_is_refused() {
     let tape = tape.unwrap();
     assert!(tape.needs_x());
     let wv = views(&p.w);
-    let err = backward(&cfg, &wv, &tape, None, p.r_out.view(), None).unwrap_err();
+    let err = backward(
+        &cfg,
+        &wv,
+        &tape,
+        None,
+        p.r_out.view(),
+        None,
+        &Control::default(),
+    )
+    .unwrap_err();
     assert!(err.to_string().starts_with("x:"), "{err}");
     p.x[[0, 0, 0]] += 1.0;
     let wv = views(&p.w);
-    let err = backward(&cfg, &wv, &tape, Some(p.x.view()), p.r_out.view(), None).unwrap_err();
+    let err = backward(
+        &cfg,
+        &wv,
+        &tape,
+        Some(p.x.view()),
+        p.r_out.view(),
+        None,
+        &Control::default(),
+    )
+    .unwrap_err();
     assert!(err.to_string().starts_with("x: differs"), "{err}");
 }

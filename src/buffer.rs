@@ -1,0 +1,129 @@
+//! Fallible buffers and the caller's control over a running call.
+//!
+//! Every array whose size follows from the caller's input is allocated here: a request
+//! the machine cannot give (or whose size overflows) is an [`Error::Memory`] that names
+//! the buffer and its size, never an abort of the process. Zeroed buffers come from the
+//! allocator's zeroed path, so fresh pages are not written twice.
+
+use crate::error::{Error, Result};
+use crate::float::Float;
+use ndarray::{Array, ArrayBase, Data, Dimension, IntoDimension, ShapeBuilder};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// `n` zeros, or [`Error::Memory`] for `what`.
+pub(crate) fn zeroed_vec<T: Float>(n: usize, what: &str) -> Result<Vec<T>> {
+    let too_big = || Error::Memory {
+        what: what.to_string(),
+        bytes: n as u128 * std::mem::size_of::<T>() as u128,
+    };
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|_| too_big())?;
+    // SAFETY: `layout` has a non-zero size (n > 0 and T is f32 or f64).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if ptr.is_null() {
+        return Err(too_big());
+    }
+    // SAFETY: `ptr` was allocated by the global allocator with the layout of `[T; n]`
+    // (what `Vec<T>` with capacity `n` deallocates with), and all-zero bits are `0.0`
+    // for the floats `T` can be, so all `n` elements are initialised.
+    Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
+}
+
+/// The number of elements of `dims`, or [`Error::Memory`] for `what` when it overflows.
+fn elements(dims: &[usize], what: &str, size: usize) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|n| {
+            n.checked_mul(size)
+                .is_some_and(|b| b <= isize::MAX as usize)
+        })
+        .ok_or_else(|| Error::Memory {
+            what: what.to_string(),
+            bytes: dims
+                .iter()
+                .fold(size as u128, |b, &d| b.saturating_mul(d as u128)),
+        })
+}
+
+/// An array of zeros of `shape`, or [`Error::Memory`] naming `what`.
+pub(crate) fn zeros<T: Float, D: Dimension>(
+    shape: impl IntoDimension<Dim = D>,
+    what: &str,
+) -> Result<Array<T, D>> {
+    let dim = shape.into_dimension();
+    let n = elements(dim.slice(), what, std::mem::size_of::<T>())?;
+    let v = zeroed_vec(n, what)?;
+    Ok(Array::from_shape_vec(dim.into_shape_with_order(), v).expect("sized from the shape"))
+}
+
+/// A standard-layout copy of `a`, or [`Error::Memory`] naming `what`.
+pub(crate) fn copy<T: Float, S: Data<Elem = T>, D: Dimension>(
+    a: &ArrayBase<S, D>,
+    what: &str,
+) -> Result<Array<T, D>> {
+    let mut out = zeros(a.raw_dim(), what)?;
+    out.assign(a);
+    Ok(out)
+}
+
+/// What the caller of a long call controls while it runs: a flag that asks it to stop.
+/// The core looks at it between chunks of steps (every few milliseconds of work) and then
+/// returns [`Error::Interrupted`], having written nothing the caller can see.
+#[derive(Debug, Default)]
+pub struct Control {
+    stop: AtomicBool,
+}
+
+impl Control {
+    /// Asks the running call to stop at its next check.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// [`Error::Interrupted`] once [`Control::stop`] was called.
+    ///
+    /// # Errors
+    /// As above.
+    pub fn check(&self) -> Result<()> {
+        if self.stop.load(Ordering::Relaxed) {
+            Err(Error::Interrupted)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array3;
+
+    #[test]
+    fn impossible_sizes_are_errors_that_name_the_buffer() {
+        let e = zeros::<f32, _>((usize::MAX / 2, 3, 1), "out").unwrap_err();
+        assert!(
+            matches!(e, Error::Memory { ref what, .. } if what == "out"),
+            "{e}"
+        );
+        // 2^62 floats: the size fits in usize, the allocation cannot succeed.
+        let e = zeros::<f64, _>((1usize << 31, 1usize << 31), "tape").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("cannot allocate {} bytes for tape", 8u128 << 62)
+        );
+        let z: Array3<f32> = zeros((2, 0, 3), "empty").unwrap();
+        assert_eq!(z.dim(), (2, 0, 3));
+        let z: Array3<f64> = zeros((2, 3, 4), "small").unwrap();
+        assert!(z.iter().all(|&v| v == 0.0) && z.is_standard_layout());
+    }
+
+    #[test]
+    fn a_stopped_control_interrupts() {
+        let c = Control::default();
+        assert!(c.check().is_ok());
+        c.stop();
+        assert_eq!(c.check(), Err(Error::Interrupted));
+    }
+}
