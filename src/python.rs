@@ -15,7 +15,7 @@ use numpy::{
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 /// The extension's allocator. The core allocates its tape and buffers afresh on every call;
 /// mimalloc keeps freed memory for reuse instead of returning it to the OS, so repeated
@@ -124,6 +124,17 @@ impl Spec {
         }
     }
 
+    /// PyTorch's parameter names and shapes, in `state_dict()` order (the order of the
+    /// `weights` list that `forward` and `backward` take and of the gradients returned).
+    #[getter]
+    fn param_shapes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (name, shape) in self.config.param_layout() {
+            d.set_item(name, PyTuple::new(py, shape)?)?;
+        }
+        Ok(d)
+    }
+
     fn __repr__(&self) -> String {
         format!("Spec({:?}, dtype={})", self.config, self.dtype())
     }
@@ -201,28 +212,28 @@ struct WeightArrays<'py, T: Element> {
 
 impl<'py, T: Float + Element> WeightArrays<'py, T> {
     fn extract(cfg: &Config, weights: &Bound<'py, PyList>) -> PyResult<Self> {
-        let per = if cfg.bias { 4 } else { 2 };
-        let n = cfg.num_stacks();
-        if weights.len() != per * n {
+        let layout = cfg.param_layout();
+        if weights.len() != layout.len() {
             return Err(PyValueError::new_err(format!(
                 "weights: expected {} arrays, got {}",
-                per * n,
+                layout.len(),
                 weights.len()
             )));
         }
-        let mut mats = Vec::with_capacity(n);
-        let mut biases = Vec::with_capacity(n);
-        for k in 0..n {
-            let sfx = cfg.suffix(k);
+        let per = cfg.params_per_stack();
+        let mut mats = Vec::with_capacity(cfg.num_stacks());
+        let mut biases = Vec::with_capacity(cfg.num_stacks());
+        for (k, names) in layout.chunks(per).enumerate() {
             let item = |i: usize| weights.get_item(per * k + i);
+            let name = |i: usize| names[i].0.as_str();
             mats.push((
-                extract_array::<_, T>(&item(0)?, &format!("weight_ih_{sfx}"), 2)?,
-                extract_array::<_, T>(&item(1)?, &format!("weight_hh_{sfx}"), 2)?,
+                extract_array::<_, T>(&item(0)?, name(0), 2)?,
+                extract_array::<_, T>(&item(1)?, name(1), 2)?,
             ));
             biases.push(if cfg.bias {
                 Some((
-                    extract_array::<_, T>(&item(2)?, &format!("bias_ih_{sfx}"), 1)?,
-                    extract_array::<_, T>(&item(3)?, &format!("bias_hh_{sfx}"), 1)?,
+                    extract_array::<_, T>(&item(2)?, name(2), 1)?,
+                    extract_array::<_, T>(&item(3)?, name(3), 1)?,
                 ))
             } else {
                 None
@@ -306,15 +317,6 @@ impl TapeDtype for f64 {
     }
 }
 
-/// `(seq_len, batch)` of an `x`-like array's shape under `cfg`'s layout.
-fn time_and_batch(cfg: &Config, dims: (usize, usize, usize)) -> (usize, usize) {
-    if cfg.batch_first {
-        (dims.1, dims.0)
-    } else {
-        (dims.0, dims.1)
-    }
-}
-
 fn lengths_vec(lengths: Option<PyReadonlyArray1<'_, i64>>) -> PyResult<Option<Vec<usize>>> {
     let Some(l) = lengths else { return Ok(None) };
     l.as_array()
@@ -352,7 +354,7 @@ fn forward_typed<'py, T: TapeDtype>(
         let wv = w.views();
         let xv = x.as_array();
         let sv = state_view(&state);
-        let (seq_len, batch) = time_and_batch(&cfg, xv.dim());
+        let (seq_len, batch) = cfg.seq_dims(xv.shape());
         let threads = sequence::uses_threads(&cfg, seq_len, batch);
         py.detach(move || {
             parallel::run(threads, || {
@@ -454,7 +456,7 @@ fn backward_typed<'py, T: TapeDtype>(
         let dv = d_out.as_array();
         let xv = x.as_ref().map(|x| x.as_array());
         let sv = state_view(&d_state);
-        let (seq_len, batch) = time_and_batch(&cfg, dv.dim());
+        let (seq_len, batch) = cfg.seq_dims(dv.shape());
         let threads = sequence::uses_threads(&cfg, seq_len, batch);
         py.detach(move || {
             parallel::run(threads, || {
@@ -561,8 +563,8 @@ fn set_simd_level(level: Option<&str>) -> PyResult<&'static str> {
 
 /// Version, SIMD levels (in use and detected), threads, GEMM backend, target.
 #[pyfunction]
-fn build_info(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
-    let d = pyo3::types::PyDict::new(py);
+fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
     d.set_item("version", env!("CARGO_PKG_VERSION"))?;
     d.set_item("simd", simd::level().name())?;
     d.set_item("simd_detected", simd::detected().name())?;

@@ -55,6 +55,11 @@ class Spec:
     @property
     def dtype(self) -> Literal["float32", "float64"]:
         """`"float32"` or `"float64"`."""
+    @property
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """PyTorch's parameter names and shapes, in `state_dict()` order (the order of the
+        `weights` list that `forward` and `backward` take and of the gradients returned).
+        """
 
 @final
 class Tape:

@@ -87,7 +87,7 @@ class _Recurrent(Generic[_State]):
                                 self.bidirectional, self.bias, self.batch_first,
                                 self.dtype.name)
         self._owner = next(_owners)
-        self._names = self._param_names()
+        self._names = list(self._spec.param_shapes)
         self._params = self._init_params(seed)
         self._weights = [self._params[k] for k in self._names]
 
@@ -96,40 +96,12 @@ class _Recurrent(Generic[_State]):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
-    @property
-    def _gates(self) -> int:
-        return {"lstm": 4, "gru": 3}.get(self._cell, 1)
-
-    def _param_names(self) -> list[str]:
-        names = []
-        for layer in range(self.num_layers):
-            for d in range(self.num_directions):
-                sfx = f"l{layer}" + ("_reverse" if d else "")
-                names += [f"weight_ih_{sfx}", f"weight_hh_{sfx}"]
-                if self.bias:
-                    names += [f"bias_ih_{sfx}", f"bias_hh_{sfx}"]
-        return names
-
-    def _param_shapes(self) -> dict[str, tuple[int, ...]]:
-        gh = self._gates * self.hidden_size
-        shapes: dict[str, tuple[int, ...]] = {}
-        for name in self._names:
-            layer = int(name.split("_l")[1].split("_")[0])
-            width = self.input_size if layer == 0 else self.num_directions * self.hidden_size
-            if name.startswith("weight_ih"):
-                shapes[name] = (gh, width)
-            elif name.startswith("weight_hh"):
-                shapes[name] = (gh, self.hidden_size)
-            else:
-                shapes[name] = (gh,)
-        return shapes
-
     def _init_params(self, seed: int | None) -> dict[str, np.ndarray]:
         # PyTorch's initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)).
         rng = np.random.default_rng(seed)
         k = 1.0 / math.sqrt(self.hidden_size)
         return {name: rng.uniform(-k, k, size=shape).astype(self.dtype)
-                for name, shape in self._param_shapes().items()}
+                for name, shape in self._spec.param_shapes.items()}
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -150,7 +122,7 @@ class _Recurrent(Generic[_State]):
         unknown = sorted(keys - set(self._names))
         if missing or unknown:
             raise ValueError(f"state_dict: missing keys {missing}, unknown keys {unknown}")
-        shapes = self._param_shapes()
+        shapes = self._spec.param_shapes
         new = {}
         for name in self._names:
             arr = np.asarray(state_dict[name])
