@@ -2,8 +2,8 @@
 //!
 //! Every call does extract → detach → wrap: read-only views of the NumPy arrays are taken
 //! with the GIL held, the core runs with the GIL released, and its owned results move into
-//! NumPy without a copy. Core errors become `ValueError`; an array of the wrong dtype
-//! becomes `TypeError`.
+//! NumPy without a copy. Core errors become `ValueError` (one `From` conversion, so `?`
+//! works on core results); an array of the wrong dtype becomes `TypeError`.
 
 use crate::model::{Config, LayerWeights, StateView};
 use crate::sequence::{self, Keep, Tape};
@@ -25,8 +25,40 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn value_error(e: Error) -> PyErr {
-    PyValueError::new_err(e.to_string())
+/// The one mapping of core errors to Python exceptions: shape and value problems are
+/// `ValueError`, with the core's message (argument, expected, given) unchanged.
+impl From<Error> for PyErr {
+    fn from(e: Error) -> PyErr {
+        match e {
+            Error::Shape { .. } | Error::Value { .. } => PyValueError::new_err(e.to_string()),
+        }
+    }
+}
+
+/// The float type of a model's parameters, arrays and tape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dtype {
+    F32,
+    F64,
+}
+
+impl Dtype {
+    fn parse(name: &str) -> PyResult<Self> {
+        match name {
+            "float32" => Ok(Dtype::F32),
+            "float64" => Ok(Dtype::F64),
+            other => Err(PyTypeError::new_err(format!(
+                "dtype: expected float32 or float64, got {other}"
+            ))),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => f32::NAME,
+            Dtype::F64 => f64::NAME,
+        }
+    }
 }
 
 /// Human name of an array's dtype for messages.
@@ -68,7 +100,7 @@ fn extract_array<'py, A: FromPyObjectOwned<'py>, T: Float>(
 #[derive(Debug)]
 pub struct Spec {
     config: Config,
-    double: bool,
+    dtype: Dtype,
 }
 
 #[pymethods]
@@ -87,7 +119,7 @@ impl Spec {
         dtype: &str,
     ) -> PyResult<Self> {
         let config = Config {
-            kind: CellKind::parse(kind).map_err(value_error)?,
+            kind: CellKind::parse(kind)?,
             input_size,
             hidden_size,
             num_layers,
@@ -95,17 +127,9 @@ impl Spec {
             bias,
             batch_first,
         };
-        config.validate().map_err(value_error)?;
-        let double = match dtype {
-            "float32" => false,
-            "float64" => true,
-            other => {
-                return Err(PyTypeError::new_err(format!(
-                    "dtype: expected float32 or float64, got {other}"
-                )))
-            }
-        };
-        Ok(Spec { config, double })
+        config.validate()?;
+        let dtype = Dtype::parse(dtype)?;
+        Ok(Spec { config, dtype })
     }
 
     /// The cell name: `rnn_tanh`, `rnn_relu`, `lstm` or `gru`.
@@ -117,11 +141,7 @@ impl Spec {
     /// `"float32"` or `"float64"`.
     #[getter]
     fn dtype(&self) -> &'static str {
-        if self.double {
-            "float64"
-        } else {
-            "float32"
-        }
+        self.dtype.name()
     }
 
     /// PyTorch's parameter names and shapes, in `state_dict()` order (the order of the
@@ -360,8 +380,7 @@ fn forward_typed<'py, T: TapeDtype>(
             parallel::run(threads, || {
                 sequence::forward(&cfg, &wv, xv, sv, lengths.as_deref(), keep)
             })
-        })
-        .map_err(value_error)?
+        })?
     };
     let out = out.into_pyarray(py);
     let h = fin.h.into_pyarray(py);
@@ -419,10 +438,9 @@ fn forward<'py>(
         })
         .transpose()?;
     let lengths = lengths_vec(lengths)?;
-    if spec.double {
-        forward_typed::<f64>(py, spec, weights, x, h0, c0, lengths, keep, owner)
-    } else {
-        forward_typed::<f32>(py, spec, weights, x, h0, c0, lengths, keep, owner)
+    match spec.dtype {
+        Dtype::F32 => forward_typed::<f32>(py, spec, weights, x, h0, c0, lengths, keep, owner),
+        Dtype::F64 => forward_typed::<f64>(py, spec, weights, x, h0, c0, lengths, keep, owner),
     }
 }
 
@@ -462,8 +480,7 @@ fn backward_typed<'py, T: TapeDtype>(
             parallel::run(threads, || {
                 sequence::backward(&cfg, &wv, core_tape, xv, dv, sv)
             })
-        })
-        .map_err(value_error)?
+        })?
     };
     let params = PyList::empty(py);
     for g in grads.params {
@@ -511,10 +528,9 @@ fn backward<'py>(
             "tape: was made by another model; a tape can only be used with the model whose forward() made it",
         ));
     }
-    if spec.double {
-        backward_typed::<f64>(py, spec, weights, tape, d_out, dh, dc)
-    } else {
-        backward_typed::<f32>(py, spec, weights, tape, d_out, dh, dc)
+    match spec.dtype {
+        Dtype::F32 => backward_typed::<f32>(py, spec, weights, tape, d_out, dh, dc),
+        Dtype::F64 => backward_typed::<f64>(py, spec, weights, tape, d_out, dh, dc),
     }
 }
 
