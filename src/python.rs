@@ -169,7 +169,9 @@ enum AnyTape {
 #[pyclass(frozen, module = "bptt._core", name = "Tape")]
 pub struct PyTape {
     inner: AnyTape,
-    owner: u64,
+    /// The identity of the model that made the tape (`owner` of `forward`): `backward`
+    /// accepts the tape only with this very object.
+    owner: Option<Py<PyAny>>,
     /// The `x` given to forward, when the tape refers to it instead of copying it.
     x: Option<Py<PyAny>>,
 }
@@ -363,7 +365,7 @@ fn forward_typed<'py, T: TapeDtype>(
     c0: Option<&Bound<'py, PyAny>>,
     lengths: Option<Vec<usize>>,
     keep: Keep,
-    owner: u64,
+    owner: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let cfg = spec.config;
     let w = WeightArrays::<T>::extract(&cfg, weights)?;
@@ -406,9 +408,11 @@ fn forward_typed<'py, T: TapeDtype>(
 /// All arrays must already have the spec's dtype (the Python layer converts); the GIL is
 /// released while the core runs. `lengths` is an int64 array `(B,)` or None. With
 /// `keep_tape`, `memory_budget` (bytes, or None for the full tape) bounds what the tape
-/// keeps; the tape may refer to `x`, which must then not change before `backward`.
+/// keeps; the tape may refer to `x`, which must then not change before `backward`. The
+/// tape keeps `owner` (the model's identity object): `backward` accepts it only with that
+/// same object.
 #[pyfunction]
-#[pyo3(signature = (spec, weights, x, h0=None, c0=None, lengths=None, keep_tape=false, owner=0, memory_budget=None))]
+#[pyo3(signature = (spec, weights, x, h0=None, c0=None, lengths=None, keep_tape=false, owner=None, memory_budget=None))]
 #[allow(clippy::too_many_arguments)]
 fn forward<'py>(
     py: Python<'py>,
@@ -419,7 +423,7 @@ fn forward<'py>(
     c0: Option<&Bound<'py, PyAny>>,
     lengths: Option<&Bound<'py, PyAny>>,
     keep_tape: bool,
-    owner: u64,
+    owner: Option<&Bound<'py, PyAny>>,
     memory_budget: Option<usize>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let keep = match (keep_tape, memory_budget) {
@@ -438,6 +442,7 @@ fn forward<'py>(
         })
         .transpose()?;
     let lengths = lengths_vec(lengths)?;
+    let owner = owner.map(|o| o.clone().unbind());
     match spec.dtype {
         Dtype::F32 => forward_typed::<f32>(py, spec, weights, x, h0, c0, lengths, keep, owner),
         Dtype::F64 => forward_typed::<f64>(py, spec, weights, x, h0, c0, lengths, keep, owner),
@@ -500,9 +505,10 @@ fn backward_typed<'py, T: TapeDtype>(
 
 /// Full BPTT; returns `(dx, dh0, dc0 or None, [param grads in weights' order], dh_norm)`.
 ///
-/// `owner` must be the value given to the `forward` call that made `tape`.
+/// `owner` must be the object given to the `forward` call that made `tape` (compared with
+/// `is`).
 #[pyfunction]
-#[pyo3(signature = (spec, weights, tape, d_out, dh=None, dc=None, owner=0))]
+#[pyo3(signature = (spec, weights, tape, d_out, dh=None, dc=None, owner=None))]
 #[allow(clippy::too_many_arguments)]
 fn backward<'py>(
     py: Python<'py>,
@@ -512,7 +518,7 @@ fn backward<'py>(
     d_out: &Bound<'py, PyAny>,
     dh: Option<&Bound<'py, PyAny>>,
     dc: Option<&Bound<'py, PyAny>>,
-    owner: u64,
+    owner: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let tape = tape.cast::<PyTape>().map_err(|_| {
         PyTypeError::new_err(format!(
@@ -523,7 +529,12 @@ fn backward<'py>(
         ))
     })?;
     let tape = tape.get();
-    if tape.owner != owner {
+    let same_owner = match (&tape.owner, owner) {
+        (None, None) => true,
+        (Some(made_by), Some(owner)) => owner.is(made_by),
+        _ => false,
+    };
+    if !same_owner {
         return Err(PyValueError::new_err(
             "tape: was made by another model; a tape can only be used with the model whose forward() made it",
         ));

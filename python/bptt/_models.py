@@ -6,7 +6,6 @@ checks and the call into the Rust core, which runs with the GIL released.
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
 from typing import Any, Generic, TypeVar, cast
@@ -15,9 +14,8 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
+from ._base import Identity
 from ._checks import float_array, lengths_array, model_dtype, positive_int
-
-_owners = itertools.count(1)
 
 # The state's structure: ``h`` (RNN, GRU) or ``(h, c)`` (LSTM). For type checkers only.
 _State = TypeVar("_State", np.ndarray, tuple[np.ndarray, np.ndarray])
@@ -86,7 +84,7 @@ class _Recurrent(Generic[_State]):
         self._spec = _core.Spec(self._cell, self.input_size, self.hidden_size, self.num_layers,
                                 self.bidirectional, self.bias, self.batch_first,
                                 self.dtype.name)
-        self._owner = next(_owners)
+        self._identity = Identity()
         self._names = list(self._spec.param_shapes)
         self._params = self._init_params(seed)
         self._weights = [self._params[k] for k in self._names]
@@ -163,7 +161,7 @@ class _Recurrent(Generic[_State]):
         lens = None if lengths is None else lengths_array(lengths)
         budget = None if memory_budget is None else _budget(memory_budget)
         out, h, c, tape = _core.forward(self._spec, self._weights, x, h0, c0, lens,
-                                        keep_tape, self._owner, budget)
+                                        keep_tape, self._identity, budget)
         return out, (h if c is None else (h, c)), tape
 
     def __call__(self, x: npt.ArrayLike, state: Any = None,
@@ -214,7 +212,7 @@ class _Recurrent(Generic[_State]):
         d_out = self._seq("d_out", d_out, self.num_directions * self.hidden_size)
         dh, dc = self._state_args("d_state", d_state)
         dx, dh0, dc0, grads, dh_norm = _core.backward(self._spec, self._weights, tape, d_out,
-                                                      dh, dc, self._owner)
+                                                      dh, dc, self._identity)
         params = dict(zip(self._names, grads))
         return Gradients(dx, dh0 if dc0 is None else (dh0, dc0), params, dh_norm)
 

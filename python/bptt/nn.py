@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ._base import Identity
 from ._checks import model_dtype, positive_int
 
 __all__ = ["Linear", "LinearCache", "cross_entropy_loss", "mse_loss"]
@@ -55,11 +56,11 @@ def _mask_array(mask: Any, lead_shape: tuple[int, ...]) -> np.ndarray:
 
 class LinearCache:
     """What ``Linear.forward`` keeps for ``Linear.backward``: the input (in the layer's
-    dtype) and the identity of the layer that made it."""
+    dtype) and the identity of the layer that made it (as a ``Tape`` holds its model's)."""
 
     __slots__ = ("owner", "x")
 
-    def __init__(self, x: np.ndarray, owner: int) -> None:
+    def __init__(self, x: np.ndarray, owner: Identity) -> None:
         self.x = x
         self.owner = owner
 
@@ -81,6 +82,7 @@ class Linear:
         self.out_features = positive_int("out_features", out_features)
         self.bias = bool(bias)
         self.dtype = model_dtype(dtype)
+        self._identity = Identity()
         rng = np.random.default_rng(seed)
         k = 1.0 / math.sqrt(self.in_features)
         self._params = {
@@ -138,7 +140,7 @@ class Linear:
         y = x @ self._params["weight"].T
         if self.bias:
             y += self._params["bias"]
-        return y, LinearCache(x, id(self))
+        return y, LinearCache(x, self._identity)
 
     def backward(self, cache: LinearCache, d_y: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``dx, grads = layer.backward(cache, d_y)``.
@@ -150,7 +152,7 @@ class Linear:
         if not isinstance(cache, LinearCache):
             raise TypeError(f"cache: expected the LinearCache returned by forward(), got "
                             f"{type(cache).__name__}")
-        if cache.owner != id(self):
+        if cache.owner is not self._identity:
             raise ValueError("cache: it was made by another Linear layer")
         x = cache.x
         d_y = self._input("d_y", d_y, self.out_features)
