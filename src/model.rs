@@ -81,6 +81,53 @@ impl Config {
         format!("l{}{}", k / d, rev)
     }
 
+    /// Parameter arrays per layer-direction: `W_ih, W_hh` and, with bias, `b_ih, b_hh`.
+    pub fn params_per_stack(&self) -> usize {
+        if self.bias {
+            4
+        } else {
+            2
+        }
+    }
+
+    /// PyTorch's name and shape of every parameter, in `state_dict()` order, which is also
+    /// the order of the bindings' flat weight list: for each layer-direction `k = l·D + d`,
+    /// `weight_ih_{sfx}: [G·H, I_l]`, `weight_hh_{sfx}: [G·H, H]` and, with bias,
+    /// `bias_ih_{sfx}`, `bias_hh_{sfx}: [G·H]`, `sfx` = [`Config::suffix`]`(k)`.
+    ///
+    /// ```
+    /// use bptt::{CellKind, Config};
+    /// let cfg = Config {
+    ///     kind: CellKind::Lstm,
+    ///     input_size: 3,
+    ///     hidden_size: 2,
+    ///     num_layers: 2,
+    ///     bidirectional: true,
+    ///     bias: false,
+    ///     batch_first: false,
+    /// };
+    /// let layout = cfg.param_layout();
+    /// assert_eq!(layout.len(), cfg.num_stacks() * cfg.params_per_stack());
+    /// assert_eq!(layout[0], ("weight_ih_l0".to_string(), vec![8, 3]));
+    /// assert_eq!(layout[3], ("weight_hh_l0_reverse".to_string(), vec![8, 2]));
+    /// assert_eq!(layout[6], ("weight_ih_l1_reverse".to_string(), vec![8, 4]));
+    /// ```
+    pub fn param_layout(&self) -> Vec<(String, Vec<usize>)> {
+        let gh = self.gate_size();
+        let mut out = Vec::with_capacity(self.num_stacks() * self.params_per_stack());
+        for k in 0..self.num_stacks() {
+            let sfx = self.suffix(k);
+            let li = self.layer_input_size(k / self.num_directions());
+            out.push((format!("weight_ih_{sfx}"), vec![gh, li]));
+            out.push((format!("weight_hh_{sfx}"), vec![gh, self.hidden_size]));
+            if self.bias {
+                out.push((format!("bias_ih_{sfx}"), vec![gh]));
+                out.push((format!("bias_hh_{sfx}"), vec![gh]));
+            }
+        }
+        out
+    }
+
     /// The expected state shape `[L·D, B, H]`.
     pub fn state_shape(&self, batch: usize) -> [usize; 3] {
         [self.num_stacks(), batch, self.hidden_size]

@@ -56,7 +56,8 @@ pub(crate) const PARALLEL_SUM_MIN_ELEMS: usize = 1 << 16;
 struct Pool {
     pid: u32,
     threads: usize,
-    pool: Arc<rayon::ThreadPool>,
+    /// `None` with one thread: the work runs on the calling thread.
+    pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
@@ -72,27 +73,38 @@ pub fn default_num_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-fn build(threads: usize) -> Arc<rayon::ThreadPool> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("bptt-{i}"))
-        .build();
-    // Building a pool only fails when the OS refuses threads; fall back to running on
-    // the calling thread alone rather than failing the computation.
-    Arc::new(pool.unwrap_or_else(|_| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .expect("a one-thread pool on the current thread")
-    }))
+/// The most threads [`set_num_threads`] accepts from the bindings: `4 × max(CPUs, 16)`.
+/// More only take turns on the same cores, and each costs a stack and a start-up.
+pub fn max_threads() -> usize {
+    4 * cores().max(16)
+}
+
+/// A pool of `threads` threads, or of fewer when the OS refuses some (halving); `None`
+/// when it gives none, and the work then runs on the calling thread. Returns the number
+/// of threads the work gets, so [`num_threads`] never overstates it.
+fn build(threads: usize) -> (Option<Arc<rayon::ThreadPool>>, usize) {
+    let mut n = threads.max(1);
+    while n > 1 {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("bptt-{i}"))
+            .build();
+        match pool {
+            Ok(pool) => return (Some(Arc::new(pool)), n),
+            Err(_) => n /= 2,
+        }
+    }
+    // One thread: the calling thread does the work (see `run`), no pool is needed.
+    (None, 1)
 }
 
 fn lock() -> std::sync::MutexGuard<'static, Option<Pool>> {
     POOL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The pool to run on (built, or rebuilt after a fork, as needed).
-pub fn pool() -> Arc<rayon::ThreadPool> {
+/// The pool to run on (built, or rebuilt after a fork, as needed); `None` with one
+/// thread.
+pub fn pool() -> Option<Arc<rayon::ThreadPool>> {
     let mut current = lock();
     let pid = std::process::id();
     match current.as_ref() {
@@ -103,7 +115,7 @@ pub fn pool() -> Arc<rayon::ThreadPool> {
                 // Its worker threads belong to the parent process.
                 std::mem::forget(old);
             }
-            let pool = build(threads);
+            let (pool, threads) = build(threads);
             *current = Some(Pool {
                 pid,
                 threads,
@@ -129,7 +141,9 @@ thread_local! {
 /// when `parallel` says the work cannot use more, directly on the calling thread.
 pub fn run<R: Send>(parallel: bool, f: impl FnOnce() -> R + Send) -> R {
     if parallel && num_threads() > 1 {
-        return pool().install(f);
+        if let Some(pool) = pool() {
+            return pool.install(f);
+        }
     }
     struct Reset(bool);
     impl Drop for Reset {
@@ -151,14 +165,15 @@ pub fn current_threads() -> usize {
     }
 }
 
-/// Sets the number of threads for all later calls (at least 1).
+/// Sets the number of threads for all later calls (at least 1; fewer when the OS refuses
+/// threads, which [`num_threads`] then reports).
 pub fn set_num_threads(threads: usize) {
-    let threads = threads.max(1);
+    let (pool, threads) = build(threads);
     let mut current = lock();
     *current = Some(Pool {
         pid: std::process::id(),
         threads,
-        pool: build(threads),
+        pool,
     });
 }
 
@@ -180,6 +195,22 @@ pub fn uses_threads(cfg: &Config, seq_len: usize, batch: usize) -> bool {
     cfg.bidirectional
         || batch * h * gh >= TEAM_MIN_WORK
         || seq_len.min(CHUNK_STEPS) * batch * widest_input * gh >= 8 * GEMM_WORK_PER_THREAD
+}
+
+/// Calls of at least this many multiply-adds (some tens of milliseconds) can be
+/// interrupted: the bindings then watch for signals while they run (a thread hand-over,
+/// some microseconds, that a shorter call does not pay).
+pub const INTERRUPTIBLE_WORK: usize = 1 << 27;
+
+/// Multiply-adds of a forward pass over `seq_len × batch` (saturating), the size
+/// [`INTERRUPTIBLE_WORK`] is compared with.
+pub fn call_work(cfg: &Config, seq_len: usize, batch: usize) -> usize {
+    let gh = cfg.gate_size();
+    let per_step = (cfg.input_size + cfg.hidden_size)
+        .saturating_add(cfg.num_layers.saturating_sub(1) * (cfg.output_size() + cfg.hidden_size))
+        .saturating_mul(gh)
+        .saturating_mul(cfg.num_directions());
+    per_step.saturating_mul(seq_len).saturating_mul(batch)
 }
 
 /// Threads for a GEMM of `work` multiply-adds when `threads` are allowed.
@@ -257,7 +288,7 @@ mod tests {
     fn pool_size_follows_set_num_threads() {
         set_num_threads(3);
         assert_eq!(num_threads(), 3);
-        assert_eq!(pool().install(rayon::current_num_threads), 3);
+        assert_eq!(pool().map(|p| p.install(rayon::current_num_threads)), Some(3));
         assert_eq!(run(true, current_threads), 3);
         assert_eq!(run(false, current_threads), 1);
         set_num_threads(0);

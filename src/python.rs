@@ -2,20 +2,20 @@
 //!
 //! Every call does extract → detach → wrap: read-only views of the NumPy arrays are taken
 //! with the GIL held, the core runs with the GIL released, and its owned results move into
-//! NumPy without a copy. Core errors become `ValueError`; an array of the wrong dtype
-//! becomes `TypeError`.
+//! NumPy without a copy. Core errors become `ValueError` (one `From` conversion, so `?`
+//! works on core results); an array of the wrong dtype becomes `TypeError`.
 
 use crate::model::{Config, LayerWeights, StateView};
 use crate::sequence::{self, Keep, Tape};
 use crate::{parallel, simd};
-use crate::{CellKind, Error, Float};
+use crate::{CellKind, Control, Error, Float};
 use numpy::{
     Element, IntoPyArray, PyArray2, PyArray3, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3,
     PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 /// The extension's allocator. The core allocates its tape and buffers afresh on every call;
 /// mimalloc keeps freed memory for reuse instead of returning it to the OS, so repeated
@@ -25,8 +25,94 @@ use pyo3::types::{PyList, PyTuple};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn value_error(e: Error) -> PyErr {
-    PyValueError::new_err(e.to_string())
+/// The one mapping of core errors to Python exceptions: shape and value problems are
+/// `ValueError`, with the core's message (argument, expected, given) unchanged.
+impl From<Error> for PyErr {
+    fn from(e: Error) -> PyErr {
+        match e {
+            Error::Shape { .. } | Error::Value { .. } => PyValueError::new_err(e.to_string()),
+            Error::Memory { .. } => PyMemoryError::new_err(e.to_string()),
+            // Only `run_released` stops a call, and it raises the signal's own exception.
+            Error::Interrupted => PyKeyboardInterrupt::new_err(e.to_string()),
+        }
+    }
+}
+
+/// How often a long call's calling thread looks for pending signals (Ctrl-C).
+const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Runs `work` with the GIL released, on the pool when `parallel`. A call of at least
+/// `parallel::INTERRUPTIBLE_WORK` multiply-adds (`work_size`) runs on its own thread while
+/// the calling thread waits for it, taking the GIL every few milliseconds to run Python's
+/// signal handlers: when one raises (Ctrl-C: `KeyboardInterrupt`), the call is stopped at
+/// its next check (between chunks of steps) and that exception is raised; the call's
+/// partial results are dropped. Shorter calls run directly.
+fn run_released<R: Send>(
+    py: Python<'_>,
+    parallel: bool,
+    work_size: usize,
+    work: impl FnOnce(&Control) -> crate::Result<R> + Send,
+) -> PyResult<R> {
+    if work_size < parallel::INTERRUPTIBLE_WORK {
+        let ctl = Control::default();
+        return Ok(py.detach(|| parallel::run(parallel, || work(&ctl)))?);
+    }
+    let ctl = Control::default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let ctl = &ctl;
+        s.spawn(move || {
+            // The receiver outlives the thread (the scope joins it first).
+            let _ = tx.send(parallel::run(parallel, || work(ctl)));
+        });
+        let mut rx = rx;
+        loop {
+            let (received, back) = py.detach(move || (rx.recv_timeout(SIGNAL_POLL), rx));
+            rx = back;
+            match received {
+                Ok(result) => return Ok(result?),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(signal) = py.check_signals() {
+                        ctl.stop();
+                        // Wait for the call to stop; its result is dropped.
+                        let _ = py.detach(move || rx.recv());
+                        return Err(signal);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                        "the computation ended without a result",
+                    ))
+                }
+            }
+        }
+    })
+}
+
+/// The float type of a model's parameters, arrays and tape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dtype {
+    F32,
+    F64,
+}
+
+impl Dtype {
+    fn parse(name: &str) -> PyResult<Self> {
+        match name {
+            "float32" => Ok(Dtype::F32),
+            "float64" => Ok(Dtype::F64),
+            other => Err(PyTypeError::new_err(format!(
+                "dtype: expected float32 or float64, got {other}"
+            ))),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => f32::NAME,
+            Dtype::F64 => f64::NAME,
+        }
+    }
 }
 
 /// Human name of an array's dtype for messages.
@@ -68,7 +154,7 @@ fn extract_array<'py, A: FromPyObjectOwned<'py>, T: Float>(
 #[derive(Debug)]
 pub struct Spec {
     config: Config,
-    double: bool,
+    dtype: Dtype,
 }
 
 #[pymethods]
@@ -87,7 +173,7 @@ impl Spec {
         dtype: &str,
     ) -> PyResult<Self> {
         let config = Config {
-            kind: CellKind::parse(kind).map_err(value_error)?,
+            kind: CellKind::parse(kind)?,
             input_size,
             hidden_size,
             num_layers,
@@ -95,17 +181,9 @@ impl Spec {
             bias,
             batch_first,
         };
-        config.validate().map_err(value_error)?;
-        let double = match dtype {
-            "float32" => false,
-            "float64" => true,
-            other => {
-                return Err(PyTypeError::new_err(format!(
-                    "dtype: expected float32 or float64, got {other}"
-                )))
-            }
-        };
-        Ok(Spec { config, double })
+        config.validate()?;
+        let dtype = Dtype::parse(dtype)?;
+        Ok(Spec { config, dtype })
     }
 
     /// The cell name: `rnn_tanh`, `rnn_relu`, `lstm` or `gru`.
@@ -117,11 +195,18 @@ impl Spec {
     /// `"float32"` or `"float64"`.
     #[getter]
     fn dtype(&self) -> &'static str {
-        if self.double {
-            "float64"
-        } else {
-            "float32"
+        self.dtype.name()
+    }
+
+    /// PyTorch's parameter names and shapes, in `state_dict()` order (the order of the
+    /// `weights` list that `forward` and `backward` take and of the gradients returned).
+    #[getter]
+    fn param_shapes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (name, shape) in self.config.param_layout() {
+            d.set_item(name, PyTuple::new(py, shape)?)?;
         }
+        Ok(d)
     }
 
     fn __repr__(&self) -> String {
@@ -138,7 +223,9 @@ enum AnyTape {
 #[pyclass(frozen, module = "bptt._core", name = "Tape")]
 pub struct PyTape {
     inner: AnyTape,
-    owner: u64,
+    /// The identity of the model that made the tape (`owner` of `forward`): `backward`
+    /// accepts the tape only with this very object.
+    owner: Option<Py<PyAny>>,
     /// The `x` given to forward, when the tape refers to it instead of copying it.
     x: Option<Py<PyAny>>,
 }
@@ -201,28 +288,28 @@ struct WeightArrays<'py, T: Element> {
 
 impl<'py, T: Float + Element> WeightArrays<'py, T> {
     fn extract(cfg: &Config, weights: &Bound<'py, PyList>) -> PyResult<Self> {
-        let per = if cfg.bias { 4 } else { 2 };
-        let n = cfg.num_stacks();
-        if weights.len() != per * n {
+        let layout = cfg.param_layout();
+        if weights.len() != layout.len() {
             return Err(PyValueError::new_err(format!(
                 "weights: expected {} arrays, got {}",
-                per * n,
+                layout.len(),
                 weights.len()
             )));
         }
-        let mut mats = Vec::with_capacity(n);
-        let mut biases = Vec::with_capacity(n);
-        for k in 0..n {
-            let sfx = cfg.suffix(k);
+        let per = cfg.params_per_stack();
+        let mut mats = Vec::with_capacity(cfg.num_stacks());
+        let mut biases = Vec::with_capacity(cfg.num_stacks());
+        for (k, names) in layout.chunks(per).enumerate() {
             let item = |i: usize| weights.get_item(per * k + i);
+            let name = |i: usize| names[i].0.as_str();
             mats.push((
-                extract_array::<_, T>(&item(0)?, &format!("weight_ih_{sfx}"), 2)?,
-                extract_array::<_, T>(&item(1)?, &format!("weight_hh_{sfx}"), 2)?,
+                extract_array::<_, T>(&item(0)?, name(0), 2)?,
+                extract_array::<_, T>(&item(1)?, name(1), 2)?,
             ));
             biases.push(if cfg.bias {
                 Some((
-                    extract_array::<_, T>(&item(2)?, &format!("bias_ih_{sfx}"), 1)?,
-                    extract_array::<_, T>(&item(3)?, &format!("bias_hh_{sfx}"), 1)?,
+                    extract_array::<_, T>(&item(2)?, name(2), 1)?,
+                    extract_array::<_, T>(&item(3)?, name(3), 1)?,
                 ))
             } else {
                 None
@@ -306,15 +393,6 @@ impl TapeDtype for f64 {
     }
 }
 
-/// `(seq_len, batch)` of an `x`-like array's shape under `cfg`'s layout.
-fn time_and_batch(cfg: &Config, dims: (usize, usize, usize)) -> (usize, usize) {
-    if cfg.batch_first {
-        (dims.1, dims.0)
-    } else {
-        (dims.0, dims.1)
-    }
-}
-
 fn lengths_vec(lengths: Option<PyReadonlyArray1<'_, i64>>) -> PyResult<Option<Vec<usize>>> {
     let Some(l) = lengths else { return Ok(None) };
     l.as_array()
@@ -341,7 +419,7 @@ fn forward_typed<'py, T: TapeDtype>(
     c0: Option<&Bound<'py, PyAny>>,
     lengths: Option<Vec<usize>>,
     keep: Keep,
-    owner: u64,
+    owner: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let cfg = spec.config;
     let w = WeightArrays::<T>::extract(&cfg, weights)?;
@@ -352,14 +430,12 @@ fn forward_typed<'py, T: TapeDtype>(
         let wv = w.views();
         let xv = x.as_array();
         let sv = state_view(&state);
-        let (seq_len, batch) = time_and_batch(&cfg, xv.dim());
+        let (seq_len, batch) = cfg.seq_dims(xv.shape());
         let threads = parallel::uses_threads(&cfg, seq_len, batch);
-        py.detach(move || {
-            parallel::run(threads, || {
-                sequence::forward(&cfg, &wv, xv, sv, lengths.as_deref(), keep)
-            })
-        })
-        .map_err(value_error)?
+        let size = parallel::call_work(&cfg, seq_len, batch);
+        run_released(py, threads, size, move |ctl| {
+            sequence::forward(&cfg, &wv, xv, sv, lengths.as_deref(), keep, ctl)
+        })?
     };
     let out = out.into_pyarray(py);
     let h = fin.h.into_pyarray(py);
@@ -385,9 +461,11 @@ fn forward_typed<'py, T: TapeDtype>(
 /// All arrays must already have the spec's dtype (the Python layer converts); the GIL is
 /// released while the core runs. `lengths` is an int64 array `(B,)` or None. With
 /// `keep_tape`, `memory_budget` (bytes, or None for the full tape) bounds what the tape
-/// keeps; the tape may refer to `x`, which must then not change before `backward`.
+/// keeps; the tape may refer to `x`, which must then not change before `backward`. The
+/// tape keeps `owner` (the model's identity object): `backward` accepts it only with that
+/// same object.
 #[pyfunction]
-#[pyo3(signature = (spec, weights, x, h0=None, c0=None, lengths=None, keep_tape=false, owner=0, memory_budget=None))]
+#[pyo3(signature = (spec, weights, x, h0=None, c0=None, lengths=None, keep_tape=false, owner=None, memory_budget=None))]
 #[allow(clippy::too_many_arguments)]
 fn forward<'py>(
     py: Python<'py>,
@@ -398,7 +476,7 @@ fn forward<'py>(
     c0: Option<&Bound<'py, PyAny>>,
     lengths: Option<&Bound<'py, PyAny>>,
     keep_tape: bool,
-    owner: u64,
+    owner: Option<&Bound<'py, PyAny>>,
     memory_budget: Option<usize>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let keep = match (keep_tape, memory_budget) {
@@ -417,10 +495,10 @@ fn forward<'py>(
         })
         .transpose()?;
     let lengths = lengths_vec(lengths)?;
-    if spec.double {
-        forward_typed::<f64>(py, spec, weights, x, h0, c0, lengths, keep, owner)
-    } else {
-        forward_typed::<f32>(py, spec, weights, x, h0, c0, lengths, keep, owner)
+    let owner = owner.map(|o| o.clone().unbind());
+    match spec.dtype {
+        Dtype::F32 => forward_typed::<f32>(py, spec, weights, x, h0, c0, lengths, keep, owner),
+        Dtype::F64 => forward_typed::<f64>(py, spec, weights, x, h0, c0, lengths, keep, owner),
     }
 }
 
@@ -454,14 +532,12 @@ fn backward_typed<'py, T: TapeDtype>(
         let dv = d_out.as_array();
         let xv = x.as_ref().map(|x| x.as_array());
         let sv = state_view(&d_state);
-        let (seq_len, batch) = time_and_batch(&cfg, dv.dim());
+        let (seq_len, batch) = cfg.seq_dims(dv.shape());
         let threads = parallel::uses_threads(&cfg, seq_len, batch);
-        py.detach(move || {
-            parallel::run(threads, || {
-                sequence::backward(&cfg, &wv, core_tape, xv, dv, sv)
-            })
-        })
-        .map_err(value_error)?
+        let size = 2 * parallel::call_work(&cfg, seq_len, batch);
+        run_released(py, threads, size, move |ctl| {
+            sequence::backward(&cfg, &wv, core_tape, xv, dv, sv, ctl)
+        })?
     };
     let params = PyList::empty(py);
     for g in grads.params {
@@ -481,9 +557,10 @@ fn backward_typed<'py, T: TapeDtype>(
 
 /// Full BPTT; returns `(dx, dh0, dc0 or None, [param grads in weights' order], dh_norm)`.
 ///
-/// `owner` must be the value given to the `forward` call that made `tape`.
+/// `owner` must be the object given to the `forward` call that made `tape` (compared with
+/// `is`).
 #[pyfunction]
-#[pyo3(signature = (spec, weights, tape, d_out, dh=None, dc=None, owner=0))]
+#[pyo3(signature = (spec, weights, tape, d_out, dh=None, dc=None, owner=None))]
 #[allow(clippy::too_many_arguments)]
 fn backward<'py>(
     py: Python<'py>,
@@ -493,7 +570,7 @@ fn backward<'py>(
     d_out: &Bound<'py, PyAny>,
     dh: Option<&Bound<'py, PyAny>>,
     dc: Option<&Bound<'py, PyAny>>,
-    owner: u64,
+    owner: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let tape = tape.cast::<PyTape>().map_err(|_| {
         PyTypeError::new_err(format!(
@@ -504,28 +581,35 @@ fn backward<'py>(
         ))
     })?;
     let tape = tape.get();
-    if tape.owner != owner {
+    let same_owner = match (&tape.owner, owner) {
+        (None, None) => true,
+        (Some(made_by), Some(owner)) => owner.is(made_by),
+        _ => false,
+    };
+    if !same_owner {
         return Err(PyValueError::new_err(
             "tape: was made by another model; a tape can only be used with the model whose forward() made it",
         ));
     }
-    if spec.double {
-        backward_typed::<f64>(py, spec, weights, tape, d_out, dh, dc)
-    } else {
-        backward_typed::<f32>(py, spec, weights, tape, d_out, dh, dc)
+    match spec.dtype {
+        Dtype::F32 => backward_typed::<f32>(py, spec, weights, tape, d_out, dh, dc),
+        Dtype::F64 => backward_typed::<f64>(py, spec, weights, tape, d_out, dh, dc),
     }
 }
 
-/// Sets the number of threads bptt uses from now on (at least 1).
+/// Sets the number of threads bptt uses from now on: 1 to `4 × max(CPUs, 16)`.
 #[pyfunction]
 fn set_num_threads(n: i64) -> PyResult<()> {
-    if n < 1 {
-        return Err(PyValueError::new_err(format!(
-            "n: expected a positive number of threads, got {n}"
-        )));
+    let cap = parallel::max_threads();
+    match usize::try_from(n) {
+        Ok(n) if (1..=cap).contains(&n) => {
+            parallel::set_num_threads(n);
+            Ok(())
+        }
+        _ => Err(PyValueError::new_err(format!(
+            "n: expected a number of threads from 1 to {cap} (4 x max(CPUs, 16)), got {n}"
+        ))),
     }
-    parallel::set_num_threads(usize::try_from(n).unwrap_or(usize::MAX));
-    Ok(())
 }
 
 /// The number of threads bptt uses.
@@ -561,8 +645,8 @@ fn set_simd_level(level: Option<&str>) -> PyResult<&'static str> {
 
 /// Version, SIMD levels (in use and detected), threads, GEMM backend, target.
 #[pyfunction]
-fn build_info(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
-    let d = pyo3::types::PyDict::new(py);
+fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
     d.set_item("version", env!("CARGO_PKG_VERSION"))?;
     d.set_item("simd", simd::level().name())?;
     d.set_item("simd_detected", simd::detected().name())?;

@@ -72,7 +72,7 @@ def test_truncation_verdict_needs_both_halves():
         c = demo.DemoConfig.preset(preset)
         # at least two windows that never contain a marker, judged against the full one
         assert len([k for k in c.tbptt_windows if k <= c.tbptt_len - c.tbptt_len // 2]) >= 2
-    v = demo._truncation_verdict
+    v = demo.truncation_verdict
     ok = v([tb_run(10, 0.165), tb_run(25, 0.160), tb_run(100, 0.004)], cfg)
     assert ok["shown"] is True and "hochreiter" in ok["evidence"] and "NOT" not in ok["evidence"]
     # a short window that learnt something: not shown, whatever the full window did

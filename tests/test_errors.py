@@ -277,6 +277,20 @@ def test_tape_from_other_instance_same_config(kind, rng):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_tape_outlives_its_model(kind, rng):
+    x, _, d_out, _ = inputs(kind, rng)
+
+    def orphan_tape():
+        return build(kind, seed=1).forward(x)[2]
+
+    # The next model built may take the freed model's memory (and id()); not its tapes.
+    tape = orphan_tape()
+    other = build(kind, seed=1)
+    with pytest.raises(ValueError, match=TAPE):
+        other.backward(tape, d_out)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_tape_from_other_dtype(kind, rng):
     m32 = build(kind, dtype=np.float32, seed=1)
     m64 = build(kind, dtype=np.float64, seed=1)

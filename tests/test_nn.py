@@ -89,6 +89,27 @@ def test_linear_dtype_and_errors():
         bptt.Linear(3, 2, dtype=np.int32)
 
 
+def test_linear_cache_belongs_to_its_layer():
+    import copy
+
+    lin = bptt.Linear(3, 2, seed=0)
+    _, cache = lin.forward(np.ones((2, 3)))
+    # A deep copy is another layer (same weights now, not necessarily later).
+    with pytest.raises(ValueError, match="another Linear"):
+        copy.deepcopy(lin).backward(cache, np.ones((2, 2)))
+
+    def orphan_cache():
+        layer = bptt.Linear(3, 2, seed=0)
+        return layer.forward(np.ones((2, 3)))[1]
+
+    # A cache outlives its layer; the next layer built often takes the freed layer's
+    # memory, and so its id(), yet must not take the cache.
+    cache = orphan_cache()
+    other = bptt.Linear(3, 2)
+    with pytest.raises(ValueError, match="another Linear"):
+        other.backward(cache, np.ones((2, 2)))
+
+
 @pytest.mark.parametrize("masked", [False, True])
 def test_mse_loss_value_and_gradient(masked, rng):
     pred = rng.standard_normal((4, 3, 2))

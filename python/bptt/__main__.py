@@ -25,9 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "demo":
         parser.print_help()
         return 2
-    cfg = demo.config_from_args(args)
-    demo.run_demo(cfg, args.out, plot=not args.no_plot, quiet=args.quiet)
-    return 0
+    return demo.run_from_args(args)
 
 
 if __name__ == "__main__":

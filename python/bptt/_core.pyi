@@ -55,6 +55,11 @@ class Spec:
     @property
     def dtype(self) -> Literal["float32", "float64"]:
         """`"float32"` or `"float64"`."""
+    @property
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """PyTorch's parameter names and shapes, in `state_dict()` order (the order of the
+        `weights` list that `forward` and `backward` take and of the gradients returned).
+        """
 
 @final
 class Tape:
@@ -81,7 +86,7 @@ def forward(
     c0: _FloatArray | None = None,
     lengths: npt.NDArray[np.int64] | None = None,
     keep_tape: bool = False,
-    owner: int = 0,
+    owner: object | None = None,
     memory_budget: int | None = None,
 ) -> tuple[_FloatArray, _FloatArray, _FloatArray | None, Tape | None]:
     """Runs the layer stack over `x`; returns `(out, h_n, c_n or None, tape or None)`.
@@ -89,7 +94,9 @@ def forward(
     All arrays must already have the spec's dtype (the Python layer converts); the GIL is
     released while the core runs. `lengths` is an int64 array `(B,)` or None. With
     `keep_tape`, `memory_budget` (bytes, or None for the full tape) bounds what the tape
-    keeps; the tape may refer to `x`, which must then not change before `backward`.
+    keeps; the tape may refer to `x`, which must then not change before `backward`. The
+    tape keeps `owner` (the model's identity object): `backward` accepts it only with that
+    same object.
     """
 
 def backward(
@@ -99,11 +106,12 @@ def backward(
     d_out: _FloatArray,
     dh: _FloatArray | None = None,
     dc: _FloatArray | None = None,
-    owner: int = 0,
+    owner: object | None = None,
 ) -> tuple[_FloatArray, _FloatArray, _FloatArray | None, list[_FloatArray], _FloatArray]:
     """Full BPTT; returns `(dx, dh0, dc0 or None, [param grads in weights' order], dh_norm)`.
 
-    `owner` must be the value given to the `forward` call that made `tape`.
+    `owner` must be the object given to the `forward` call that made `tape` (compared with
+    `is`).
     """
 
 def set_num_threads(n: int) -> None:

@@ -6,18 +6,15 @@ checks and the call into the Rust core, which runs with the GIL released.
 
 from __future__ import annotations
 
-import itertools
 import math
-import numbers
 from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from ._checks import float_array, lengths_array, model_dtype, positive_int
-
-_owners = itertools.count(1)
+from ._base import Parametrized
+from ._checks import budget_bytes, float_array, lengths_array, model_dtype, positive_int
 
 # The state's structure: ``h`` (RNN, GRU) or ``(h, c)`` (LSTM). For type checkers only.
 _State = TypeVar("_State", np.ndarray, tuple[np.ndarray, np.ndarray])
@@ -59,19 +56,12 @@ class Gradients:
                 f"dh_norm{self.dh_norm.shape})")
 
 
-def _budget(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"memory_budget: expected an int number of bytes or None, got "
-                        f"{type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"memory_budget: expected a non-negative number of bytes, got {value}")
-    return int(value)
-
-
-class _Recurrent(Generic[_State]):
+class _Recurrent(Parametrized, Generic[_State]):
     """Shared implementation of the three models (see ``RNN``, ``LSTM``, ``GRU``)."""
 
     _cell = "lstm"
+    #: Whether the state is a pair ``(h, c)`` (LSTM) rather than one array ``h``.
+    has_cell_state = False
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
                  bias: bool = True, batch_first: bool = False, bidirectional: bool = False,
@@ -86,81 +76,15 @@ class _Recurrent(Generic[_State]):
         self._spec = _core.Spec(self._cell, self.input_size, self.hidden_size, self.num_layers,
                                 self.bidirectional, self.bias, self.batch_first,
                                 self.dtype.name)
-        self._owner = next(_owners)
-        self._names = self._param_names()
-        self._params = self._init_params(seed)
+        # PyTorch's initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)).
+        shapes = self._spec.param_shapes
+        super().__init__(shapes, 1.0 / math.sqrt(self.hidden_size), self.dtype, seed)
+        self._names = list(shapes)
         self._weights = [self._params[k] for k in self._names]
 
-    # ----------------------------------------------------------------- parameters
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
-
-    @property
-    def _gates(self) -> int:
-        return {"lstm": 4, "gru": 3}.get(self._cell, 1)
-
-    def _param_names(self) -> list[str]:
-        names = []
-        for layer in range(self.num_layers):
-            for d in range(self.num_directions):
-                sfx = f"l{layer}" + ("_reverse" if d else "")
-                names += [f"weight_ih_{sfx}", f"weight_hh_{sfx}"]
-                if self.bias:
-                    names += [f"bias_ih_{sfx}", f"bias_hh_{sfx}"]
-        return names
-
-    def _param_shapes(self) -> dict[str, tuple[int, ...]]:
-        gh = self._gates * self.hidden_size
-        shapes: dict[str, tuple[int, ...]] = {}
-        for name in self._names:
-            layer = int(name.split("_l")[1].split("_")[0])
-            width = self.input_size if layer == 0 else self.num_directions * self.hidden_size
-            if name.startswith("weight_ih"):
-                shapes[name] = (gh, width)
-            elif name.startswith("weight_hh"):
-                shapes[name] = (gh, self.hidden_size)
-            else:
-                shapes[name] = (gh,)
-        return shapes
-
-    def _init_params(self, seed: int | None) -> dict[str, np.ndarray]:
-        # PyTorch's initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)).
-        rng = np.random.default_rng(seed)
-        k = 1.0 / math.sqrt(self.hidden_size)
-        return {name: rng.uniform(-k, k, size=shape).astype(self.dtype)
-                for name, shape in self._param_shapes().items()}
-
-    @property
-    def params(self) -> dict[str, np.ndarray]:
-        """The live parameter arrays (PyTorch's names). Update them in place
-        (``p[...] = ...``, ``p -= lr * g``); rebinding a key of this dict has no effect."""
-        return dict(self._params)
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of the parameters under PyTorch's names, shapes and gate order."""
-        return {k: v.copy() for k, v in self._params.items()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Copies ``state_dict`` into the parameters. Keys must be exactly those of
-        ``state_dict()``; arrays must have the same shapes (any float dtype; converted).
-        PyTorch tensors converted with ``.numpy()`` load as they are."""
-        keys = set(state_dict)
-        missing = [k for k in self._names if k not in keys]
-        unknown = sorted(keys - set(self._names))
-        if missing or unknown:
-            raise ValueError(f"state_dict: missing keys {missing}, unknown keys {unknown}")
-        shapes = self._param_shapes()
-        new = {}
-        for name in self._names:
-            arr = np.asarray(state_dict[name])
-            if arr.dtype.kind != "f":
-                raise TypeError(f"{name}: expected a floating-point array, got dtype {arr.dtype}")
-            if arr.shape != shapes[name]:
-                raise ValueError(f"{name}: expected shape {shapes[name]}, got {arr.shape}")
-            new[name] = arr
-        for name, arr in new.items():
-            np.copyto(self._params[name], arr, casting="unsafe")
 
     # ----------------------------------------------------------------- running
     def _seq(self, name: str, value: Any, width: int) -> np.ndarray:
@@ -171,7 +95,7 @@ class _Recurrent(Generic[_State]):
         if state is None:
             return None, None
         text = f"({self.num_layers * self.num_directions}, B, {self.hidden_size})"
-        if self._cell == "lstm":
+        if self.has_cell_state:
             if not isinstance(state, (tuple, list)):
                 raise TypeError(f"{name}: expected a tuple (h, c) for an LSTM, got "
                                 f"{type(state).__name__}")
@@ -189,9 +113,9 @@ class _Recurrent(Generic[_State]):
         x = self._seq("x", x, self.input_size)
         h0, c0 = self._state_args("state", state)
         lens = None if lengths is None else lengths_array(lengths)
-        budget = None if memory_budget is None else _budget(memory_budget)
+        budget = budget_bytes(memory_budget)
         out, h, c, tape = _core.forward(self._spec, self._weights, x, h0, c0, lens,
-                                        keep_tape, self._owner, budget)
+                                        keep_tape, self._identity, budget)
         return out, (h if c is None else (h, c)), tape
 
     def __call__(self, x: npt.ArrayLike, state: Any = None,
@@ -242,15 +166,16 @@ class _Recurrent(Generic[_State]):
         d_out = self._seq("d_out", d_out, self.num_directions * self.hidden_size)
         dh, dc = self._state_args("d_state", d_state)
         dx, dh0, dc0, grads, dh_norm = _core.backward(self._spec, self._weights, tape, d_out,
-                                                      dh, dc, self._owner)
+                                                      dh, dc, self._identity)
         params = dict(zip(self._names, grads))
         return Gradients(dx, dh0 if dc0 is None else (dh0, dc0), params, dh_norm)
 
+    def _extra_repr(self) -> str:
+        return ""
+
     def __repr__(self) -> str:
-        extra = "" if self._cell not in ("rnn_tanh", "rnn_relu") else (
-            f", nonlinearity={self._cell[4:]!r}")
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
-                f"num_layers={self.num_layers}{extra}, bias={self.bias}, "
+                f"num_layers={self.num_layers}{self._extra_repr()}, bias={self.bias}, "
                 f"batch_first={self.batch_first}, bidirectional={self.bidirectional}, "
                 f"dtype={self.dtype.name})")
 
@@ -263,6 +188,7 @@ class LSTM(_Recurrent[tuple[np.ndarray, np.ndarray]]):
     """
 
     _cell = "lstm"
+    has_cell_state = True
 
 
 class GRU(_Recurrent[np.ndarray]):
@@ -289,3 +215,6 @@ class RNN(_Recurrent[np.ndarray]):
         super().__init__(input_size, hidden_size, num_layers, bias=bias,
                          batch_first=batch_first, bidirectional=bidirectional, dtype=dtype,
                          seed=seed)
+
+    def _extra_repr(self) -> str:
+        return f", nonlinearity={self.nonlinearity!r}"

@@ -10,11 +10,12 @@ bounds the step without changing its direction.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
+
+from ._checks import real_number
 
 __all__ = ["clip_grad_norm", "clip_grad_value", "grad_norm"]
 
@@ -36,12 +37,6 @@ def _arrays(grads: Any) -> list[np.ndarray]:
         if g.dtype.kind != "f":
             raise TypeError(f"grads: item {i} has dtype {g.dtype}, expected floating point")
     return items
-
-
-def _real(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
-    return float(value)
 
 
 def grad_norm(grads: Any) -> float:
@@ -68,7 +63,7 @@ def clip_grad_norm(grads: Any, max_norm: float, *, error_if_nonfinite: bool = Fa
     one, so NaN/Inf entries become NaN), and the non-finite total is returned so the
     caller can skip the step.
     """
-    max_norm = _real("max_norm", max_norm)
+    max_norm = real_number("max_norm", max_norm)
     if not max_norm > 0:
         raise ValueError(f"max_norm: expected a positive number, got {max_norm}")
     arrays = _arrays(grads)
@@ -92,7 +87,7 @@ def clip_grad_norm(grads: Any, max_norm: float, *, error_if_nonfinite: bool = Fa
 def clip_grad_value(grads: Any, clip_value: float) -> None:
     """Clamps every gradient element in place to ``[-clip_value, clip_value]``
     (``clip_value >= 0``). NaN entries stay NaN. ``grads`` as for ``clip_grad_norm``."""
-    clip_value = _real("clip_value", clip_value)
+    clip_value = real_number("clip_value", clip_value)
     if not clip_value >= 0:
         raise ValueError(f"clip_value: expected a number >= 0, got {clip_value}")
     for g in _arrays(grads):

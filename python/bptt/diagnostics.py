@@ -32,6 +32,7 @@ __all__ = [
     "first_last_ratio",
     "have_matplotlib",
     "plot_gradient_flow",
+    "pyplot",
     "summarize",
 ]
 
@@ -118,7 +119,10 @@ def have_matplotlib() -> bool:
     return True
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot``, on the non-interactive Agg backend unless pyplot was already
+    imported (then its backend is left alone). Raises ``ImportError`` with the install
+    command when matplotlib is missing."""
     try:
         import matplotlib
     except ImportError as exc:
@@ -138,7 +142,7 @@ def plot_gradient_flow(dh_norms: Any, *, ax: Any = None, title: str | None = Non
     out (a log scale cannot show them). Draws into ``ax`` (a new figure if None) and
     returns it. Raises ``ImportError`` with the install command when matplotlib is missing.
     """
-    plt = _pyplot()
+    plt = pyplot()
     if isinstance(dh_norms, Mapping):
         series = dict(dh_norms)
     else:

@@ -26,45 +26,24 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import model_dtype, positive_int
+from ._base import Identity, Parametrized
+from ._checks import check_shape, floating, mask_array, model_dtype, positive_int
 
 __all__ = ["Linear", "LinearCache", "cross_entropy_loss", "mse_loss"]
 
 
-def _float_input(name: str, value: Any, dtype: np.dtype | None = None) -> np.ndarray:
-    """A floating array (TypeError naming ``name`` otherwise), converted to ``dtype``."""
-    arr = np.asarray(value)
-    if arr.dtype.kind != "f":
-        raise TypeError(f"{name}: expected a floating-point array, got dtype {arr.dtype}")
-    if dtype is not None and arr.dtype != dtype:
-        arr = arr.astype(dtype)
-    return arr
-
-
-def _mask_array(mask: Any, lead_shape: tuple[int, ...]) -> np.ndarray:
-    """``mask`` (not None) as a float64 0/1 array of shape ``lead_shape``."""
-    m = np.asarray(mask)
-    if m.dtype.kind not in "biuf":
-        raise TypeError(f"mask: expected a bool or 0/1 array, got dtype {m.dtype}")
-    if m.shape != lead_shape:
-        raise ValueError(f"mask: expected shape {lead_shape}, got {m.shape}")
-    if m.dtype.kind != "b" and m.size and not np.all((m == 0) | (m == 1)):
-        raise ValueError("mask: expected only 0/1 (or bool) values")
-    return m.astype(np.float64)
-
-
 class LinearCache:
     """What ``Linear.forward`` keeps for ``Linear.backward``: the input (in the layer's
-    dtype) and the identity of the layer that made it."""
+    dtype) and the identity of the layer that made it (as a ``Tape`` holds its model's)."""
 
     __slots__ = ("owner", "x")
 
-    def __init__(self, x: np.ndarray, owner: int) -> None:
+    def __init__(self, x: np.ndarray, owner: Identity) -> None:
         self.x = x
         self.owner = owner
 
 
-class Linear:
+class Linear(Parametrized):
     """Fully connected readout ``y = x W^T + b`` over the last axis.
 
     ``Linear(in_features, out_features, *, bias=True, dtype=np.float32, seed=None)``.
@@ -81,48 +60,14 @@ class Linear:
         self.out_features = positive_int("out_features", out_features)
         self.bias = bool(bias)
         self.dtype = model_dtype(dtype)
-        rng = np.random.default_rng(seed)
-        k = 1.0 / math.sqrt(self.in_features)
-        self._params = {
-            "weight": rng.uniform(-k, k, size=(self.out_features, self.in_features)
-                                  ).astype(self.dtype)}
+        shapes: dict[str, tuple[int, ...]] = {"weight": (self.out_features, self.in_features)}
         if self.bias:
-            self._params["bias"] = rng.uniform(-k, k, size=(self.out_features,)
-                                               ).astype(self.dtype)
-
-    # ------------------------------------------------------------------ parameters
-    @property
-    def params(self) -> dict[str, np.ndarray]:
-        """The live parameter arrays (``weight``, ``bias``); optimizers update them in
-        place. Rebinding a key of the returned dict has no effect."""
-        return dict(self._params)
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of the parameters (``weight``, and ``bias`` when the layer has one)."""
-        return {k: v.copy() for k, v in self._params.items()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Copies ``state_dict`` into the parameters; keys and shapes must match exactly
-        (any floating dtype, converted)."""
-        keys = set(state_dict)
-        missing = [k for k in self._params if k not in keys]
-        unknown = sorted(keys - set(self._params))
-        if missing or unknown:
-            raise ValueError(f"state_dict: missing keys {missing}, unknown keys {unknown}")
-        new = {}
-        for name, cur in self._params.items():
-            arr = np.asarray(state_dict[name])
-            if arr.dtype.kind != "f":
-                raise TypeError(f"{name}: expected a floating-point array, got dtype {arr.dtype}")
-            if arr.shape != cur.shape:
-                raise ValueError(f"{name}: expected shape {cur.shape}, got {arr.shape}")
-            new[name] = arr
-        for name, arr in new.items():
-            np.copyto(self._params[name], arr, casting="unsafe")
+            shapes["bias"] = (self.out_features,)
+        super().__init__(shapes, 1.0 / math.sqrt(self.in_features), self.dtype, seed)
 
     # ------------------------------------------------------------------ running
     def _input(self, name: str, x: Any, width: int) -> np.ndarray:
-        arr = _float_input(name, x, self.dtype)
+        arr = floating(name, x, self.dtype)
         if arr.ndim < 1 or arr.shape[-1] != width:
             raise ValueError(f"{name}: expected shape (..., {width}), got {arr.shape}")
         return arr
@@ -138,7 +83,7 @@ class Linear:
         y = x @ self._params["weight"].T
         if self.bias:
             y += self._params["bias"]
-        return y, LinearCache(x, id(self))
+        return y, LinearCache(x, self._identity)
 
     def backward(self, cache: LinearCache, d_y: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``dx, grads = layer.backward(cache, d_y)``.
@@ -150,7 +95,7 @@ class Linear:
         if not isinstance(cache, LinearCache):
             raise TypeError(f"cache: expected the LinearCache returned by forward(), got "
                             f"{type(cache).__name__}")
-        if cache.owner != id(self):
+        if cache.owner is not self._identity:
             raise ValueError("cache: it was made by another Linear layer")
         x = cache.x
         d_y = self._input("d_y", d_y, self.out_features)
@@ -179,8 +124,8 @@ def mse_loss(pred: Any, target: Any, mask: Any = None) -> tuple[float, np.ndarra
     elements, 0 elsewhere. ``target`` must have ``pred``'s shape (values at unselected
     positions are ignored, NaN included).
     """
-    p = _float_input("pred", pred)
-    t = _float_input("target", target)
+    p = floating("pred", pred)
+    t = floating("target", target)
     if t.shape != p.shape:
         raise ValueError(f"target: expected shape {p.shape} (that of pred), got {t.shape}")
     if mask is None:
@@ -192,7 +137,7 @@ def mse_loss(pred: Any, target: Any, mask: Any = None) -> tuple[float, np.ndarra
         lead = p.shape[:m.ndim] if m.ndim <= p.ndim else None
         if lead is None:
             raise ValueError(f"mask: expected shape of a prefix of {p.shape}, got {m.shape}")
-        sel = _mask_array(mask, lead).reshape(lead + (1,) * (p.ndim - len(lead)))
+        sel = mask_array(mask, lead).reshape(lead + (1,) * (p.ndim - len(lead)))
         n = round(float(sel.sum())) * int(np.prod(p.shape[len(lead):], dtype=np.int64))
         diff = np.where(sel > 0, p.astype(np.float64) - t, 0.0)
     if n == 0:
@@ -210,16 +155,15 @@ def cross_entropy_loss(logits: Any, labels: Any, mask: Any = None) -> tuple[floa
     elsewhere, ``n`` the number of selected positions. Labels at unselected positions are
     not checked (padding may hold anything, e.g. -1).
     """
-    z = _float_input("logits", logits)
+    z = floating("logits", logits)
     if z.ndim < 1:
         raise ValueError(f"logits: expected shape (..., C), got {z.shape}")
     lab = np.asarray(labels)
     if lab.dtype.kind not in "iu":
         raise TypeError(f"labels: expected an integer array, got dtype {lab.dtype}")
-    if lab.shape != z.shape[:-1]:
-        raise ValueError(f"labels: expected shape {z.shape[:-1]}, got {lab.shape}")
+    check_shape("labels", lab, z.shape[:-1])
     n_classes = z.shape[-1]
-    sel = None if mask is None else np.greater(_mask_array(mask, z.shape[:-1]), 0)
+    sel = None if mask is None else np.greater(mask_array(mask, z.shape[:-1]), 0)
     bad = (lab < 0) | (lab >= n_classes)
     if sel is not None:
         bad &= sel

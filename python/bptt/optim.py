@@ -21,29 +21,14 @@ same keys, so training resumes exactly where it stopped.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from ._checks import check_shape, finite_nonnegative, floating, unit_interval
+
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "RMSprop"]
-
-
-def _nonneg(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
-    v = float(value)
-    if not (v >= 0.0 and math.isfinite(v)):
-        raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
-    return v
-
-
-def _unit(name: str, value: Any) -> float:
-    v = _nonneg(name, value)
-    if v >= 1.0:
-        raise ValueError(f"{name}: expected a number in [0, 1), got {value}")
-    return v
 
 
 class Optimizer:
@@ -80,14 +65,9 @@ class Optimizer:
             raise ValueError(f"grads: unknown key {name!r}; the optimizer holds "
                              f"{sorted(self.params)}")
         p = self.params[name]
-        g = np.asarray(g)
-        if g.dtype.kind != "f":
-            raise TypeError(f"grads[{name!r}]: expected a floating-point array, got dtype "
-                            f"{g.dtype}")
-        if g.shape != p.shape:
-            raise ValueError(f"grads[{name!r}]: expected shape {p.shape}, got {g.shape}")
-        out: np.ndarray = g.astype(p.dtype, copy=False)
-        return out
+        arr = floating(f"grads[{name!r}]", g)
+        check_shape(f"grads[{name!r}]", arr, p.shape)
+        return arr.astype(p.dtype, copy=False)
 
     def step(self, grads: Mapping[str, Any]) -> None:
         """One update of every parameter whose key is in ``grads`` (in place).
@@ -137,9 +117,7 @@ class Optimizer:
             entry: dict[str, Any] = {}
             for k, v in st.items():
                 if isinstance(v, np.ndarray):
-                    if v.shape != p.shape:
-                        raise ValueError(f"state_dict: {name}.{k}: expected shape {p.shape}, "
-                                         f"got {v.shape}")
+                    check_shape(f"state_dict: {name}.{k}", v, p.shape)
                     entry[k] = v.astype(p.dtype, copy=True)
                 else:
                     entry[k] = v
@@ -169,10 +147,10 @@ class SGD(Optimizer):
                  momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False) -> None:
         super().__init__(params)
-        self.lr = _nonneg("lr", lr)
-        self.momentum = _nonneg("momentum", momentum)
-        self.dampening = _nonneg("dampening", dampening)
-        self.weight_decay = _nonneg("weight_decay", weight_decay)
+        self.lr = finite_nonnegative("lr", lr)
+        self.momentum = finite_nonnegative("momentum", momentum)
+        self.dampening = finite_nonnegative("dampening", dampening)
+        self.weight_decay = finite_nonnegative("weight_decay", weight_decay)
         self.nesterov = bool(nesterov)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("nesterov: requires momentum > 0 and dampening = 0")
@@ -209,11 +187,11 @@ class RMSprop(Optimizer):
                  alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
                  momentum: float = 0.0, centered: bool = False) -> None:
         super().__init__(params)
-        self.lr = _nonneg("lr", lr)
-        self.alpha = _nonneg("alpha", alpha)
-        self.eps = _nonneg("eps", eps)
-        self.weight_decay = _nonneg("weight_decay", weight_decay)
-        self.momentum = _nonneg("momentum", momentum)
+        self.lr = finite_nonnegative("lr", lr)
+        self.alpha = finite_nonnegative("alpha", alpha)
+        self.eps = finite_nonnegative("eps", eps)
+        self.weight_decay = finite_nonnegative("weight_decay", weight_decay)
+        self.momentum = finite_nonnegative("momentum", momentum)
         self.centered = bool(centered)
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, st: dict[str, Any]) -> None:
@@ -262,12 +240,12 @@ class Adam(Optimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False) -> None:
         super().__init__(params)
-        self.lr = _nonneg("lr", lr)
+        self.lr = finite_nonnegative("lr", lr)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
-        self.betas = (_unit("betas[0]", betas[0]), _unit("betas[1]", betas[1]))
-        self.eps = _nonneg("eps", eps)
-        self.weight_decay = _nonneg("weight_decay", weight_decay)
+        self.betas = (unit_interval("betas[0]", betas[0]), unit_interval("betas[1]", betas[1]))
+        self.eps = finite_nonnegative("eps", eps)
+        self.weight_decay = finite_nonnegative("weight_decay", weight_decay)
         self.amsgrad = bool(amsgrad)
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, st: dict[str, Any]) -> None:

@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import bool_array, check_shape, floating, positive_int
 from .clip import clip_grad_norm, clip_grad_value, grad_norm
 from .nn import mse_loss
 from .optim import Optimizer
@@ -221,8 +222,8 @@ class TBPTT:
         if optimizer is not None and not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer: expected a bptt.optim optimizer or None, got "
                             f"{type(optimizer).__name__}")
-        self.k1 = self._steps("k1", k1)
-        self.k2 = self.k1 if k2 is None else self._steps("k2", k2)
+        self.k1 = positive_int("k1", k1)
+        self.k2 = self.k1 if k2 is None else positive_int("k2", k2)
         if self.k2 < self.k1:
             raise ValueError(f"k2: expected k2 >= k1 = {self.k1}, got {self.k2}")
         if clip_norm is not None and not float(clip_norm) > 0:
@@ -237,7 +238,7 @@ class TBPTT:
         self.clip_value = clip_value
         self.error_if_nonfinite = bool(error_if_nonfinite)
         self.memory_budget = memory_budget
-        self._lstm = type(model).__name__ == "LSTM"
+        self._has_cell_state = bool(getattr(model, "has_cell_state", False))
         self._keys: dict[str, str] = {}
         if optimizer is not None:
             by_id = {id(v): k for k, v in optimizer.params.items()}
@@ -247,25 +248,17 @@ class TBPTT:
                                      f"build it over tbptt.parameters(model, readout)")
                 self._keys[name] = by_id[id(arr)]
 
-    @staticmethod
-    def _steps(name: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name}: expected a positive int, got {type(value).__name__}")
-        if value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value}")
-        return int(value)
-
     # ------------------------------------------------------------------ state helpers
     def _parts(self, state: Any) -> list[np.ndarray]:
-        return list(state) if self._lstm else [state]
+        return list(state) if self._has_cell_state else [state]
 
     def _join(self, parts: list[np.ndarray]) -> Any:
-        return (parts[0], parts[1]) if self._lstm else parts[0]
+        return (parts[0], parts[1]) if self._has_cell_state else parts[0]
 
     def _zeros(self, batch: int) -> list[np.ndarray]:
         m = self.model
         shape = (m.num_layers, batch, m.hidden_size)
-        return [np.zeros(shape, dtype=m.dtype) for _ in range(2 if self._lstm else 1)]
+        return [np.zeros(shape, dtype=m.dtype) for _ in range(2 if self._has_cell_state else 1)]
 
     # ------------------------------------------------------------------ core calls
     def _call(self, x: np.ndarray, state: list[np.ndarray], lengths: Any,
@@ -338,9 +331,7 @@ class TBPTT:
         loss, grad_norm)`` is called after each chunk (e.g. for a progress bar).
         """
         m = self.model
-        x = np.asarray(x)
-        if x.dtype.kind != "f":
-            raise TypeError(f"x: expected a floating-point array, got dtype {x.dtype}")
+        x = floating("x", x)
         if x.ndim != 3 or x.shape[2] != m.input_size or x.shape[0] < 1:
             raise ValueError(f"x: expected shape (T, B, {m.input_size}), got {x.shape}")
         x = np.ascontiguousarray(x, dtype=m.dtype)
@@ -348,17 +339,15 @@ class TBPTT:
         y = np.asarray(y)
         if y.shape[:2] != (T, B):
             raise ValueError(f"y: expected leading shape ({T}, {B}), got {y.shape}")
-        mask_a = self._bool("mask", mask, (T, B))
-        resets_a = self._bool("resets", resets, (T, B))
+        mask_a = bool_array("mask", mask, (T, B))
+        resets_a = bool_array("resets", resets, (T, B))
         if state is None:
             cur = self._zeros(B)
         else:
             cur = [np.ascontiguousarray(s, dtype=m.dtype) for s in self._parts(state)]
             want = (m.num_layers, B, m.hidden_size)
             for i, part in enumerate(cur):
-                if part.shape != want:
-                    name = "state" if not self._lstm else f"state[{i}]"
-                    raise ValueError(f"{name}: expected shape {want}, got {part.shape}")
+                check_shape("state" if not self._has_cell_state else f"state[{i}]", part, want)
 
         n_chunks = -(-T // self.k1)
         losses = np.full(n_chunks, np.nan)
@@ -437,18 +426,6 @@ class TBPTT:
             if callback is not None:
                 callback(j, n_chunks, float(loss), norm)
         return TBPTTResult(losses, norms, n_terms, updated, ends, self._join(cur), kept)
-
-    @staticmethod
-    def _bool(name: str, value: Any, shape: tuple[int, int]) -> np.ndarray | None:
-        if value is None:
-            return None
-        a = np.asarray(value)
-        if a.dtype.kind not in "biu":
-            raise TypeError(f"{name}: expected a bool array of shape {shape}, got dtype "
-                            f"{a.dtype}")
-        if a.shape != shape:
-            raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
-        return a.astype(bool)
 
     def __repr__(self) -> str:
         return (f"TBPTT(k1={self.k1}, k2={self.k2}, model={self.model!r}, "

@@ -4,8 +4,7 @@
 //! (one input-projection GEMM, one buffer of gates, one backward GEMM batch); a *segment*
 //! is the interval between two checkpoints of a budgeted tape, `k` steps, which is also the
 //! chunk that backward recomputes at a time. Without a budget, inference and the full
-//! tape's backward walk chunks of [`CHUNK_STEPS`]; the full tape's forward walks one chunk
-//! of `T` steps.
+//! tape's backward walk chunks of [`CHUNK_STEPS`]; the full tape's forward walks the same chunks.
 
 use super::tape::{drops_h_prev, Keep};
 use crate::cell::CellKind;
@@ -38,11 +37,11 @@ impl DirPlan {
         }
     }
 
-    /// Steps per forward chunk over `seq_len` steps.
+    /// Steps per forward chunk over `seq_len` steps (the full tape is written chunk by
+    /// chunk too, so that a long call can be stopped between chunks).
     pub(super) fn chunk_len(self, seq_len: usize) -> usize {
         match self {
-            DirPlan::Full => seq_len,
-            DirPlan::Nothing => CHUNK_STEPS.min(seq_len),
+            DirPlan::Full | DirPlan::Nothing => CHUNK_STEPS.min(seq_len),
             DirPlan::Checkpoints(k) => k,
         }
     }
