@@ -115,7 +115,7 @@ def backward(
     """
 
 def set_num_threads(n: int) -> None:
-    """Sets the number of threads bptt uses from now on (at least 1)."""
+    """Sets the number of threads bptt uses from now on: 1 to `4 × max(CPUs, 16)`."""
 
 def get_num_threads() -> int:
     """The number of threads bptt uses."""
