@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 use crate::float::Float;
 use ndarray::{Array, ArrayBase, Data, Dimension, IntoDimension, ShapeBuilder};
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `n` zeros, or [`Error::Memory`] for `what`.
@@ -55,6 +56,25 @@ pub(crate) fn zeros<T: Float, D: Dimension>(
     let dim = shape.into_dimension();
     let n = elements(dim.slice(), what, std::mem::size_of::<T>())?;
     let v = zeroed_vec(n, what)?;
+    Ok(Array::from_shape_vec(dim.into_shape_with_order(), v).expect("sized from the shape"))
+}
+
+/// An array of `shape` whose elements the caller writes before it reads any (then
+/// `assume_init`), or [`Error::Memory`] naming `what`. Unlike [`zeros`], no page of it is
+/// touched here: a large output is written once, by the pass that computes it.
+pub(crate) fn uninit<T: Float, D: Dimension>(
+    shape: impl IntoDimension<Dim = D>,
+    what: &str,
+) -> Result<Array<MaybeUninit<T>, D>> {
+    let dim = shape.into_dimension();
+    let n = elements(dim.slice(), what, std::mem::size_of::<T>())?;
+    let mut v: Vec<MaybeUninit<T>> = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::Memory {
+        what: what.to_string(),
+        bytes: n as u128 * std::mem::size_of::<T>() as u128,
+    })?;
+    // SAFETY: capacity is `n`, and `MaybeUninit` elements need no initialisation.
+    unsafe { v.set_len(n) };
     Ok(Array::from_shape_vec(dim.into_shape_with_order(), v).expect("sized from the shape"))
 }
 

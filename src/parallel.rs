@@ -288,7 +288,10 @@ mod tests {
     fn pool_size_follows_set_num_threads() {
         set_num_threads(3);
         assert_eq!(num_threads(), 3);
-        assert_eq!(pool().map(|p| p.install(rayon::current_num_threads)), Some(3));
+        assert_eq!(
+            pool().map(|p| p.install(rayon::current_num_threads)),
+            Some(3)
+        );
         assert_eq!(run(true, current_threads), 3);
         assert_eq!(run(false, current_threads), 1);
         set_num_threads(0);

@@ -22,6 +22,7 @@ use crate::linalg::{gemm, par};
 use crate::recurrent::RecurrentWeights;
 use crate::team::{self, Shared, StateTile};
 use ndarray::{s, Array2, Array3, ArrayView3, ArrayViewMut3, Axis};
+use std::mem::MaybeUninit;
 
 /// The buffers one chunk reads and writes.
 pub(super) struct Chunk<'a, T> {
@@ -33,8 +34,9 @@ pub(super) struct Chunk<'a, T> {
     pub(super) gates: ArrayViewMut3<'a, T>,
     /// Where the tape keeps the per-step states, if it does.
     pub(super) tape: Option<StatesMut<'a, T>>,
-    /// `[S, B, H]`: this direction's block of the outputs, if wanted.
-    pub(super) out: Option<ArrayViewMut3<'a, T>>,
+    /// `[S, B, H]`: this direction's block of the outputs, if wanted; every element is
+    /// written, so it may start uninitialised.
+    pub(super) out: Option<ArrayViewMut3<'a, MaybeUninit<T>>>,
 }
 
 /// Buffers reused by every chunk of a direction.
@@ -69,7 +71,7 @@ impl<T: Float> Direction<'_, '_, T> {
         &self,
         input: ArrayView3<'_, T>,
         state: &mut StateSlot<T>,
-        mut out: ArrayViewMut3<'_, T>,
+        mut out: ArrayViewMut3<'_, MaybeUninit<T>>,
         plan: DirPlan,
     ) -> Result<Option<DirTape<T>>> {
         let cfg = self.cfg;
@@ -272,8 +274,9 @@ fn shared_opt<T>(a: Option<&mut ArrayViewMut3<'_, T>>) -> Shared<T> {
     }))
 }
 
-/// Shares a `[S, B, H]` view whose rows are contiguous (a direction's block of `out`).
-fn shared_strided<T>(v: &mut ArrayViewMut3<'_, T>) -> (Shared<T>, [usize; 2]) {
+/// Shares a `[S, B, H]` view whose rows are contiguous (a direction's block of `out`), to
+/// be written as `T`.
+fn shared_strided<T>(v: &mut ArrayViewMut3<'_, MaybeUninit<T>>) -> (Shared<T>, [usize; 2]) {
     let (steps, batch, hidden) = v.dim();
     // Axes of length 1 may carry any stride; they never move the pointer.
     let st: Vec<isize> = (0..3)
@@ -291,7 +294,11 @@ fn shared_strided<T>(v: &mut ArrayViewMut3<'_, T>) -> (Shared<T>, [usize; 2]) {
     };
     // SAFETY: the view covers these elements (its layout is checked above) and is
     // mutably borrowed for as long as the shared handle is used.
-    (unsafe { Shared::from_raw(v.as_mut_ptr(), len) }, [s0, s1])
+    // `MaybeUninit<T>` has the layout of `T`; the team only writes these elements.
+    (
+        unsafe { Shared::from_raw(v.as_mut_ptr().cast::<T>(), len) },
+        [s0, s1],
+    )
 }
 
 /// One forward step for one tile: saves the entering state for the tape, adds the

@@ -28,7 +28,7 @@ pub use plan::budget_range;
 pub(crate) use plan::CHUNK_STEPS;
 pub use tape::{digest, Keep, Tape};
 
-use crate::buffer::{copy, zeroed_vec, zeros, Control};
+use crate::buffer::{copy, uninit, zeroed_vec, zeros, Control};
 use crate::error::{fmt_shape, Error, Result};
 use crate::float::Float;
 use crate::model::{
@@ -128,7 +128,8 @@ pub fn forward<T: Float>(
     };
     let mut layers = Vec::new();
     for layer in 0..cfg.num_layers {
-        let mut out: Array3<T> = zeros((seq_len, batch, dirs * hidden), "out")?;
+        // Not zeroed: every element is written (a masked step writes zeros).
+        let mut out = uninit::<T, _>((seq_len, batch, dirs * hidden), "out")?;
         let jobs = out
             .axis_chunks_iter_mut(Axis(2), hidden)
             .enumerate()
@@ -149,6 +150,9 @@ pub fn forward<T: Float>(
             slot.write(&mut final_state, layer * dirs + d);
             dir_tapes.extend(tape);
         }
+        // SAFETY: every direction returned `Ok`, so each has written every element of its
+        // block of `out` (see `Chunk::out`).
+        let out = unsafe { out.assume_init() };
         let next = std::mem::replace(&mut input, CowArray::from(out));
         if keep != Keep::Nothing {
             layers.push(LayerTape {
