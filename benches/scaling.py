@@ -27,19 +27,27 @@ def median_ms(fn, rounds: int) -> float:
     return paired_ms([fn], rounds)[0]
 
 
-def paired_ms(fns, rounds: int, per_block: int = 3) -> list[float]:
+def paired_ms(fns, rounds: int, per_block: int = 3, rest_s: float = 0.0,
+              before=None) -> list[float]:
     """Median milliseconds of each function over `rounds` timed calls, run in alternating
     blocks of `per_block` (each after one untimed call): a machine whose speed drifts
     slows all of them alike, and each library's threads are awake when its block starts
-    rather than still spinning in the other library's code."""
+    rather than still spinning in the other library's code. `rest_s`: a pause after each
+    block (the previous library's spinning threads go to sleep before the next block
+    starts). `before`: one callable per function, called at the start of each of its
+    blocks, before the untimed call (e.g. setting the thread count)."""
     times = [[] for _ in fns]
     while len(times[0]) < rounds:
-        for fn, ts in zip(fns, times):
+        for k, (fn, ts) in enumerate(zip(fns, times)):
+            if before is not None:
+                before[k]()
             fn()
             for _ in range(min(per_block, rounds - len(ts))):
                 t = time.perf_counter()
                 fn()
                 ts.append(time.perf_counter() - t)
+            if rest_s:
+                time.sleep(rest_s)
     return [float(np.median(ts) * 1e3) for ts in times]
 
 
