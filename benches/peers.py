@@ -339,9 +339,24 @@ def git_commit() -> str:
         dirty = subprocess.run(["git", "-C", str(HERE), "status", "--porcelain", "--",
                                 "../src", "../python", "../Cargo.toml"],
                                capture_output=True, text=True, check=False).stdout.strip()
-        return head[:100] + (" (+ uncommitted changes in src/python)" if dirty else "")
+        core = subprocess.run(["git", "-C", str(HERE), "log", "-1", "--format=%h", "--",
+                               "../src", "../python", "../Cargo.toml"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        return (head[:100] + f" (last change to src/python: {core})"
+                + (" (+ uncommitted changes in src/python)" if dirty else ""))
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -389,7 +404,7 @@ def main() -> None:
         "onnxruntime": getattr(ort, "__version__", "not installed"),
         "numpy": np.__version__,
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": f"{cpu_model()}, {platform.machine()}, {os.cpu_count()} CPUs",
         "load average at start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
         "options": f"runs {args.runs} (large {args.large_runs}), block {args.block_s} s, "
                    f"rest {args.rest_s} s",
