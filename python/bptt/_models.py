@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 
-from . import _core
+from . import _core, _persist
 from ._checks import float_array, lengths_array, model_dtype, positive_int
 
 _owners = itertools.count(1)
@@ -245,6 +245,16 @@ class _Recurrent(Generic[_State]):
                                                       dh, dc, self._owner)
         params = dict(zip(self._names, grads))
         return Gradients(dx, dh0 if dc0 is None else (dh0, dc0), params, dh_norm)
+
+    # ----------------------------------------------------------------- pickling
+    def __getstate__(self) -> dict[str, Any]:
+        """Configuration + parameters + a format version (see ``bptt._persist``)."""
+        return _persist.model_state(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Rebuilds the model from ``__getstate__``'s dict; a newer format or arrays that do
+        not match the configuration are an error."""
+        _persist.restore_model(self, state)
 
     def __repr__(self) -> str:
         extra = "" if self._cell not in ("rnn_tanh", "rnn_relu") else (
