@@ -327,63 +327,6 @@ def test_arguments_are_checked(client, rng):
         dp.step()
 
 
-# ============================================================================ faults
-def test_training_survives_a_killed_worker(client, rng):
-    """A worker process is killed (SIGKILL) while it computes a step: the step is
-    recomputed with its shard scattered again, the trajectory stays that of one process,
-    and once the nanny has replaced the worker the shards spread out again and the new
-    worker's bptt threads follow its nthreads."""
-    model, readout, x, y, lengths, mask = _lstm_task(rng, n=32, steps=60)
-    batches = [rng.choice(32, size=16, replace=False) for _ in range(6)]
-    ref_model, ref_readout = bptt.LSTM(3, 8, 2, dtype=np.float64), bptt.Linear(8, 2,
-                                                                             dtype=np.float64)
-    ref_model.load_state_dict(model.state_dict())
-    ref_readout.load_state_dict(readout.state_dict())
-    ref = _train_reference(ref_model, ref_readout, x, y, mask, lengths, batches, 0.05)
-
-    opt = bptt.optim.Adam(bptt.tbptt.parameters(model, readout), lr=0.05)
-    dp = bd.DataParallel(client, model, readout, bptt.mse_loss, opt)
-    dp.scatter(x, y, lengths=lengths)
-    pids = client.run(os.getpid)
-    victim_addr = dp.shard_workers[1]
-    victim = pids[victim_addr]
-    killed = threading.Event()
-
-    def kill_when_busy():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            busy = client.processing(workers=[victim_addr]).get(victim_addr, ())
-            if any("bptt-grad" in str(k) for k in busy):
-                os.kill(victim, signal.SIGKILL)
-                killed.set()
-                return
-            time.sleep(0.002)
-
-    losses = [dp.step(batches[0]), dp.step(batches[1])]
-    killer = threading.Thread(target=kill_when_busy)
-    killer.start()
-    losses.append(dp.step(batches[2]))
-    killer.join()
-    assert killed.is_set(), "the worker was not caught computing"
-    assert dp.recoveries >= 1 and dp.last_step.attempts >= 2
-    assert victim_addr not in dp.shard_workers
-    losses += [dp.step(b) for b in batches[3:]]
-    np.testing.assert_allclose(losses, ref, rtol=1e-10)
-    # Gradients after the recovery are still exact.
-    _ref_loss, ref_grads = _reference(model, readout, bptt.mse_loss, x, y, mask, lengths,
-                                     batches[0], False)
-    _check_grads(dp.gradients(batches[0])[1], ref_grads, "after recovery")
-
-    client.wait_for_workers(2, timeout=60)
-    deadline = time.monotonic() + 60
-    while len(set(dp.shard_workers)) < 2 and time.monotonic() < deadline:
-        dp.gradients(batches[0])
-        time.sleep(0.2)
-    assert len(set(dp.shard_workers)) == 2
-    assert client.run(bptt.get_num_threads) == client.nthreads()
-    assert victim not in client.run(os.getpid).values()
-
-
 # ============================================================================ truncated BPTT
 @pytest.mark.parametrize("case", ["lstm-k1<k2", "gru-batch-first-k1=k2"])
 def test_tbptt_follows_one_process(client, rng, case):
@@ -434,3 +377,102 @@ def test_tbptt_follows_one_process(client, rng, case):
         assert rel_error(a, b) < 1e-10
     for k in params[0]:
         assert rel_error(params[1][k], params[0][k]) < 1e-10, k
+
+
+# ============================================================================ faults
+def _killer(client, addr):
+    """A thread that kills worker ``addr``'s process (SIGKILL) as soon as the scheduler
+    shows it computing a bptt gradient task, and an event set once it has."""
+    pid = client.run(os.getpid, workers=[addr])[addr]
+    killed = threading.Event()
+    done = threading.Event()       # set by the caller once the step has returned
+
+    def kill_when_busy():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not done.is_set():
+            busy = client.processing(workers=[addr]).get(addr, ())
+            if any("bptt-grad" in str(k) for k in busy):
+                os.kill(pid, signal.SIGKILL)
+                killed.set()
+                return
+            time.sleep(0.002)
+
+    return threading.Thread(target=kill_when_busy), killed, done, pid
+
+
+def _slow_mse(pred, target, mask):
+    """``bptt.mse_loss``, taking a moment first: keeps a worker busy inside the step long
+    enough for the test to kill it there."""
+    time.sleep(0.2)
+    return bptt.mse_loss(pred, target, mask)
+
+
+def _wait_for_replacement(client, dp, batch):
+    client.wait_for_workers(2, timeout=60)
+    deadline = time.monotonic() + 60
+    while len(set(dp.shard_workers)) < 2 and time.monotonic() < deadline:
+        dp.gradients(batch)
+        time.sleep(0.2)
+    assert len(set(dp.shard_workers)) == 2
+
+
+def test_training_data_from_a_dask_graph(client, rng):
+    """x, y and lengths as dask arrays: each shard is computed on its worker from the
+    graph (nothing through the client), gradients equal one process's, and the shard of
+    a worker killed mid-step is computed again from the graph."""
+    client.wait_for_workers(2, timeout=60)
+    model, readout, x, y, lengths, mask = _lstm_task(rng, n=24, steps=40)
+    dp = bd.DataParallel(client, model, readout, _slow_mse)
+    dp.scatter(da.from_array(x, chunks=(40, 5, 3)), da.from_array(y, chunks=(40, 7, 2)),
+               lengths=da.from_array(lengths, chunks=9))
+    assert len(set(dp.shard_workers)) == 2
+    batch = np.array([1, 22, 5, 17, 12, 8])
+    _, ref = _reference(model, readout, bptt.mse_loss, x, y, mask, lengths, batch, False)
+    _check_grads(dp.gradients(batch)[1], ref, "from a graph")
+    killer, killed, done, _ = _killer(client, dp.shard_workers[1])
+    killer.start()
+    _check_grads(dp.gradients(batch)[1], ref, "from a graph, worker killed")
+    done.set()
+    killer.join()
+    assert killed.is_set()
+    _check_grads(dp.gradients(batch)[1], ref, "from a graph, after the kill")
+    _wait_for_replacement(client, dp, batch)
+    _check_grads(dp.gradients(batch)[1], ref, "from a graph, spread again")
+
+
+def test_training_survives_a_killed_worker(client, rng):
+    """A worker process is killed (SIGKILL) while it computes a step: the step is
+    recomputed with its shard scattered again from the client's copy, the trajectory stays
+    that of one process, and once the nanny has replaced the worker the shards spread out
+    again and the new worker's bptt threads follow its nthreads."""
+    client.wait_for_workers(2, timeout=60)
+    model, readout, x, y, lengths, mask = _lstm_task(rng, n=32, steps=60)
+    batches = [rng.choice(32, size=16, replace=False) for _ in range(6)]
+    ref_model, ref_readout = bptt.LSTM(3, 8, 2, dtype=np.float64), bptt.Linear(8, 2,
+                                                                             dtype=np.float64)
+    ref_model.load_state_dict(model.state_dict())
+    ref_readout.load_state_dict(readout.state_dict())
+    ref = _train_reference(ref_model, ref_readout, x, y, mask, lengths, batches, 0.05)
+
+    opt = bptt.optim.Adam(bptt.tbptt.parameters(model, readout), lr=0.05)
+    dp = bd.DataParallel(client, model, readout, _slow_mse, opt)
+    dp.scatter(x, y, lengths=lengths)
+    victim_addr = dp.shard_workers[1]
+    losses = [dp.step(batches[0]), dp.step(batches[1])]
+    killer, killed, done, victim = _killer(client, victim_addr)
+    killer.start()
+    losses.append(dp.step(batches[2]))
+    done.set()
+    killer.join()
+    assert killed.is_set(), "the worker was not caught computing"
+    assert dp.recoveries >= 1 and dp.last_step.attempts >= 2
+    assert victim_addr not in dp.shard_workers
+    losses += [dp.step(b) for b in batches[3:]]
+    np.testing.assert_allclose(losses, ref, rtol=1e-10)
+    # Gradients after the recovery are still exact.
+    _, ref_grads = _reference(model, readout, bptt.mse_loss, x, y, mask, lengths,
+                              batches[0], False)
+    _check_grads(dp.gradients(batches[0])[1], ref_grads, "after recovery")
+    _wait_for_replacement(client, dp, batches[0])
+    assert client.run(bptt.get_num_threads) == client.nthreads()
+    assert victim not in client.run(os.getpid).values()

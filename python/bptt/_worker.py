@@ -27,8 +27,8 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from . import _core, _persist
 
-__all__ = ["Arrays", "Partial", "Setup", "Shard", "ThreadsPlugin", "add_partials", "shard_gradients",
-           "shard_window"]
+__all__ = ["Arrays", "Partial", "Setup", "Shard", "ThreadsPlugin", "add_partials",
+           "make_shard", "same", "shard_gradients", "shard_window"]
 
 
 class ThreadsPlugin(WorkerPlugin):
@@ -75,6 +75,32 @@ class Shard:
         """Bytes of the arrays held."""
         return sum(a.nbytes for a in (self.x, self.y, self.mask, self.lengths, self.resets)
                    if a is not None)
+
+
+def make_shard(index: int, start: int, x: Any, y: Any, mask: Any, lengths: Any, resets: Any,
+               dtype: str, batch_axis: int) -> Shard:
+    """A ``Shard`` from its parts (NumPy arrays; on a worker, computed from dask arrays):
+    ``x`` converted to the model's dtype, ``mask``/``resets`` to bool, and, when there are
+    ``lengths`` and no ``mask``, the mask they imply (each sequence's first ``lengths[n]``
+    steps)."""
+    xa = np.ascontiguousarray(x, dtype=dtype)
+    la = None if lengths is None else np.ascontiguousarray(lengths, dtype=np.int64)
+    ma = None if mask is None else np.ascontiguousarray(mask, dtype=bool)
+    if la is not None:
+        steps = xa.shape[1 - batch_axis]
+        if la.size and (la.min() < 1 or la.max() > steps):
+            raise ValueError(f"lengths: expected values in [1, {steps}], got "
+                             f"[{la.min()}, {la.max()}]")
+        if ma is None:
+            t = np.arange(steps)
+            ma = t[:, None] < la[None, :] if batch_axis == 1 else la[:, None] > t[None, :]
+    return Shard(index, start, xa, np.ascontiguousarray(y), ma, la,
+                 None if resets is None else np.ascontiguousarray(resets, dtype=bool))
+
+
+def same(value: Any) -> Any:
+    """The task that moves a value to another worker."""
+    return value
 
 
 class Setup:

@@ -44,6 +44,7 @@ import numpy as np
 try:
     import dask.array as da
     from dask.base import tokenize
+    from dask.delayed import delayed
     from dask.highlevelgraph import HighLevelGraph
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("bptt.dask needs dask: pip install 'bptt[dask]' (dask and "
@@ -300,25 +301,34 @@ class StepInfo:
                 f"{self.bytes_to_client} B, shards={self.shards}, attempts={self.attempts})")
 
 
-def _bools(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray | None:
-    if value is None:
+def _eager_array(value: Any) -> Any:
+    return np.asarray(value)
+
+
+def _lazy_array(value: Any) -> Any:
+    return value if isinstance(value, da.Array) else da.asarray(value)
+
+
+def _check_bools(name: str, arr: Any, shape: tuple[int, ...]) -> Any:
+    if arr is None:
         return None
-    arr = np.asarray(value)
     if arr.dtype.kind not in "biu":
         raise TypeError(f"{name}: expected a bool array of shape {shape}, got dtype "
                         f"{arr.dtype}")
-    if arr.shape != shape:
+    if tuple(arr.shape) != shape:
         raise ValueError(f"{name}: expected shape {shape}, got {arr.shape}")
-    return arr.astype(bool)
+    return arr
 
 
 class _Slot:
-    """The client's record of one shard: its rows, its copy and where it lives now."""
+    """The client's record of one shard: its rows, its copy (NumPy input) or the graph
+    that makes it (dask input), its future and the worker that holds it."""
 
-    __slots__ = ("future", "shard", "stop", "worker")
+    __slots__ = ("future", "graph", "shard", "stop", "worker")
 
-    def __init__(self, shard: Any, stop: int) -> None:
+    def __init__(self, shard: Any, graph: Any, stop: int) -> None:
         self.shard = shard
+        self.graph = graph
         self.stop = stop
         self.future: Any = None
         self.worker: str | None = None
@@ -434,6 +444,7 @@ class DataParallel:
         self._watch_until = 0.0
         self._n_workers = 0
         self._n_workers_now = 1
+        self._next_check = 0.0
         self._n = 0
         follow_worker_threads(client)
 
@@ -450,56 +461,60 @@ class DataParallel:
 
     def scatter(self, x: Any, y: Any, *, mask: Any = None, lengths: Any = None,
                 resets: Any = None, shards: int | None = None) -> None:
-        """Splits the training set into contiguous shards and sends one to each worker.
+        """Splits the training set into contiguous shards and places one on each worker.
 
         ``x``: (T, N, input_size), or (N, T, input_size) for a ``batch_first`` model: N
-        sequences (converted once to the model's dtype). ``y``: the targets, with the
-        output's leading axes ((T, N) or (N, T)) and whatever ``loss_fn`` expects after
-        them. ``mask``: bool with the same leading axes, where the loss is taken (None:
+        sequences (converted to the model's dtype). ``y``: the targets, with the output's
+        leading axes ((T, N) or (N, T)) and whatever ``loss_fn`` expects after them.
+        ``mask``: bool with the same leading axes, where the loss is taken (None:
         everywhere, or, with ``lengths``, at each sequence's first ``lengths[n]`` steps).
         ``lengths``: (N,) integers in [1, T] (see ``model(x, lengths=...)``).
         ``resets``: bool with the leading axes, for ``tbptt`` only: where a stream's state
         is set to zero before a step (episode starts).
         ``shards``: how many shards (default: one per worker now in the cluster).
 
-        The data goes to the workers now and does not travel again; the client keeps its
-        copy only to scatter a shard again if its worker is lost. Calling ``scatter``
-        again replaces the training set.
+        NumPy arrays are sent from the client now; the client keeps its copy only to
+        scatter a shard again if its worker is lost. Dask arrays never pass through the
+        client: each shard is computed on its worker from the graph (its slice of each
+        array), and a lost shard is computed again from the graph. Either way the data
+        does not travel again during training. Calling ``scatter`` again replaces the
+        training set.
         """
+        from ._worker import Setup, Shard, make_shard
+
         m = self.model
         ax = self._batch_axis
+        lazy = any(isinstance(a, da.Array) for a in (x, y, mask, lengths, resets))
+        norm = _lazy_array if lazy else _eager_array
+        xa = norm(x)
         layout = "(N, T, input_size)" if m.batch_first else "(T, N, input_size)"
-        xa = np.asarray(x)
         if xa.dtype.kind != "f":
             raise TypeError(f"x: expected a floating-point array (converted to {m.dtype}), got "
                             f"dtype {xa.dtype}")
         if xa.ndim != 3 or xa.shape[2] != m.input_size:
             raise ValueError(f"x: expected shape {layout[:-11]}{m.input_size}), got "
                              f"{xa.shape}")
-        xa = np.ascontiguousarray(xa, dtype=m.dtype)
-        lead = xa.shape[:2]
+        if any(math.isnan(d) for d in xa.shape):
+            raise ValueError("x: unknown shape (nan); call x.compute_chunk_sizes() first")
+        lead = tuple(int(d) for d in xa.shape[:2])
         n = lead[ax]
-        ya = np.asarray(y)
-        if ya.shape[:2] != lead:
+        ya = norm(y)
+        if tuple(ya.shape[:2]) != lead:
             raise ValueError(f"y: expected leading shape {lead} (that of x), got {ya.shape}")
-        ma = _bools("mask", mask, lead)
-        ra = _bools("resets", resets, lead)
+        ma = _check_bools("mask", None if mask is None else norm(mask), lead)
+        ra = _check_bools("resets", None if resets is None else norm(resets), lead)
         la = None
         if lengths is not None:
-            la = np.asarray(lengths)
+            la = norm(lengths)
             if la.dtype.kind not in "iu":
                 raise TypeError(f"lengths: expected an integer array of shape ({n},), got "
                                 f"dtype {la.dtype}")
-            if la.shape != (n,):
+            if tuple(la.shape) != (n,):
                 raise ValueError(f"lengths: expected shape ({n},), got {la.shape}")
             steps = lead[1 - ax]
-            if la.size and (la.min() < 1 or la.max() > steps):
+            if not lazy and la.size and (la.min() < 1 or la.max() > steps):
                 raise ValueError(f"lengths: expected values in [1, {steps}], got "
                                  f"[{la.min()}, {la.max()}]")
-            la = la.astype(np.int64)
-            if ma is None:
-                t = np.arange(steps)
-                ma = t[:, None] < la[None, :] if ax == 1 else la[:, None] > t[None, :]
         workers = self._workers()
         count = len(workers) if shards is None else shards
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -508,20 +523,22 @@ class DataParallel:
             raise ValueError(f"x: {n} sequence(s) cannot fill {count} shards; pass "
                              f"shards=<= {n}")
         self.release()
-        from ._worker import Setup, Shard
 
         bounds = np.linspace(0, n, count + 1).round().astype(np.int64)
         slots = []
         for i in range(count):
             a, b = int(bounds[i]), int(bounds[i + 1])
-            sl = [slice(None)] * 2
+            sl: list[slice] = [slice(None)] * 2
             sl[ax] = slice(a, b)
             take = tuple(sl)
-            shard = Shard(i, a, np.ascontiguousarray(xa[take]), np.ascontiguousarray(ya[take]),
-                          None if ma is None else np.ascontiguousarray(ma[take]),
-                          None if la is None else la[a:b].copy(),
-                          None if ra is None else np.ascontiguousarray(ra[take]))
-            slots.append(_Slot(shard, b))
+            parts = (xa[take], ya[take], None if ma is None else ma[take],
+                     None if la is None else la[a:b], None if ra is None else ra[take])
+            if lazy:
+                graph = delayed(make_shard, pure=True)(i, a, *parts, m.dtype.name, ax)
+                slots.append(_Slot(None, graph, b))
+            else:
+                shard: Shard = make_shard(i, a, *parts, m.dtype.name, ax)
+                slots.append(_Slot(shard, None, b))
         self._slots = slots
         self._n_workers = len(workers)
         self._starts = bounds[:-1]
@@ -530,6 +547,16 @@ class DataParallel:
                             self.loss_fn, ax, self.memory_budget)
         for i, slot in enumerate(slots):
             self._place(slot, workers[i % len(workers)])
+        if lazy:
+            from distributed import wait
+
+            wait([s.future for s in slots])
+            for s in slots:
+                if s.future.status == "error":
+                    s.future.result()       # raises the worker's exception here
+            held = self._holders()
+            for s in slots:                  # where the scheduler did compute each one
+                s.worker = (held.get(str(s.future.key)) or [s.worker])[0]
 
     def _workers(self, wait: float = 30.0) -> list[str]:
         """Addresses of the workers now in the cluster (waits up to ``wait`` s for one)."""
@@ -544,8 +571,19 @@ class DataParallel:
             time.sleep(0.1)
 
     def _place(self, slot: _Slot, worker: str) -> None:
-        slot.future = self.client.scatter(slot.shard, workers=[worker], hash=False,
-                                          direct=True)
+        """Puts ``slot``'s shard on ``worker``: scattered from the client's copy, moved
+        from the worker that holds it, or computed there from its graph."""
+        from ._worker import same
+
+        if slot.shard is not None:
+            slot.future = self.client.scatter(slot.shard, workers=[worker], hash=False,
+                                              direct=True)
+        elif slot.future is not None and slot.future.status == "finished":
+            slot.future = self.client.submit(same, slot.future, workers=[worker],
+                                             allow_other_workers=True, pure=False)
+        else:
+            slot.future = self.client.compute(slot.graph, workers=[worker],
+                                              allow_other_workers=True)
         slot.worker = worker
 
     def release(self) -> None:
@@ -626,6 +664,8 @@ class DataParallel:
             raise RuntimeError("no training data: call scatter(x, y) first")
         lost = _lost_worker_errors()
         t0 = time.perf_counter()
+        if time.monotonic() >= self._next_check:
+            self._check_workers()
         if self._unbalanced:
             self.rebalance()
         attempt = 0
@@ -676,6 +716,24 @@ class DataParallel:
                         p_bytes * (self._n_workers_now - 1) + p_bytes * adds, p_bytes,
                         len(parts), 1)
         return total, info
+
+    def _check_workers(self) -> None:
+        """Every few seconds: notices workers that left (a shard computed from a graph is
+        recomputed elsewhere by the scheduler, without an error reaching the client) or
+        joined, so that ``shard_workers`` stays true and shards spread out again."""
+        self._next_check = time.monotonic() + 2.0
+        workers = set(self._workers())
+        if any(s.worker not in workers for s in self._slots):
+            held = self._holders()
+            for slot in self._slots:
+                where = [w for w in held.get(str(slot.future.key), []) if w in workers]
+                if where:
+                    slot.worker = where[0]
+            self._unbalanced = True
+            self._watch_until = time.monotonic() + 120.0
+        elif len(workers) > len({s.worker for s in self._slots}) and len(self._slots) > len(
+                {s.worker for s in self._slots}):
+            self._unbalanced = True
 
     def _holders(self) -> dict[str, list[str]]:
         """Worker addresses holding each shard's key (shards lost entirely are absent)."""
