@@ -10,16 +10,19 @@ Inference: ``out, state = bptt.dask.predict(model, x, state=None, lengths=None)`
     a worker fetches it once, whatever the number of chunks.
 
 Training: ``dp = bptt.dask.DataParallel(client, model, readout, loss_fn, optimizer)``
-    ``dp.scatter(x, y, mask=..., lengths=...)`` sends each worker one contiguous shard of
-    the training sequences, once. Each ``dp.step(batch)`` then sends the current
+    ``dp.scatter(x, y, mask=..., lengths=...)`` gives each worker one contiguous shard of
+    the training sequences, once (NumPy arrays from the client; dask arrays computed on
+    the workers, never passing through the client). Each ``dp.step(batch)`` then sends the current
     parameters to the workers; each computes forward, loss and full BPTT on its rows of
     the minibatch ``batch`` and returns its loss and gradient *sums*; the sums are added
     pairwise in a tree on the workers, the client divides by the number of loss terms and
     the optimizer steps once. The gradient is that of one process on the same minibatch
-    (the same loss scaling), up to float rounding.
+    (the same loss scaling), up to float rounding. ``dp.tbptt(k1, k2)`` runs truncated
+    BPTT (``bptt.TBPTT``'s schedule) over the sequences as parallel streams.
 
 Faults: a worker that dies during a step loses its shard; the client scatters the shard
-again from its own copy to a live worker and recomputes the step (shards keep their rows
+again from its own copy (or the scheduler recomputes it from its graph) on a live worker
+and recomputes the step (shards keep their rows
 and the sums are added in shard order, so the result does not depend on where shards
 live). A worker that raises surfaces as the original exception on the client.
 
@@ -556,7 +559,9 @@ class DataParallel:
                     s.future.result()       # raises the worker's exception here
             held = self._holders()
             for s in slots:                  # where the scheduler did compute each one
-                s.worker = (held.get(str(s.future.key)) or [s.worker])[0]
+                where = held.get(str(s.future.key))
+                if where:
+                    s.worker = where[0]
 
     def _workers(self, wait: float = 30.0) -> list[str]:
         """Addresses of the workers now in the cluster (waits up to ``wait`` s for one)."""
@@ -686,6 +691,8 @@ class DataParallel:
 
     def _attempt(self, task: Callable[..., Any], parts: Sequence[tuple[int, tuple[Any, ...]]]
                  ) -> tuple[Any, StepInfo]:
+        from distributed import wait
+
         from ._worker import Arrays, add_partials
 
         client = self.client
@@ -709,7 +716,9 @@ class DataParallel:
             if len(level) % 2:
                 nxt.append(level[-1])
             level = nxt
-        total = level[0].result(timeout=self.timeout)
+        # Fetched straight from the worker that holds it (not relayed by the scheduler).
+        wait(level[0], timeout=self.timeout)
+        total = client.gather(level[0], direct=True)
         arg_bytes = sum(a.nbytes for _, args in parts for a in args
                         if isinstance(a, np.ndarray))
         info = StepInfo(0.0, p_bytes + arg_bytes,
