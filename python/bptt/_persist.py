@@ -164,8 +164,9 @@ def _construct(model: Any, cfg: Mapping[str, Any], what: str) -> None:
 
 
 def _install(model: _Recurrent[Any], params: Any, what: str) -> None:
-    """Makes the arrays in ``params`` (checked) the model's live parameters."""
-    shapes = model._param_shapes()
+    """Makes the arrays in ``params`` (checked against the freshly constructed model's
+    names and shapes) the model's live parameters."""
+    shapes = {k: v.shape for k, v in model._params.items()}
     _check_keys(what, params, model._names)
     model._params = {name: _live_array(what, name, params[name], model.dtype, shapes[name])
                      for name in model._names}
