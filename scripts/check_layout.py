@@ -23,7 +23,7 @@ def problems() -> list[str]:
     """Every violation found, as one line each."""
     found: list[str] = []
     cargo = (ROOT / "Cargo.toml").read_text()
-    msrv = re.search(r'^rust-version\s*=\s*"([^"]+)"', cargo, re.M)
+    msrv = re.search(r'^rust-version\s*=\s*"([^"]+)"', cargo, re.MULTILINE)
     readme = (ROOT / "README.md").read_text()
     stated = re.findall(r"Rust >= ([0-9.]+)", readme)
     if msrv is None:
@@ -33,7 +33,7 @@ def problems() -> list[str]:
 
     src = ROOT / "src"
     lib = (src / "lib.rs").read_text()
-    declared = set(re.findall(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?mod\s+(\w+)\s*;", lib, re.M))
+    declared = set(re.findall(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?mod\s+(\w+)\s*;", lib, re.MULTILINE))
     present = {p.stem for p in src.glob("*.rs") if p.name != "lib.rs"}
     present |= {p.parent.name for p in src.glob("*/mod.rs")}
     if declared != present:

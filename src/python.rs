@@ -269,6 +269,18 @@ impl PyTape {
             .map_or_else(String::new, |k| format!(", segment={k}"));
         format!("Tape(T={t}, B={b}, nbytes={}{seg})", self.nbytes())
     }
+
+    /// Refuses pickling and copying (both go through `__reduce__`): the activations live in
+    /// this process's memory, the tape may refer to the `x` given to forward, and it is
+    /// only valid with the model object (and parameters) that made it.
+    fn __reduce__(&self) -> PyResult<()> {
+        Err(PyTypeError::new_err(format!(
+            "cannot pickle or copy a bptt {}: it holds what forward() kept for backward() \
+             in this process's memory, tied to the model object that made it; pickle the \
+             model instead and run forward() where backward() will run",
+            self.__repr__()
+        )))
+    }
 }
 
 impl PyTape {

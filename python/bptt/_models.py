@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 
-from . import _core
+from . import _core, _persist
 from ._base import Parametrized
 from ._checks import budget_bytes, float_array, lengths_array, model_dtype, positive_int
 
@@ -172,6 +172,16 @@ class _Recurrent(Parametrized, Generic[_State]):
 
     def _extra_repr(self) -> str:
         return ""
+
+    # ----------------------------------------------------------------- pickling
+    def __getstate__(self) -> dict[str, Any]:
+        """Configuration + parameters + a format version (see ``bptt._persist``)."""
+        return _persist.model_state(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Rebuilds the model from ``__getstate__``'s dict; a newer format or arrays that do
+        not match the configuration are an error."""
+        _persist.restore_model(self, state)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _persist
 from ._base import Identity, Parametrized
 from ._checks import check_shape, floating, mask_array, model_dtype, positive_int
 
@@ -109,6 +110,14 @@ class Linear(Parametrized):
         if self.bias:
             grads["bias"] = d2.sum(axis=0)
         return dx, grads
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Configuration + parameters + a format version (see ``bptt._persist``)."""
+        return _persist.linear_state(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Rebuilds the layer from ``__getstate__``'s dict (checked)."""
+        _persist.restore_linear(self, state)
 
     def __repr__(self) -> str:
         return (f"Linear({self.in_features}, {self.out_features}, bias={self.bias}, "

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _persist
 from ._checks import check_shape, finite_nonnegative, floating, unit_interval
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "RMSprop"]
@@ -125,6 +126,14 @@ class Optimizer:
         for k, v in hyper.items():
             setattr(self, k, tuple(v) if isinstance(v, list) else v)
         self.state = new_state
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Hyperparameters + parameters + per-parameter state + a format version."""
+        return _persist.optimizer_state(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Rebuilds the optimizer from ``__getstate__``'s dict (checked)."""
+        _persist.restore_optimizer(self, state)
 
     def __repr__(self) -> str:
         hp = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams().items())
