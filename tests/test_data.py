@@ -179,6 +179,16 @@ def test_errors():
         data.adding_problem(2, 5, dtype=np.int32)
     with pytest.raises(ValueError, match="placement"):
         data.adding_problem(2, 8, placement="middle")
+    with pytest.raises(TypeError, match="placement: expected 'arjovsky' or 'hochreiter', got list"):
+        data.adding_problem(2, 8, placement=["arjovsky"])
+    with pytest.raises(TypeError, match="batch_first: expected True or False, got ndarray"):
+        data.adding_problem(2, 8, batch_first=np.array([1, 2]))
+    with pytest.raises(TypeError, match="batch_first: expected True or False, got str"):
+        data.copy_task(2, 3, batch_first="no")
+    with pytest.raises(ValueError, match="seed: expected an int >= 0, got -1"):
+        data.copy_task(2, 3, seed=-1)
+    with pytest.raises(TypeError, match="dtype: expected float32 or float64, got None"):
+        data.adding_stream(2, 8, 2, dtype=None)
     with pytest.raises(ValueError, match="seq_len"):
         data.adding_problem(2, 3, placement="hochreiter")
     data.adding_problem(2, 4, placement="hochreiter")

@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 
 from ._base import Identity, Parametrized
-from ._checks import check_shape, floating, mask_array, model_dtype, positive_int
+from ._checks import (
+    check_parameter_memory,
+    check_shape,
+    flag,
+    floating,
+    mask_array,
+    model_dtype,
+    positive_int,
+)
 
 __all__ = ["Linear", "LinearCache", "cross_entropy_loss", "mse_loss"]
 
@@ -58,8 +66,11 @@ class Linear(Parametrized):
                  dtype: Any = np.float32, seed: int | None = None) -> None:
         self.in_features = positive_int("in_features", in_features)
         self.out_features = positive_int("out_features", out_features)
-        self.bias = bool(bias)
+        self.bias = flag("bias", bias)
         self.dtype = model_dtype(dtype)
+        check_parameter_memory(
+            f"Linear(in_features={self.in_features}, out_features={self.out_features})",
+            self.out_features * (self.in_features + self.bias), 1 + self.bias, self.dtype)
         shapes: dict[str, tuple[int, ...]] = {"weight": (self.out_features, self.in_features)}
         if self.bias:
             shapes["bias"] = (self.out_features,)
