@@ -194,3 +194,15 @@ def test_errors():
     data.adding_problem(2, 4, placement="hochreiter")
     with pytest.raises(ValueError, match="delay"):
         data.copy_task(2, 0)
+
+
+def test_impossible_sizes_fail_at_once():
+    with pytest.raises(MemoryError, match=r"cannot allocate \d+ bytes for x \(100, 1099511627776, "
+                                          r"2\) in float64 of adding_problem\(batch_size="):
+        data.adding_problem(2**40, 100)
+    with pytest.raises(ValueError, match=r"adding_stream\(n_streams=18446744073709551616, "
+                                         r"seq_len=4, n_episodes=2\): x .* more than a process "
+                                         r"can address"):
+        data.adding_stream(2**64, 4, 2)
+    with pytest.raises(MemoryError, match=r"of copy_task\(batch_size=1099511627776, delay=3"):
+        data.copy_task(2**40, 3)

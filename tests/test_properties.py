@@ -28,7 +28,7 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 
 import bptt
-from bptt import data, optim
+from bptt import data, diagnostics, optim
 from conftest import (
     KINDS,
     TOL,
@@ -632,6 +632,15 @@ OTHER_CASES = [
     Case("mse_loss.target", "target", st.sampled_from([np.zeros((2, 2)), np.zeros(3, int),
                                                        None, "t"]),
          lambda v: bptt.mse_loss(np.zeros((2, 3)), v)),
+    Case("mse_loss.mask", "mask",
+         st.sampled_from([[[1], [1, 2]], np.zeros(3), np.full(2, 0.5), "m", np.zeros((2, 4))]),
+         lambda v: bptt.mse_loss(np.zeros((2, 3)), np.zeros((2, 3)), v)),
+    Case("diagnostics.summarize.dh_norm", "dh_norm",
+         st.sampled_from([[[1.0], [1.0, 2.0]], "x", np.ones((2, 2), complex),
+                          np.zeros((2, 2, 2)), np.zeros((2, 0)), None]),
+         lambda v: diagnostics.summarize(v)),
+    Case("diagnostics.summarize.bidirectional", "bidirectional", not_flag(),
+         lambda v: diagnostics.summarize(np.ones((2, 3)), v)),
     Case("cross_entropy_loss.labels", "labels",
          st.sampled_from([np.zeros(2), np.array([0, 5]), np.array([-1, 0]), np.zeros(3, int)]),
          lambda v: bptt.cross_entropy_loss(np.zeros((2, 4)), v)),

@@ -145,20 +145,27 @@ def memory_limit() -> int | None:
     return min(positive) if positive else None
 
 
-def check_parameter_memory(what: str, n_values: int, n_arrays: int, dtype: np.dtype) -> None:
-    """Refuses, before anything is allocated, parameters that cannot exist: a
-    ``ValueError`` when their size is beyond what a process can address, a
-    ``MemoryError`` naming ``what`` (e.g. ``"LSTM(input_size=1, ...)"``) and the bytes
-    when they need more than this process can have (``memory_limit()``)."""
-    nbytes = n_values * dtype.itemsize
-    sizes = f"{n_values} {dtype} values in {n_arrays} arrays"
+def check_memory(what: str, nbytes: int, detail: str, overhead: int = 0) -> None:
+    """Refuses, before anything is allocated, ``nbytes`` for ``detail`` (e.g. "the
+    parameters (...)") of ``what`` (the call, with its arguments) when they cannot exist:
+    a ``ValueError`` beyond what a process can address, a ``MemoryError`` stating the
+    bytes when more than this process can have (``memory_limit()``; ``overhead`` bytes of
+    Python objects are counted with them)."""
     if nbytes > sys.maxsize:
-        raise ValueError(f"{what}: the parameters ({sizes}) would need {nbytes} bytes, "
-                         f"more than a process can address ({sys.maxsize})")
+        raise ValueError(f"{what}: {detail} would need {nbytes} bytes, more than a process "
+                         f"can address ({sys.maxsize})")
     limit = memory_limit()
-    if limit is not None and nbytes + n_arrays * _ARRAY_OVERHEAD > limit:
-        raise MemoryError(f"cannot allocate {nbytes} bytes for the parameters of {what} "
-                          f"({sizes}): this process can have at most {limit} bytes")
+    if limit is not None and nbytes + overhead > limit:
+        raise MemoryError(f"cannot allocate {nbytes} bytes for {detail} of {what}: this "
+                          f"process can have at most {limit} bytes")
+
+
+def check_parameter_memory(what: str, n_values: int, n_arrays: int, dtype: np.dtype) -> None:
+    """``check_memory`` for ``n_values`` parameters of ``dtype`` in ``n_arrays`` arrays;
+    ``what`` names the model and its sizes (``"LSTM(input_size=1, ...)"``)."""
+    check_memory(what, n_values * dtype.itemsize,
+                 f"the parameters ({n_values} {dtype} values in {n_arrays} arrays)",
+                 n_arrays * _ARRAY_OVERHEAD)
 
 
 # ---------------------------------------------------------------------- arrays

@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import choice, flag, model_dtype, positive_int, rng_from_seed
+from ._checks import check_memory, choice, flag, model_dtype, positive_int, rng_from_seed
 
 __all__ = [
     "ADDING_BASELINE_MSE",
@@ -108,6 +108,8 @@ def adding_problem(batch_size: int, seq_len: int, *, seed: Any = None, dtype: An
         raise ValueError(f"seq_len: expected >= 4 with placement='hochreiter' (two "
                          f"markers in the first half), got {t}")
     dt = model_dtype(dtype)
+    check_memory(f"adding_problem(batch_size={b}, seq_len={t})", t * b * 2 * 8,
+                 f"x ({t}, {b}, 2) in float64")
     rng = rng_from_seed(seed)
     half = t // 2
     values = rng.random((t, b))
@@ -149,6 +151,8 @@ def adding_stream(n_streams: int, seq_len: int, n_episodes: int, *, seed: Any = 
     s = positive_int("n_streams", n_streams)
     t = positive_int("seq_len", seq_len)
     e = positive_int("n_episodes", n_episodes)
+    check_memory(f"adding_stream(n_streams={s}, seq_len={t}, n_episodes={e})", e * t * s * 2 * 8,
+                 f"x ({e * t}, {s}, 2) in float64")
     x, y = adding_problem(s * e, t, seed=seed, dtype=dtype, placement=placement)
     # (t, e*s, 2) -> (t, e, s, 2) -> (e, t, s, 2) -> (e*t, s, 2)
     xs = np.ascontiguousarray(x.reshape(t, e, s, 2).transpose(1, 0, 2, 3).reshape(e * t, s, 2))
@@ -178,8 +182,10 @@ def copy_task(batch_size: int, delay: int, *, copy_len: int = 10, n_symbols: int
     k = positive_int("n_symbols", n_symbols)
     batch_first = flag("batch_first", batch_first)
     dt = model_dtype(dtype)
-    rng = rng_from_seed(seed)
     total = t + 2 * n
+    check_memory(f"copy_task(batch_size={b}, delay={t}, copy_len={n}, n_symbols={k})",
+                 total * b * (k + 2) * dt.itemsize, f"x ({total}, {b}, {k + 2}) in {dt}")
+    rng = rng_from_seed(seed)
     data = rng.integers(1, k + 1, size=(n, b))
     tokens = np.zeros((total, b), dtype=np.int64)
     tokens[:n] = data

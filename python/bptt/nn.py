@@ -28,6 +28,7 @@ import numpy as np
 
 from ._base import Identity, Parametrized
 from ._checks import (
+    as_array,
     check_parameter_memory,
     check_shape,
     flag,
@@ -144,7 +145,7 @@ def mse_loss(pred: Any, target: Any, mask: Any = None) -> tuple[float, np.ndarra
         diff = p.astype(np.float64) - t
         sel = None
     else:
-        m = np.asarray(mask)
+        m = as_array("mask", mask, "a bool or 0/1 array")
         lead = p.shape[:m.ndim] if m.ndim <= p.ndim else None
         if lead is None:
             raise ValueError(f"mask: expected shape of a prefix of {p.shape}, got {m.shape}")
@@ -169,7 +170,7 @@ def cross_entropy_loss(logits: Any, labels: Any, mask: Any = None) -> tuple[floa
     z = floating("logits", logits)
     if z.ndim < 1:
         raise ValueError(f"logits: expected shape (..., C), got {z.shape}")
-    lab = np.asarray(labels)
+    lab = as_array("labels", labels, "an integer array")
     if lab.dtype.kind not in "iu":
         raise TypeError(f"labels: expected an integer array, got dtype {lab.dtype}")
     check_shape("labels", lab, z.shape[:-1])
