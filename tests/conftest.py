@@ -9,6 +9,9 @@
 - ``check_close``: normwise comparison ``max|a - b| <= tol * max|b|`` that also records
   the largest error seen per dtype and quantity; the maxima are printed in the terminal
   summary at the end of the session.
+- hypothesis profiles (test_properties.py): "ci", the default, is derandomized and keeps
+  no example database, so every run tries the same examples; ``HYPOTHESIS_PROFILE=dev``
+  draws new random examples (and remembers failures in .hypothesis/) to look for more.
 """
 
 from __future__ import annotations
@@ -23,6 +26,16 @@ import numpy as np
 import pytest
 
 TESTS_DIR = Path(__file__).resolve().parent
+
+try:
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:  # the property tests skip themselves
+    pass
+else:
+    _hypothesis_settings.register_profile("ci", derandomize=True, database=None,
+                                          print_blob=True)
+    _hypothesis_settings.register_profile("dev", derandomize=False)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 KINDS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}

@@ -96,3 +96,8 @@ def test_errors():
         bptt.clip_grad_value(3.0, 1.0)
     with pytest.raises(ValueError, match="clip_value"):
         bptt.clip_grad_value({"a": np.ones(2)}, -1.0)
+
+
+def test_error_if_nonfinite_must_be_a_switch():
+    with pytest.raises(TypeError, match="error_if_nonfinite: expected True or False, got str"):
+        bptt.clip_grad_norm(grads_345(), 1.0, error_if_nonfinite="no")

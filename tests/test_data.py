@@ -179,8 +179,30 @@ def test_errors():
         data.adding_problem(2, 5, dtype=np.int32)
     with pytest.raises(ValueError, match="placement"):
         data.adding_problem(2, 8, placement="middle")
+    with pytest.raises(TypeError, match="placement: expected 'arjovsky' or 'hochreiter', got list"):
+        data.adding_problem(2, 8, placement=["arjovsky"])
+    with pytest.raises(TypeError, match="batch_first: expected True or False, got ndarray"):
+        data.adding_problem(2, 8, batch_first=np.array([1, 2]))
+    with pytest.raises(TypeError, match="batch_first: expected True or False, got str"):
+        data.copy_task(2, 3, batch_first="no")
+    with pytest.raises(ValueError, match="seed: expected an int >= 0, got -1"):
+        data.copy_task(2, 3, seed=-1)
+    with pytest.raises(TypeError, match="dtype: expected float32 or float64, got None"):
+        data.adding_stream(2, 8, 2, dtype=None)
     with pytest.raises(ValueError, match="seq_len"):
         data.adding_problem(2, 3, placement="hochreiter")
     data.adding_problem(2, 4, placement="hochreiter")
     with pytest.raises(ValueError, match="delay"):
         data.copy_task(2, 0)
+
+
+def test_impossible_sizes_fail_at_once():
+    with pytest.raises(MemoryError, match=r"cannot allocate \d+ bytes for x \(100, 1099511627776, "
+                                          r"2\) in float64 of adding_problem\(batch_size="):
+        data.adding_problem(2**40, 100)
+    with pytest.raises(ValueError, match=r"adding_stream\(n_streams=18446744073709551616, "
+                                         r"seq_len=4, n_episodes=2\): x .* more than a process "
+                                         r"can address"):
+        data.adding_stream(2**64, 4, 2)
+    with pytest.raises(MemoryError, match=r"of copy_task\(batch_size=1099511627776, delay=3"):
+        data.copy_task(2**40, 3)

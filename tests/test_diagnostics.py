@@ -73,3 +73,11 @@ def test_without_matplotlib(no_matplotlib):
     with pytest.raises(ImportError, match=r"pip install 'bptt\[plot\]'"):
         dg.plot_gradient_flow(np.ones((1, 3)))
     assert dg.summarize(np.ones((1, 3)))[0]["ratio"] == 1.0    # the rest still works
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match=r"^dh_norm: expected a real array, got a list that "
+                                         r"NumPy cannot make an array of"):
+        dg.summarize([[1.0], [1.0, 2.0]])
+    with pytest.raises(TypeError, match=r"^bidirectional: expected True or False, got ndarray"):
+        dg.summarize(np.ones((2, 3)), np.array([1, 2]))

@@ -84,6 +84,28 @@ def test_set_num_threads_rejects_nonpositive(restore_engine):
         bptt.set_num_threads(0)
 
 
+@pytest.mark.parametrize(("n", "exc", "message"), [
+    (1.5, TypeError, r"^n: expected an int number of threads, got float$"),
+    ("4", TypeError, r"^n: expected an int number of threads, got str$"),
+    (True, TypeError, r"^n: expected an int number of threads, got bool$"),
+    (None, TypeError, r"^n: expected an int number of threads, got NoneType$"),
+    (-1, ValueError, (r"^n: expected a number of threads from 1 to \d+ "
+                      r"\(4 x max\(CPUs, 16\)\), got -1$")),
+    (2**70, ValueError, (r"^n: expected a number of threads from 1 to 4 x max\(CPUs, 16\), "
+                         r"got 1180591620717411303424$")),
+])
+def test_set_num_threads_names_n_and_what_it_expects(restore_engine, n, exc, message):
+    before = bptt.get_num_threads()
+    with pytest.raises(exc, match=message):
+        bptt.set_num_threads(n)
+    assert bptt.get_num_threads() == before
+
+
+def test_set_num_threads_accepts_numpy_ints(restore_engine):
+    bptt.set_num_threads(np.int64(2))
+    assert bptt.get_num_threads() == 2
+
+
 def test_build_info_reports_version_and_simd():
     info = bptt.build_info()
     assert info["version"] == bptt.__version__

@@ -8,6 +8,8 @@ the model's dtype, and the caller's arrays are never modified.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -373,6 +375,131 @@ def test_rnn_bad_nonlinearity(nonlinearity):
         bptt.RNN(4, 4, nonlinearity=nonlinearity)
 
 
+def test_rnn_nonlinearity_must_be_a_string():
+    import bptt
+
+    with pytest.raises(TypeError, match="nonlinearity: expected 'tanh' or 'relu', got ndarray"):
+        bptt.RNN(4, 4, nonlinearity=np.array(["tanh", "relu"]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("arg", ["bias", "batch_first", "bidirectional"])
+@pytest.mark.parametrize("value", [np.array([1, 2]), "yes", None, 2, 0.5],
+                         ids=["array", "str", "None", "two", "half"])
+def test_constructor_switches_must_be_true_or_false(kind, arg, value):
+    # np.array([1, 2]) used to fail with NumPy's "truth value of an array is ambiguous".
+    with pytest.raises(TypeError, match=rf"^{arg}: expected True or False, got"):
+        make_model(kind, 4, 4, **{arg: value})
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_constructor_switches_accept_bools_of_any_kind(kind):
+    m = make_model(kind, 4, 4, bias=np.True_, batch_first=0, bidirectional=1)
+    assert (m.bias, m.batch_first, m.bidirectional) == (True, False, True)
+
+
+@pytest.mark.parametrize(("seed", "exc", "message"), [
+    (-1, ValueError, r"seed: expected an int >= 0, got -1"),
+    (1.5, TypeError, r"seed: expected an int >= 0, a numpy Generator or None, got float"),
+    ("0", TypeError, r"seed: .* got str"),
+    (True, TypeError, r"seed: .* got bool"),
+])
+def test_bad_seed_is_named(seed, exc, message):
+    import bptt
+
+    with pytest.raises(exc, match=message):
+        bptt.LSTM(2, 3, seed=seed)
+    with pytest.raises(exc, match=message):
+        bptt.Linear(2, 3, seed=seed)
+
+
+def test_seed_may_be_a_generator_or_seed_sequence():
+    import bptt
+
+    a = bptt.GRU(2, 3, seed=np.random.default_rng(5)).state_dict()
+    b = bptt.GRU(2, 3, seed=np.random.SeedSequence(5)).state_dict()
+    c = bptt.GRU(2, 3, seed=5).state_dict()
+    for k in c:
+        np.testing.assert_array_equal(a[k], c[k])
+        np.testing.assert_array_equal(b[k], c[k])
+
+
+def test_dtype_none_is_refused():
+    # NumPy reads None as float64; bptt's default is float32: refused, not guessed.
+    with pytest.raises(TypeError, match="dtype: expected float32 or float64, got None"):
+        make_model("lstm", 4, 4, dtype=None)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("sizes", [(1, 1, 2**40), (2**40, 1, 1), (1, 2**24, 1), (1, 2**40, 1),
+                                   (2**70, 1, 1), (1, 1, 2**100)],
+                         ids=["layers2^40", "input2^40", "hidden2^24", "hidden2^40",
+                              "input2^70", "layers2^100"])
+def test_impossible_sizes_fail_at_once(kind, sizes):
+    """Parameters that cannot fit are refused from the sizes alone, before anything is
+    allocated: MemoryError naming the model, its sizes and the bytes (ValueError when the
+    bytes are beyond what a process can address)."""
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises((MemoryError, ValueError)) as err:
+        make_model(kind, *sizes)
+    assert time.perf_counter() - start < 1.0
+    msg = str(err.value)
+    names = (f"input_size={sizes[0]}, hidden_size={sizes[1]}, num_layers={sizes[2]}")
+    assert names in msg, msg
+    assert re.search(r"\d+ bytes", msg), msg
+    if isinstance(err.value, MemoryError):
+        assert msg.startswith("cannot allocate "), msg
+
+
+def test_lstm_with_2_to_the_40_layers_says_why():
+    import bptt
+
+    with pytest.raises(MemoryError, match=(
+            r"^cannot allocate 70368744177664 bytes for the parameters \(17592186044416 "
+            r"float32 values in 4398046511104 arrays\) of LSTM\(input_size=1, hidden_size=1, "
+            r"num_layers=1099511627776, bidirectional=False\): this process can have at most "
+            r"\d+ bytes$")):
+        bptt.LSTM(1, 1, num_layers=2**40)
+
+
+def test_linear_of_impossible_size_fails_at_once():
+    import bptt
+
+    with pytest.raises(MemoryError, match=r"Linear\(in_features=1099511627776, out_features=3\)"):
+        bptt.Linear(2**40, 3)
+    with pytest.raises(ValueError, match=r"Linear\(in_features=1, out_features=\d+\).*address"):
+        bptt.Linear(1, 2**70)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_parameter_allocation_failure_names_the_parameter():
+    """Parameters that pass the size check but still cannot be allocated (the address
+    space is taken by other things): NumPy's MemoryError, re-raised naming the parameter,
+    and the same model builds once there is room."""
+    code = """
+import re, resource
+import bptt
+used = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) << 10
+hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+resource.setrlimit(resource.RLIMIT_AS, (used + (600 << 20), hard))
+try:
+    bptt.LSTM(4096, 4096)                 # 512 MiB of float32 parameters
+except MemoryError as e:
+    print("MemoryError:", e)
+resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+bptt.LSTM(4096, 4096)
+print("rebuilt")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"MemoryError: cannot allocate \d+ bytes for the parameter weight_\w+ "
+                     r"\(16384, 4096\) of LSTM", res.stdout), res.stdout
+    assert "rebuilt" in res.stdout
+
+
 # ---------------------------------------------------------------------------------------
 # Non-finite values
 # ---------------------------------------------------------------------------------------
@@ -529,6 +656,44 @@ def test_caller_arrays_not_modified(kind, dtype, rng):
     np.testing.assert_array_equal(lengths, saved[4])
     for k, v in m.state_dict().items():
         np.testing.assert_array_equal(v, weights[k], err_msg=k)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("bad", [None, [1, 2], 3, "weights"], ids=["None", "list", "int", "str"])
+def test_load_state_dict_of_no_dict(kind, bad):
+    m = build(kind)
+    with pytest.raises(TypeError, match=r"^state_dict: expected a dict of arrays .* got "):
+        m.load_state_dict(bad)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_load_state_dict_with_odd_keys(kind):
+    m = build(kind)
+    sd = m.state_dict()
+    sd[1] = sd["weight_ih_l0"]
+    sd[("a",)] = sd["weight_ih_l0"]
+    with pytest.raises(ValueError, match=r"state_dict: missing keys \[\], unknown keys "):
+        m.load_state_dict(sd)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ragged_inputs_are_named(kind):
+    m = build(kind)
+    with pytest.raises(ValueError, match=r"^x: expected a floating-point array .* NumPy cannot "
+                                         r"make an array of"):
+        m([[[1.0]], [[1.0, 2.0]]])
+    with pytest.raises(ValueError, match=r"^lengths: .* NumPy cannot make an array of"):
+        m(np.zeros((T, B, IN)), lengths=[[1], [1, 2]])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("budget", [2**64, 2**100, -1], ids=["2^64", "2^100", "-1"])
+def test_memory_budget_out_of_range_is_named(kind, budget, rng):
+    # 2**64 used to be an OverflowError ("int too big to convert") from the bindings.
+    m = build(kind)
+    with pytest.raises(ValueError, match=rf"memory_budget: expected a number of bytes from 0 "
+                                         rf"to \d+ \(None for no limit\), got {budget}"):
+        m.forward(rng.standard_normal((T, B, IN)), memory_budget=budget)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -203,3 +203,144 @@ def test_errors_name_the_argument():
     with pytest.raises(TypeError, match="dtype int64"):
         opt.step({"w": np.zeros((2, 2), dtype=np.int64)})
     assert np.all(w == 0)  # nothing was applied by the failed calls
+
+
+# ---------------------------------------------------------------------------------------
+# Hyperparameters: one validator for the constructor, assignment and load_state_dict
+# ---------------------------------------------------------------------------------------
+
+BAD_HYPER = [
+    (SGD, "lr", -1, ValueError, r"lr: expected a finite number >= 0, got -1"),
+    (Adam, "lr", float("nan"), ValueError, r"lr: expected a finite number >= 0, got nan"),
+    (Adam, "lr", "fast", TypeError, r"lr: expected a real number, got str"),
+    (Adam, "betas", (2.0, -1.0), ValueError, r"betas\[0\]: expected a number in \[0, 1\), got 2.0"),
+    (AdamW, "betas", (0.9,), ValueError, r"betas: expected a pair \(beta1, beta2\), got 1 item"),
+    (RMSprop, "alpha", 2.0, ValueError, r"alpha: expected a number in \[0, 1\), got 2.0"),
+    (RMSprop, "centered", np.array([1, 2]), TypeError, r"centered: expected True or False"),
+    (SGD, "dampening", 1.5, ValueError, r"dampening: expected a number in \[0, 1\], got 1.5"),
+    (Adam, "eps", 1e-50, ValueError, r"eps: expected 0 or a number that float32 can hold"),
+]
+
+
+@pytest.mark.parametrize(("cls", "arg", "value", "exc", "message"), BAD_HYPER,
+                         ids=[f"{c.__name__}-{a}={v!r}" for c, a, v, _, _ in BAD_HYPER])
+def test_bad_hyperparameter_refused_everywhere_with_one_message(cls, arg, value, exc, message):
+    w = np.ones((2, 2), dtype=np.float32)
+    with pytest.raises(exc, match=f"^{message}"):
+        cls({"w": w.copy()}, **{arg: value})
+    opt = cls({"w": w})
+    opt.step({"w": np.full((2, 2), 0.5)})
+    before = opt.state_dict()
+    with pytest.raises(exc, match=f"^{message}"):
+        setattr(opt, arg, value)                  # e.g. a schedule: opt.lr = ...
+    sd = opt.state_dict()
+    sd["hyperparams"][arg] = value
+    with pytest.raises(exc, match=rf"^state_dict\['hyperparams'\]: {message}"):
+        opt.load_state_dict(sd)
+    after = opt.state_dict()
+    assert after["hyperparams"] == before["hyperparams"]
+    np.testing.assert_equal(after["state"], before["state"])
+    opt.step({"w": np.full((2, 2), 0.5)})
+    assert np.all(np.isfinite(w))
+
+
+def test_nesterov_rule_holds_for_assignment_too():
+    opt = SGD({"w": np.zeros(2)}, lr=0.1, momentum=0.9, nesterov=True)
+    with pytest.raises(ValueError, match="nesterov: requires momentum > 0"):
+        opt.momentum = 0.0
+    assert opt.momentum == 0.9
+    opt.lr = 0.05                                 # a valid assignment goes through
+    assert opt.lr == 0.05 and isinstance(opt.lr, float)
+
+
+def test_eps_zero_is_allowed_but_an_eps_that_rounds_to_zero_is_not():
+    Adam({"w": np.zeros(2, np.float32)}, eps=0.0)
+    Adam({"w": np.zeros(2, np.float64)}, eps=1e-50)         # float64 holds it
+    with pytest.raises(ValueError, match=r"eps: .*float32.*got 1e-50"):
+        Adam({"a": np.zeros(2, np.float64), "b": np.zeros(2, np.float32)}, eps=1e-50)
+
+
+@pytest.mark.parametrize("cls", [SGD, RMSprop, Adam, AdamW])
+def test_float16_parameters_are_refused(cls):
+    # float16 state would turn eps=1e-8 into 0 (a zero gradient then gives NaN) and lose
+    # every update below float16's spacing: refused, with what to do instead.
+    with pytest.raises(TypeError, match=r"params\['w'\]: expected a float32 or float64 array, "
+                                        r"got dtype float16"):
+        cls({"w": np.zeros(3, dtype=np.float16)})
+    # float16 *gradients* of float32 parameters are fine: converted.
+    p = np.ones(3, dtype=np.float32)
+    opt = cls({"w": p})
+    opt.step({"w": np.zeros(3, dtype=np.float16)})
+    assert np.all(np.isfinite(p))
+
+
+def test_the_same_array_twice_is_refused():
+    w = np.zeros(3)
+    with pytest.raises(ValueError, match=r"params\['b'\]: the same array as params\['a'\]"):
+        SGD({"a": w, "b": w})
+
+
+LOAD_STATE = {
+    "None": (lambda sd: None, TypeError, r"state_dict: expected the dict returned by"),
+    "list": (lambda sd: [sd], TypeError, r"state_dict: expected the dict .* got list"),
+    "no type": (lambda sd: {k: v for k, v in sd.items() if k != "type"}, ValueError,
+                r"state_dict: .*missing \['type'\]"),
+    "hyper None": (lambda sd: {**sd, "hyperparams": None}, TypeError,
+                   r"state_dict\['hyperparams'\]: expected a dict, got NoneType"),
+    "no lr": (lambda sd: {**sd, "hyperparams": {k: v for k, v in sd["hyperparams"].items()
+                                                if k != "lr"}},
+              ValueError, r"state_dict\['hyperparams'\]: expected the keys"),
+    "state None": (lambda sd: {**sd, "state": None}, TypeError,
+                   r"state_dict\['state'\]: expected a dict"),
+    "no step": (lambda sd: {**sd, "state": {"w": {"exp_avg": np.zeros(2),
+                                                  "exp_avg_sq": np.zeros(2)}}},
+                ValueError, r"state_dict\['state'\]\['w'\]: missing 'step'"),
+    "float step": (lambda sd: {**sd, "state": {"w": {**sd["state"]["w"], "step": 1.5}}},
+                   TypeError, r"state_dict\['state'\]\['w'\]\['step'\]: expected an int >= 0"),
+    "negative step": (lambda sd: {**sd, "state": {"w": {**sd["state"]["w"], "step": -2}}},
+                      ValueError, r"\['step'\]: expected an int >= 0, got -2"),
+    "entry None": (lambda sd: {**sd, "state": {"w": None}}, TypeError,
+                   r"state_dict\['state'\]\['w'\]: expected a dict with 'step'"),
+    "unknown buffer": (lambda sd: {**sd, "state": {"w": {**sd["state"]["w"],
+                                                         "velocity": np.zeros(2)}}},
+                       ValueError, r"unknown buffers \['velocity'\]; Adam keeps"),
+    "missing buffer": (lambda sd: {**sd, "state": {"w": {"step": 3, "exp_avg": np.zeros(2)}}},
+                       ValueError, r"missing buffers \['exp_avg_sq'\] after 3 step"),
+    "int buffer": (lambda sd: {**sd, "state": {"w": {**sd["state"]["w"],
+                                                     "exp_avg": np.zeros(2, np.int64)}}},
+                   TypeError, r"\['exp_avg'\]: expected a floating-point array, got dtype int64"),
+    "shape": (lambda sd: {**sd, "state": {"w": {**sd["state"]["w"], "exp_avg": np.zeros(3)}}},
+              ValueError, r"\['exp_avg'\]: expected shape \(2,\), got \(3,\)"),
+    "unknown param": (lambda sd: {**sd, "state": {"v": sd["state"]["w"]}}, ValueError,
+                      r"state_dict\['state'\]\['v'\]: unknown parameter"),
+}
+
+
+@pytest.mark.parametrize("how", list(LOAD_STATE))
+def test_load_state_dict_checks_everything_before_changing_anything(how):
+    w = np.ones(2)
+    opt = Adam({"w": w}, lr=0.1)
+    opt.step({"w": np.array([0.5, -0.5])})
+    before = opt.state_dict()
+    make, exc, message = LOAD_STATE[how]
+    with pytest.raises(exc, match=message):
+        opt.load_state_dict(make(opt.state_dict()))
+    np.testing.assert_equal(opt.state_dict(), before)
+
+
+def test_buffers_appear_when_a_hyperparameter_switches_them_on():
+    """Momentum, centering or amsgrad turned on after some steps (or a state saved
+    without them) start their buffer at zero instead of failing with a KeyError."""
+    p = np.ones(2)
+    opt = RMSprop({"p": p}, lr=0.01)
+    opt.step({"p": np.array([0.5, 0.5])})
+    opt.momentum, opt.centered = 0.9, True
+    opt.step({"p": np.array([0.5, 0.5])})
+    assert {"momentum_buffer", "grad_avg"} <= set(opt.state["p"])
+    q = np.ones(2)
+    adam = Adam({"q": q}, lr=0.01)
+    adam.step({"q": np.array([0.5, 0.5])})
+    adam.amsgrad = True
+    adam.step({"q": np.array([0.5, 0.5])})
+    assert "max_exp_avg_sq" in adam.state["q"]
+    assert np.all(np.isfinite(p)) and np.all(np.isfinite(q))

@@ -5,6 +5,7 @@ per episode segment); with updates, the trajectory equals a plain loop over the 
 from __future__ import annotations
 
 import itertools
+from typing import ClassVar
 
 import bptt
 import numpy as np
@@ -287,3 +288,80 @@ def test_memory_budget_gives_the_same_chunk_gradients(kind, rng):
     for gw, gg in zip(want.grads, got.grads):
         for k in gw:
             np.testing.assert_allclose(gg[k], gw[k], rtol=1e-11, atol=1e-14)
+
+
+def test_arguments_are_checked_at_construction():
+    m, ro = bptt.RNN(2, 3), bptt.Linear(3, 1)
+    with pytest.raises(ValueError, match=r"memory_budget: expected a number of bytes from 0 to "
+                                         r"\d+ \(None for no limit\), got -1"):
+        TBPTT(m, ro, k1=2, memory_budget=-1)
+    with pytest.raises(ValueError, match=r"memory_budget: .*got 18446744073709551616"):
+        TBPTT(m, ro, k1=2, memory_budget=2**64)
+    with pytest.raises(TypeError, match="memory_budget: expected an int number of bytes"):
+        TBPTT(m, ro, k1=2, memory_budget=1e6)
+    with pytest.raises(TypeError, match="clip_norm: expected a real number, got str"):
+        TBPTT(m, ro, k1=2, clip_norm="1")
+    with pytest.raises(ValueError, match="clip_value: expected a number >= 0 or None, got nan"):
+        TBPTT(m, ro, k1=2, clip_value=float("nan"))
+    with pytest.raises(TypeError, match="error_if_nonfinite: expected True or False"):
+        TBPTT(m, ro, k1=2, error_if_nonfinite=np.array([1, 0]))
+    # A readout of the wrong width is the readout's fault, said at once (not "x: ..." at
+    # the first chunk of train).
+    with pytest.raises(ValueError, match=r"readout: expected in_features = the model's "
+                                         r"hidden_size \(3\), got 5"):
+        TBPTT(m, bptt.Linear(5, 1), k1=2)
+
+
+def test_train_checks_the_state_as_the_model_does():
+    x, y = np.zeros((4, 2, 2)), np.zeros((4, 2, 1))
+    tr = TBPTT(bptt.RNN(2, 3), bptt.Linear(3, 1), k1=2)
+    with pytest.raises(TypeError, match=r"state: expected a floating-point array .*complex128"):
+        tr.train(x, y, state=np.zeros((1, 2, 3), dtype=np.complex128))
+    with pytest.raises(TypeError, match="state: expected a single array h, got tuple"):
+        tr.train(x, y, state=(np.zeros((1, 2, 3)), np.zeros((1, 2, 3))))
+    lstm = TBPTT(bptt.LSTM(2, 3), bptt.Linear(3, 1), k1=2)
+    h = np.zeros((1, 2, 3))
+    with pytest.raises(TypeError, match=r"state: expected a tuple \(h, c\) for an LSTM"):
+        lstm.train(x, y, state=np.zeros((2, 1, 2, 3)))
+    with pytest.raises(TypeError, match=r"state\[1\]: .*complex64"):
+        lstm.train(x, y, state=(h, h.astype(np.complex64)))
+    with pytest.raises(ValueError, match=r"state\[0\]: expected shape \(1, 2, 3\), got \(1, 1, 3\)"):
+        lstm.train(x, y, state=(h[:, :1], h))
+    with pytest.raises(TypeError, match="keep_grads: expected True or False"):
+        lstm.train(x, y, keep_grads="yes")
+    with pytest.raises(TypeError, match="callback: expected a callable or None, got int"):
+        lstm.train(x, y, callback=3)
+    assert lstm.train(x, y, state=(h, h)).losses.shape == (2,)   # and it still trains
+
+
+def test_errors_inside_a_chunk_name_what_the_user_gave():
+    x = np.zeros((4, 2, 2))
+    tr = TBPTT(bptt.RNN(2, 3), bptt.Linear(3, 1), k1=2)
+    # Targets of the wrong width: the loss function finds out, the message names y.
+    with pytest.raises(ValueError, match=r"^y: loss_fn\(pred \(2, 2, 1\), y\[0:2\], mask\) "
+                                         r"failed: target: expected shape"):
+        tr.train(x, np.zeros((4, 2, 3)))
+
+    class Readout:
+        """A readout without in_features that refuses the model's output."""
+
+        params: ClassVar[dict] = {}
+
+        def forward(self, h):
+            return bptt.Linear(5, 1).forward(h)
+
+        def backward(self, cache, d):
+            raise AssertionError("not reached")
+
+    with pytest.raises(ValueError, match=r"^readout: forward\(\) of the model's output "
+                                         r"\(2, 2, 3\): x: expected shape \(\.\.\., 5\)"):
+        TBPTT(bptt.RNN(2, 3), Readout(), k1=2).train(x, np.zeros((4, 2, 1)))
+
+    def bad_loss(pred, target, mask):
+        return 0.0, np.zeros(3)
+
+    with pytest.raises(ValueError, match=r"loss_fn: expected d_pred of the shape of pred "
+                                         r"\(2, 2, 1\), got \(3,\)"):
+        TBPTT(bptt.RNN(2, 3), bptt.Linear(3, 1), bad_loss, k1=2).train(x, np.zeros((4, 2, 1)))
+    with pytest.raises(TypeError, match=r"loss_fn: expected it to return \(loss, d_pred\)"):
+        TBPTT(bptt.RNN(2, 3), None, lambda p, t, m: 0.0, k1=2).train(x, np.zeros((4, 2, 3)))

@@ -14,11 +14,13 @@ gone), and a deep copy of a model gets a new one (a copied counter would be shar
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ._checks import check_shape, floating
+from ._checks import check_parameter_memory, check_shape, floating, rng_from_seed
 
 
 class Identity:
@@ -41,10 +43,17 @@ class Parametrized:
     def __init__(self, shapes: dict[str, tuple[int, ...]], bound: float, dtype: np.dtype,
                  seed: int | None) -> None:
         self._identity = Identity()
-        rng = np.random.default_rng(seed)
-        self._params: dict[str, np.ndarray] = {
-            name: rng.uniform(-bound, bound, size=shape).astype(dtype)
-            for name, shape in shapes.items()}
+        rng = rng_from_seed(seed)
+        sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+        check_parameter_memory(type(self).__name__, sum(sizes.values()), len(shapes), dtype)
+        self._params: dict[str, np.ndarray] = {}
+        for name, shape in shapes.items():
+            try:
+                self._params[name] = rng.uniform(-bound, bound, size=shape).astype(dtype)
+            except MemoryError as exc:
+                raise MemoryError(f"cannot allocate {sizes[name] * dtype.itemsize} bytes for "
+                                  f"the parameter {name} {shape} of {type(self).__name__} "
+                                  f"({exc})") from None
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -62,9 +71,12 @@ class Parametrized:
         ``state_dict()``; arrays must have the same shapes (any float dtype; converted).
         PyTorch tensors converted with ``.numpy()`` load as they are. On an error nothing
         is changed."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict: expected a dict of arrays (name -> ndarray) with "
+                            f"the keys of state_dict(), got {type(state_dict).__name__}")
         keys = set(state_dict)
         missing = [k for k in self._params if k not in keys]
-        unknown = sorted(keys - set(self._params))
+        unknown = sorted(keys - set(self._params), key=repr)
         if missing or unknown:
             raise ValueError(f"state_dict: missing keys {missing}, unknown keys {unknown}")
         new = {}

@@ -14,7 +14,19 @@ import numpy.typing as npt
 
 from . import _core, _persist
 from ._base import Parametrized
-from ._checks import budget_bytes, float_array, lengths_array, model_dtype, positive_int
+from ._checks import (
+    budget_bytes,
+    check_parameter_memory,
+    choice,
+    flag,
+    float_array,
+    lengths_array,
+    model_dtype,
+    positive_int,
+)
+
+#: Gates per cell: the rows of ``W_ih`` and ``W_hh`` are ``gates * hidden_size``.
+_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
 # The state's structure: ``h`` (RNN, GRU) or ``(h, c)`` (LSTM). For type checkers only.
 _State = TypeVar("_State", np.ndarray, tuple[np.ndarray, np.ndarray])
@@ -69,10 +81,11 @@ class _Recurrent(Parametrized, Generic[_State]):
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.num_layers = positive_int("num_layers", num_layers)
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.bidirectional = bool(bidirectional)
+        self.bias = flag("bias", bias)
+        self.batch_first = flag("batch_first", batch_first)
+        self.bidirectional = flag("bidirectional", bidirectional)
         self.dtype = model_dtype(dtype)
+        self._check_size()
         self._spec = _core.Spec(self._cell, self.input_size, self.hidden_size, self.num_layers,
                                 self.bidirectional, self.bias, self.batch_first,
                                 self.dtype.name)
@@ -85,6 +98,25 @@ class _Recurrent(Parametrized, Generic[_State]):
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
+
+    def _check_size(self) -> None:
+        """The parameters' size from the constructor's arguments, in Python ints, before
+        the core or NumPy builds anything: ``LSTM(1, 1, num_layers=2**40)`` is refused at
+        once (``MemoryError`` naming the model and the bytes; ``ValueError`` beyond what a
+        process can address), not after minutes of allocating. The count mirrors the
+        core's ``Config::param_layout``; ``Parametrized`` checks it again on the shapes."""
+        gh = _GATES[self._cell] * self.hidden_size
+        d, h = self.num_directions, self.hidden_size
+        per_dir_first = gh * (self.input_size + h)
+        per_dir_rest = gh * (d * h + h)
+        n_values = d * (per_dir_first + (self.num_layers - 1) * per_dir_rest)
+        if self.bias:
+            n_values += self.num_layers * d * 2 * gh
+        n_arrays = self.num_layers * d * (4 if self.bias else 2)
+        what = (f"{type(self).__name__}(input_size={self.input_size}, hidden_size="
+                f"{self.hidden_size}, num_layers={self.num_layers}, bidirectional="
+                f"{self.bidirectional})")
+        check_parameter_memory(what, n_values, n_arrays, self.dtype)
 
     # ----------------------------------------------------------------- running
     def _seq(self, name: str, value: Any, width: int) -> np.ndarray:
@@ -218,9 +250,7 @@ class RNN(_Recurrent[np.ndarray]):
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  bidirectional: bool = False, dtype: npt.DTypeLike = np.float32,
                  seed: int | None = None) -> None:
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-        self.nonlinearity = nonlinearity
+        self.nonlinearity = choice("nonlinearity", nonlinearity, ("tanh", "relu"))
         self._cell = f"rnn_{nonlinearity}"
         super().__init__(input_size, hidden_size, num_layers, bias=bias,
                          batch_first=batch_first, bidirectional=bidirectional, dtype=dtype,

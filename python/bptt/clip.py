@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import real_number
+from ._checks import flag, real_number
 
 __all__ = ["clip_grad_norm", "clip_grad_value", "grad_norm"]
 
@@ -66,6 +66,7 @@ def clip_grad_norm(grads: Any, max_norm: float, *, error_if_nonfinite: bool = Fa
     max_norm = real_number("max_norm", max_norm)
     if not max_norm > 0:
         raise ValueError(f"max_norm: expected a positive number, got {max_norm}")
+    error_if_nonfinite = flag("error_if_nonfinite", error_if_nonfinite)
     arrays = _arrays(grads)
     total = grad_norm(arrays)
     if not math.isfinite(total):

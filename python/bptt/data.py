@@ -62,12 +62,11 @@ cross-entropy ``L * ln(n_symbols) / (T + 2L)`` nats per step (``copy_baseline``)
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import numpy as np
 
-from ._checks import model_dtype, positive_int
+from ._checks import check_memory, choice, flag, model_dtype, positive_int, rng_from_seed
 
 __all__ = [
     "ADDING_BASELINE_MSE",
@@ -82,17 +81,6 @@ __all__ = [
 ADDING_BASELINE_MSE = 1.0 / 6.0
 ADDING_HALF_MSE = 1.0 / 12.0
 ADDING_PLACEMENTS = ("arjovsky", "hochreiter")
-
-
-def _rng(seed: Any) -> np.random.Generator:
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if seed is None or (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
-        if seed is not None and seed < 0:
-            raise ValueError(f"seed: expected an int >= 0, got {seed}")
-        return np.random.default_rng(None if seed is None else int(seed))
-    raise TypeError(f"seed: expected an int, a numpy Generator or None, got "
-                    f"{type(seed).__name__}")
 
 
 def _layout(a: np.ndarray, batch_first: bool) -> np.ndarray:
@@ -112,16 +100,17 @@ def adding_problem(batch_size: int, seq_len: int, *, seed: Any = None, dtype: An
     """
     b = positive_int("batch_size", batch_size)
     t = positive_int("seq_len", seq_len)
-    if placement not in ADDING_PLACEMENTS:
-        raise ValueError(f"placement: expected one of {', '.join(ADDING_PLACEMENTS)}, "
-                         f"got {placement!r}")
+    batch_first = flag("batch_first", batch_first)
+    choice("placement", placement, ADDING_PLACEMENTS)
     if placement == "arjovsky" and t < 2:
         raise ValueError(f"seq_len: expected >= 2 (one marker in each half), got {t}")
     if placement == "hochreiter" and t < 4:
         raise ValueError(f"seq_len: expected >= 4 with placement='hochreiter' (two "
                          f"markers in the first half), got {t}")
     dt = model_dtype(dtype)
-    rng = _rng(seed)
+    check_memory(f"adding_problem(batch_size={b}, seq_len={t})", t * b * 2 * 8,
+                 f"x ({t}, {b}, 2) in float64")
+    rng = rng_from_seed(seed)
     half = t // 2
     values = rng.random((t, b))
     if placement == "arjovsky":
@@ -162,6 +151,8 @@ def adding_stream(n_streams: int, seq_len: int, n_episodes: int, *, seed: Any = 
     s = positive_int("n_streams", n_streams)
     t = positive_int("seq_len", seq_len)
     e = positive_int("n_episodes", n_episodes)
+    check_memory(f"adding_stream(n_streams={s}, seq_len={t}, n_episodes={e})", e * t * s * 2 * 8,
+                 f"x ({e * t}, {s}, 2) in float64")
     x, y = adding_problem(s * e, t, seed=seed, dtype=dtype, placement=placement)
     # (t, e*s, 2) -> (t, e, s, 2) -> (e, t, s, 2) -> (e*t, s, 2)
     xs = np.ascontiguousarray(x.reshape(t, e, s, 2).transpose(1, 0, 2, 3).reshape(e * t, s, 2))
@@ -189,9 +180,12 @@ def copy_task(batch_size: int, delay: int, *, copy_len: int = 10, n_symbols: int
     t = positive_int("delay", delay)
     n = positive_int("copy_len", copy_len)
     k = positive_int("n_symbols", n_symbols)
+    batch_first = flag("batch_first", batch_first)
     dt = model_dtype(dtype)
-    rng = _rng(seed)
     total = t + 2 * n
+    check_memory(f"copy_task(batch_size={b}, delay={t}, copy_len={n}, n_symbols={k})",
+                 total * b * (k + 2) * dt.itemsize, f"x ({total}, {b}, {k + 2}) in {dt}")
+    rng = rng_from_seed(seed)
     data = rng.integers(1, k + 1, size=(n, b))
     tokens = np.zeros((total, b), dtype=np.int64)
     tokens[:n] = data

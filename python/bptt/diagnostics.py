@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import as_array, flag
+
 __all__ = [
     "decay_rate",
     "dh_norm_rows",
@@ -41,7 +43,7 @@ _INSTALL_HINT = ("plotting needs matplotlib: pip install 'bptt[plot]' (or pip in
 
 
 def _rows(dh_norm: Any) -> np.ndarray:
-    a = np.asarray(getattr(dh_norm, "dh_norm", dh_norm))
+    a = as_array("dh_norm", getattr(dh_norm, "dh_norm", dh_norm), "a real array")
     if a.dtype.kind not in "fiu":
         raise TypeError(f"dh_norm: expected a real array, got dtype {a.dtype}")
     if a.ndim == 1:
@@ -56,7 +58,7 @@ def dh_norm_rows(dh_norm: Any, bidirectional: bool = False) -> list[str]:
 
     ``dh_norm`` may be the array or a ``Gradients`` object."""
     n = _rows(dh_norm).shape[0]
-    if bidirectional:
+    if flag("bidirectional", bidirectional):
         if n % 2:
             raise ValueError(f"dh_norm: a bidirectional model has an even number of rows, "
                              f"got {n}")
@@ -68,7 +70,7 @@ def _oriented(a: np.ndarray, bidirectional: bool) -> np.ndarray:
     """Rows reordered in processing order (reverse rows flipped), so column 0 is the
     first step processed and column -1 the last."""
     out = a.copy()
-    if bidirectional:
+    if flag("bidirectional", bidirectional):
         out[1::2] = out[1::2, ::-1]
     return out
 

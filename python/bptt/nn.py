@@ -28,7 +28,16 @@ import numpy as np
 
 from . import _persist
 from ._base import Identity, Parametrized
-from ._checks import check_shape, floating, mask_array, model_dtype, positive_int
+from ._checks import (
+    as_array,
+    check_parameter_memory,
+    check_shape,
+    flag,
+    floating,
+    mask_array,
+    model_dtype,
+    positive_int,
+)
 
 __all__ = ["Linear", "LinearCache", "cross_entropy_loss", "mse_loss"]
 
@@ -59,8 +68,11 @@ class Linear(Parametrized):
                  dtype: Any = np.float32, seed: int | None = None) -> None:
         self.in_features = positive_int("in_features", in_features)
         self.out_features = positive_int("out_features", out_features)
-        self.bias = bool(bias)
+        self.bias = flag("bias", bias)
         self.dtype = model_dtype(dtype)
+        check_parameter_memory(
+            f"Linear(in_features={self.in_features}, out_features={self.out_features})",
+            self.out_features * (self.in_features + self.bias), 1 + self.bias, self.dtype)
         shapes: dict[str, tuple[int, ...]] = {"weight": (self.out_features, self.in_features)}
         if self.bias:
             shapes["bias"] = (self.out_features,)
@@ -142,7 +154,7 @@ def mse_loss(pred: Any, target: Any, mask: Any = None) -> tuple[float, np.ndarra
         diff = p.astype(np.float64) - t
         sel = None
     else:
-        m = np.asarray(mask)
+        m = as_array("mask", mask, "a bool or 0/1 array")
         lead = p.shape[:m.ndim] if m.ndim <= p.ndim else None
         if lead is None:
             raise ValueError(f"mask: expected shape of a prefix of {p.shape}, got {m.shape}")
@@ -167,7 +179,7 @@ def cross_entropy_loss(logits: Any, labels: Any, mask: Any = None) -> tuple[floa
     z = floating("logits", logits)
     if z.ndim < 1:
         raise ValueError(f"logits: expected shape (..., C), got {z.shape}")
-    lab = np.asarray(labels)
+    lab = as_array("labels", labels, "an integer array")
     if lab.dtype.kind not in "iu":
         raise TypeError(f"labels: expected an integer array, got dtype {lab.dtype}")
     check_shape("labels", lab, z.shape[:-1])

@@ -47,12 +47,22 @@ gathers whole arrays.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-from ._checks import bool_array, check_shape, floating, positive_int
+from ._checks import (
+    as_array,
+    bool_array,
+    budget_bytes,
+    check_shape,
+    flag,
+    floating,
+    positive_int,
+    real_number,
+)
 from .clip import clip_grad_norm, clip_grad_value, grad_norm
 from .nn import mse_loss
 from .optim import Optimizer
@@ -69,6 +79,32 @@ def parameters(model: Any, readout: Any = None) -> dict[str, np.ndarray]:
     if readout is not None:
         out.update({f"readout.{k}": v for k, v in readout.params.items()})
     return out
+
+
+@contextmanager
+def _blame(name: str, what: str) -> Iterator[None]:
+    """Re-raises a plain ``ValueError``/``TypeError`` from inside (e.g. ``x: expected
+    shape`` from a readout) with the argument the user gave first, so a message never
+    blames an argument the user did not pass."""
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        if type(exc) not in (ValueError, TypeError):
+            raise
+        raise type(exc)(f"{name}: {what}: {exc}") from exc
+
+
+def _loss_pair(result: Any, pred_shape: tuple[int, ...]) -> tuple[Any, np.ndarray]:
+    """``loss_fn``'s ``(loss, d_pred)``, with ``d_pred`` shaped like ``pred``."""
+    if not isinstance(result, tuple) or len(result) != 2:
+        raise TypeError(f"loss_fn: expected it to return (loss, d_pred), got "
+                        f"{type(result).__name__}")
+    loss, d_pred = result
+    d_pred = floating("loss_fn's d_pred", d_pred)
+    if d_pred.shape != pred_shape:
+        raise ValueError(f"loss_fn: expected d_pred of the shape of pred {pred_shape}, got "
+                         f"{d_pred.shape}")
+    return loss, d_pred
 
 
 class TBPTTResult:
@@ -217,6 +253,10 @@ class TBPTT:
                 if not hasattr(readout, attr):
                     raise TypeError(f"readout: expected a layer with forward/backward/params "
                                     f"(e.g. bptt.Linear), got {type(readout).__name__}")
+            width = getattr(readout, "in_features", None)
+            if isinstance(width, int) and width != model.hidden_size:
+                raise ValueError(f"readout: expected in_features = the model's hidden_size "
+                                 f"({model.hidden_size}), got {width}")
         if not callable(loss_fn):
             raise TypeError(f"loss_fn: expected a callable, got {type(loss_fn).__name__}")
         if optimizer is not None and not isinstance(optimizer, Optimizer):
@@ -226,9 +266,9 @@ class TBPTT:
         self.k2 = self.k1 if k2 is None else positive_int("k2", k2)
         if self.k2 < self.k1:
             raise ValueError(f"k2: expected k2 >= k1 = {self.k1}, got {self.k2}")
-        if clip_norm is not None and not float(clip_norm) > 0:
+        if clip_norm is not None and not real_number("clip_norm", clip_norm) > 0:
             raise ValueError(f"clip_norm: expected a positive number or None, got {clip_norm}")
-        if clip_value is not None and not float(clip_value) >= 0:
+        if clip_value is not None and not real_number("clip_value", clip_value) >= 0:
             raise ValueError(f"clip_value: expected a number >= 0 or None, got {clip_value}")
         self.model = model
         self.readout = readout
@@ -236,8 +276,8 @@ class TBPTT:
         self.optimizer = optimizer
         self.clip_norm = clip_norm
         self.clip_value = clip_value
-        self.error_if_nonfinite = bool(error_if_nonfinite)
-        self.memory_budget = memory_budget
+        self.error_if_nonfinite = flag("error_if_nonfinite", error_if_nonfinite)
+        self.memory_budget = budget_bytes(memory_budget)
         self._has_cell_state = bool(getattr(model, "has_cell_state", False))
         self._keys: dict[str, str] = {}
         if optimizer is not None:
@@ -254,6 +294,32 @@ class TBPTT:
 
     def _join(self, parts: list[np.ndarray]) -> Any:
         return (parts[0], parts[1]) if self._has_cell_state else parts[0]
+
+    def _initial_state(self, state: Any, batch: int) -> list[np.ndarray]:
+        """``train``'s ``state`` as a list of arrays of the model's dtype, checked as the
+        model checks a state (structure, floating dtype, shape)."""
+        m = self.model
+        if state is None:
+            return self._zeros(batch)
+        if self._has_cell_state:
+            if not isinstance(state, (tuple, list)):
+                raise TypeError(f"state: expected a tuple (h, c) for an LSTM, got "
+                                f"{type(state).__name__}")
+            if len(state) != 2:
+                raise ValueError(f"state: expected a tuple (h, c) for an LSTM, got "
+                                 f"{len(state)} item(s)")
+            named = [("state[0]", state[0]), ("state[1]", state[1])]
+        else:
+            if isinstance(state, (tuple, list)):
+                raise TypeError(f"state: expected a single array h, got {type(state).__name__}")
+            named = [("state", state)]
+        want = (m.num_layers, batch, m.hidden_size)
+        parts = []
+        for name, value in named:
+            arr = floating(name, value, hint=f" (converted to {m.dtype})")
+            check_shape(name, arr, want)
+            parts.append(np.ascontiguousarray(arr, dtype=m.dtype))
+        return parts
 
     def _zeros(self, batch: int) -> list[np.ndarray]:
         m = self.model
@@ -332,22 +398,21 @@ class TBPTT:
         """
         m = self.model
         x = floating("x", x)
-        if x.ndim != 3 or x.shape[2] != m.input_size or x.shape[0] < 1:
-            raise ValueError(f"x: expected shape (T, B, {m.input_size}), got {x.shape}")
+        if x.ndim != 3 or x.shape[2] != m.input_size or min(x.shape) < 1:
+            raise ValueError(f"x: expected shape (T, B, {m.input_size}) with T, B >= 1, got "
+                             f"{x.shape}")
         x = np.ascontiguousarray(x, dtype=m.dtype)
         T, B = x.shape[:2]
-        y = np.asarray(y)
+        y = as_array("y", y, f"targets with leading shape ({T}, {B})")
         if y.shape[:2] != (T, B):
             raise ValueError(f"y: expected leading shape ({T}, {B}), got {y.shape}")
         mask_a = bool_array("mask", mask, (T, B))
         resets_a = bool_array("resets", resets, (T, B))
-        if state is None:
-            cur = self._zeros(B)
-        else:
-            cur = [np.ascontiguousarray(s, dtype=m.dtype) for s in self._parts(state)]
-            want = (m.num_layers, B, m.hidden_size)
-            for i, part in enumerate(cur):
-                check_shape("state" if not self._has_cell_state else f"state[{i}]", part, want)
+        cur = self._initial_state(state, B)
+        keep_grads = flag("keep_grads", keep_grads)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback: expected a callable or None, got "
+                            f"{type(callback).__name__}")
 
         n_chunks = -(-T // self.k1)
         losses = np.full(n_chunks, np.nan)
@@ -387,10 +452,13 @@ class TBPTT:
             out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
             h_new = out[s - w:]
             if self.readout is not None:
-                pred, cache = self.readout.forward(h_new)
+                with _blame("readout", f"forward() of the model's output {h_new.shape}"):
+                    pred, cache = self.readout.forward(h_new)
             else:
                 pred = h_new
-            loss, d_pred = self.loss_fn(pred, y[s:e], mk)
+            with _blame("y", f"loss_fn(pred {np.shape(pred)}, y[{s}:{e}], mask) failed"):
+                result = self.loss_fn(pred, y[s:e], mk)
+            loss, d_pred = _loss_pair(result, np.shape(pred))
             grads: dict[str, np.ndarray] = {}
             if self.readout is not None:
                 d_h, g_ro = self.readout.backward(cache, d_pred)
