@@ -34,7 +34,7 @@ for component in rustfmt clippy; do
         || rustup component add "$component"
 done
 cargo fmt --check
-PYO3_PYTHON="$BUILD/build-venv/bin/python" cargo clippy --all-targets --features python -- -D warnings
+PYO3_PYTHON="$PWD/$BUILD/build-venv/bin/python" cargo clippy --all-targets --features python -- -D warnings
 "$BUILD/build-venv/bin/python" scripts/check_layout.py
 
 # Types, against the installed wheel: the stub _core.pyi must match the compiled module

@@ -223,7 +223,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Nanoseconds of the process clock until which step teams are not formed, and the
-/// current back-off (doubled each time a team shrinks again, reset when one pays).
+/// current back-off (doubled each time a team shrinks again, halved when one pays).
 static NO_TEAMS_UNTIL: AtomicU64 = AtomicU64::new(0);
 static BACKOFF_NS: AtomicU64 = AtomicU64::new(0);
 
@@ -244,10 +244,17 @@ pub(crate) fn note_contention() {
     NO_TEAMS_UNTIL.store(clock_ns().saturating_add(backoff), Ordering::Relaxed);
 }
 
-/// A step team ran to its end without shrinking: the back-off starts again from its least.
+/// A step team ran to its end without shrinking: the back-off halves (down to none), so
+/// that one lucky chunk on a machine that stays busy does not undo what the shrinking
+/// teams learnt, while an idle machine gets its teams back after a few chunks.
 pub(crate) fn note_team_paid() {
-    if BACKOFF_NS.load(Ordering::Relaxed) != 0 {
-        BACKOFF_NS.store(0, Ordering::Relaxed);
+    let backoff = BACKOFF_NS.load(Ordering::Relaxed);
+    if backoff != 0 {
+        let half = backoff / 2;
+        BACKOFF_NS.store(
+            if half < BACKOFF_MIN.as_nanos() as u64 { 0 } else { half },
+            Ordering::Relaxed,
+        );
     }
 }
 

@@ -238,3 +238,20 @@ def mask_array(mask: object, lead_shape: tuple[int, ...]) -> np.ndarray:
     if m.dtype.kind != "b" and m.size and not np.all((m == 0) | (m == 1)):
         raise ValueError("mask: expected only 0/1 (or bool) values")
     return m.astype(np.float64)
+
+
+def state_parts(name: str, state: Any, has_cell_state: bool) -> list[tuple[str, Any]]:
+    """The arrays of a recurrent state with the names errors give them: ``[(name, h)]``, or
+    ``[(name[0], h), (name[1], c)]`` for an LSTM; a structure that does not fit the cell is
+    a clear error."""
+    if has_cell_state:
+        if not isinstance(state, (tuple, list)):
+            raise TypeError(f"{name}: expected a tuple (h, c) for an LSTM, got "
+                            f"{type(state).__name__}")
+        if len(state) != 2:
+            raise ValueError(f"{name}: expected a tuple (h, c) for an LSTM, got "
+                             f"{len(state)} item(s)")
+        return [(f"{name}[0]", state[0]), (f"{name}[1]", state[1])]
+    if isinstance(state, (tuple, list)):
+        raise TypeError(f"{name}: expected a single array h, got {type(state).__name__}")
+    return [(name, state)]

@@ -23,6 +23,7 @@ from ._checks import (
     lengths_array,
     model_dtype,
     positive_int,
+    state_parts,
 )
 
 #: Gates per cell: the rows of ``W_ih`` and ``W_hh`` are ``gates * hidden_size``.
@@ -127,18 +128,9 @@ class _Recurrent(Parametrized, Generic[_State]):
         if state is None:
             return None, None
         text = f"({self.num_layers * self.num_directions}, B, {self.hidden_size})"
-        if self.has_cell_state:
-            if not isinstance(state, (tuple, list)):
-                raise TypeError(f"{name}: expected a tuple (h, c) for an LSTM, got "
-                                f"{type(state).__name__}")
-            if len(state) != 2:
-                raise ValueError(f"{name}: expected a tuple (h, c) for an LSTM, got "
-                                 f"{len(state)} item(s)")
-            return (float_array(f"{name}[0]", state[0], self.dtype, 3, text),
-                    float_array(f"{name}[1]", state[1], self.dtype, 3, text))
-        if isinstance(state, (tuple, list)):
-            raise TypeError(f"{name}: expected a single array h, got {type(state).__name__}")
-        return float_array(name, state, self.dtype, 3, text), None
+        arrays = [float_array(part, value, self.dtype, 3, text)
+                  for part, value in state_parts(name, state, self.has_cell_state)]
+        return arrays[0], arrays[1] if len(arrays) == 2 else None
 
     def _run(self, x: Any, state: Any, lengths: Any, keep_tape: bool,
              memory_budget: Any = None) -> tuple[Any, ...]:

@@ -58,7 +58,7 @@ from ._checks import positive_int
 from .clip import clip_grad_norm, clip_grad_value, grad_norm
 from .nn import mse_loss
 from .optim import Optimizer
-from .tbptt import TBPTTResult
+from .tbptt import TBPTTResult, apply_update
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -898,15 +898,8 @@ class DataParallel:
                     callback(j, n_chunks, math.nan, math.nan)
                 continue
             norm = grad_norm(grads)
-            if kept is not None:
-                kept.append({k: v.copy() for k, v in grads.items()})
-            if self.clip_norm is not None:
-                clip_grad_norm(grads, self.clip_norm)
-            if self.clip_value is not None:
-                clip_grad_value(grads, self.clip_value)
-            if self.optimizer is not None:
-                self.optimizer.step({self._keys[k]: v for k, v in grads.items()})
-                updated[j] = True
+            updated[j] = apply_update(grads, kept, self.clip_norm, self.clip_value,
+                                      self.optimizer, self._keys)
             losses[j], norms[j] = loss, norm
             if callback is not None:
                 callback(j, n_chunks, loss, norm)

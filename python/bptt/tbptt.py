@@ -62,12 +62,32 @@ from ._checks import (
     floating,
     positive_int,
     real_number,
+    state_parts,
 )
 from .clip import clip_grad_norm, clip_grad_value, grad_norm
 from .nn import mse_loss
 from .optim import Optimizer
 
 __all__ = ["TBPTT", "TBPTTResult", "parameters"]
+
+
+def apply_update(grads: dict[str, np.ndarray], kept: list[Any] | None,
+                 clip_norm: float | None, clip_value: float | None,
+                 optimizer: Optimizer | None, keys: dict[str, str]) -> bool:
+    """One chunk's update, as ``TBPTT`` and ``bptt.dask.DataParallel`` make it: keeps a copy
+    of the raw gradients in ``kept`` (when given), clips them in place (norm, then value),
+    and steps ``optimizer`` with them under its parameter names (``keys``). Returns whether
+    an optimizer step was taken."""
+    if kept is not None:
+        kept.append({k: v.copy() for k, v in grads.items()})
+    if clip_norm is not None:
+        clip_grad_norm(grads, clip_norm)
+    if clip_value is not None:
+        clip_grad_value(grads, clip_value)
+    if optimizer is None:
+        return False
+    optimizer.step({keys[k]: v for k, v in grads.items()})
+    return True
 
 LossFn = Callable[[np.ndarray, Any, Any], "tuple[float, np.ndarray]"]
 
@@ -301,18 +321,7 @@ class TBPTT:
         m = self.model
         if state is None:
             return self._zeros(batch)
-        if self._has_cell_state:
-            if not isinstance(state, (tuple, list)):
-                raise TypeError(f"state: expected a tuple (h, c) for an LSTM, got "
-                                f"{type(state).__name__}")
-            if len(state) != 2:
-                raise ValueError(f"state: expected a tuple (h, c) for an LSTM, got "
-                                 f"{len(state)} item(s)")
-            named = [("state[0]", state[0]), ("state[1]", state[1])]
-        else:
-            if isinstance(state, (tuple, list)):
-                raise TypeError(f"state: expected a single array h, got {type(state).__name__}")
-            named = [("state", state)]
+        named = state_parts("state", state, self._has_cell_state)
         want = (m.num_layers, batch, m.hidden_size)
         parts = []
         for name, value in named:
@@ -479,15 +488,8 @@ class TBPTT:
             norm = grad_norm(grads)
             if self.error_if_nonfinite and not math.isfinite(norm):
                 raise FloatingPointError(f"chunk {j}: the gradient norm is {norm}")
-            if kept is not None:
-                kept.append({k: v.copy() for k, v in grads.items()})
-            if self.clip_norm is not None:
-                clip_grad_norm(grads, self.clip_norm)
-            if self.clip_value is not None:
-                clip_grad_value(grads, self.clip_value)
-            if self.optimizer is not None:
-                self.optimizer.step({self._keys[k]: v for k, v in grads.items()})
-                updated[j] = True
+            updated[j] = apply_update(grads, kept, self.clip_norm, self.clip_value,
+                                      self.optimizer, self._keys)
             losses[j], norms[j] = loss, norm
             cur = mid
             w = w_next
