@@ -252,7 +252,11 @@ pub(crate) fn note_team_paid() {
     if backoff != 0 {
         let half = backoff / 2;
         BACKOFF_NS.store(
-            if half < BACKOFF_MIN.as_nanos() as u64 { 0 } else { half },
+            if half < BACKOFF_MIN.as_nanos() as u64 {
+                0
+            } else {
+                half
+            },
             Ordering::Relaxed,
         );
     }
