@@ -128,6 +128,48 @@ impl Config {
         out
     }
 
+    /// The number of parameter values and of parameter arrays that
+    /// [`Config::param_layout`] lays out, counted without building it and in saturating
+    /// 128-bit arithmetic, so that a size no machine can hold is still counted (the
+    /// bindings refuse it before anything is allocated).
+    ///
+    /// ```
+    /// use bptt::{CellKind, Config};
+    /// let cfg = Config {
+    ///     kind: CellKind::Gru,
+    ///     input_size: 3,
+    ///     hidden_size: 2,
+    ///     num_layers: 2,
+    ///     bidirectional: true,
+    ///     bias: true,
+    ///     batch_first: false,
+    /// };
+    /// let layout = cfg.param_layout();
+    /// let values: usize = layout.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    /// assert_eq!(cfg.param_count(), (values as u128, layout.len() as u128));
+    /// ```
+    pub fn param_count(&self) -> (u128, u128) {
+        let n = |v: usize| v as u128;
+        let gh = n(self.kind.gates()).saturating_mul(n(self.hidden_size));
+        let (d, l, h) = (
+            n(self.num_directions()),
+            n(self.num_layers),
+            n(self.hidden_size),
+        );
+        let first = gh.saturating_mul(n(self.input_size).saturating_add(h));
+        let rest = gh.saturating_mul(d.saturating_mul(h).saturating_add(h));
+        let weights = d.saturating_mul(first.saturating_add((l - 1).saturating_mul(rest)));
+        let biases = if self.bias {
+            l.saturating_mul(d).saturating_mul(2).saturating_mul(gh)
+        } else {
+            0
+        };
+        let arrays = l
+            .saturating_mul(d)
+            .saturating_mul(n(self.params_per_stack()));
+        (weights.saturating_add(biases), arrays)
+    }
+
     /// The expected state shape `[L·D, B, H]`.
     pub fn state_shape(&self, batch: usize) -> [usize; 3] {
         [self.num_stacks(), batch, self.hidden_size]

@@ -13,9 +13,12 @@ use numpy::{
     Element, IntoPyArray, PyArray2, PyArray3, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3,
     PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyKeyboardInterrupt, PyMemoryError, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyKeyboardInterrupt, PyMemoryError, PyRuntimeError, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
+use std::sync::mpsc::RecvTimeoutError;
 
 /// The extension's allocator. The core allocates its tape and buffers afresh on every call;
 /// mimalloc keeps freed memory for reuse instead of returning it to the OS, so repeated
@@ -44,34 +47,30 @@ const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 /// Runs `work` with the GIL released, on the pool when `parallel`. A call of at least
 /// `parallel::INTERRUPTIBLE_WORK` multiply-adds (`work_size`) runs on its own thread while
 /// the calling thread waits for it, taking the GIL every few milliseconds to run Python's
-/// signal handlers: when one raises (Ctrl-C: `KeyboardInterrupt`), the call is stopped at
-/// its next check (between chunks of steps) and that exception is raised; the call's
-/// partial results are dropped. Shorter calls run directly.
+/// signal handlers: when one raises (Ctrl-C: `KeyboardInterrupt`), the call stops at its
+/// next check (between chunks) and that exception is raised. Shorter calls run directly.
 fn run_released<R: Send>(
     py: Python<'_>,
     parallel: bool,
     work_size: usize,
     work: impl FnOnce(&Control) -> crate::Result<R> + Send,
 ) -> PyResult<R> {
+    let ctl = &Control::default();
     if work_size < parallel::INTERRUPTIBLE_WORK {
-        let ctl = Control::default();
-        return Ok(py.detach(|| parallel::run(parallel, || work(&ctl)))?);
+        return Ok(py.detach(|| parallel::run(parallel, || work(ctl)))?);
     }
-    let ctl = Control::default();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, mut rx) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
-        let ctl = &ctl;
         s.spawn(move || {
             // The receiver outlives the thread (the scope joins it first).
             let _ = tx.send(parallel::run(parallel, || work(ctl)));
         });
-        let mut rx = rx;
         loop {
             let (received, back) = py.detach(move || (rx.recv_timeout(SIGNAL_POLL), rx));
             rx = back;
             match received {
                 Ok(result) => return Ok(result?),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                Err(RecvTimeoutError::Timeout) => {
                     if let Err(signal) = py.check_signals() {
                         ctl.stop();
                         // Wait for the call to stop; its result is dropped.
@@ -79,10 +78,8 @@ fn run_released<R: Send>(
                         return Err(signal);
                     }
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(pyo3::exceptions::PyRuntimeError::new_err(
-                        "the computation ended without a result",
-                    ))
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(PyRuntimeError::new_err("the call ended without a result"))
                 }
             }
         }
@@ -207,6 +204,12 @@ impl Spec {
             d.set_item(name, PyTuple::new(py, shape)?)?;
         }
         Ok(d)
+    }
+
+    /// `(values, arrays)` of `param_shapes`, counted without building it (saturating).
+    #[getter]
+    fn param_count(&self) -> (u128, u128) {
+        self.config.param_count()
     }
 
     fn __repr__(&self) -> String {

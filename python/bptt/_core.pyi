@@ -60,6 +60,9 @@ class Spec:
         """PyTorch's parameter names and shapes, in `state_dict()` order (the order of the
         `weights` list that `forward` and `backward` take and of the gradients returned).
         """
+    @property
+    def param_count(self) -> tuple[int, int]:
+        """`(values, arrays)` of `param_shapes`, counted without building it (saturating)."""
 
 @final
 class Tape:

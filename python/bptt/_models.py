@@ -7,6 +7,7 @@ checks and the call into the Rust core, which runs with the GIL released.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
@@ -25,9 +26,6 @@ from ._checks import (
     positive_int,
     state_parts,
 )
-
-#: Gates per cell: the rows of ``W_ih`` and ``W_hh`` are ``gates * hidden_size``.
-_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
 # The state's structure: ``h`` (RNN, GRU) or ``(h, c)`` (LSTM). For type checkers only.
 _State = TypeVar("_State", np.ndarray, tuple[np.ndarray, np.ndarray])
@@ -86,10 +84,7 @@ class _Recurrent(Parametrized, Generic[_State]):
         self.batch_first = flag("batch_first", batch_first)
         self.bidirectional = flag("bidirectional", bidirectional)
         self.dtype = model_dtype(dtype)
-        self._check_size()
-        self._spec = _core.Spec(self._cell, self.input_size, self.hidden_size, self.num_layers,
-                                self.bidirectional, self.bias, self.batch_first,
-                                self.dtype.name)
+        self._spec = self._checked_spec()
         # PyTorch's initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)).
         shapes = self._spec.param_shapes
         super().__init__(shapes, 1.0 / math.sqrt(self.hidden_size), self.dtype, seed)
@@ -100,24 +95,24 @@ class _Recurrent(Parametrized, Generic[_State]):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
-    def _check_size(self) -> None:
-        """The parameters' size from the constructor's arguments, in Python ints, before
-        the core or NumPy builds anything: ``LSTM(1, 1, num_layers=2**40)`` is refused at
-        once (``MemoryError`` naming the model and the bytes; ``ValueError`` beyond what a
-        process can address), not after minutes of allocating. The count mirrors the
-        core's ``Config::param_layout``; ``Parametrized`` checks it again on the shapes."""
-        gh = _GATES[self._cell] * self.hidden_size
-        d, h = self.num_directions, self.hidden_size
-        per_dir_first = gh * (self.input_size + h)
-        per_dir_rest = gh * (d * h + h)
-        n_values = d * (per_dir_first + (self.num_layers - 1) * per_dir_rest)
-        if self.bias:
-            n_values += self.num_layers * d * 2 * gh
-        n_arrays = self.num_layers * d * (4 if self.bias else 2)
+    def _checked_spec(self) -> Any:
+        """The core's ``Spec``, once the parameters it lays out are known to fit: their count
+        comes from the core (``Spec.param_count``, without building anything), so
+        ``LSTM(1, 1, num_layers=2**40)`` is refused at once (``MemoryError`` naming the model
+        and the bytes; ``ValueError`` beyond what a process can address), not after minutes
+        of allocating."""
         what = (f"{type(self).__name__}(input_size={self.input_size}, hidden_size="
                 f"{self.hidden_size}, num_layers={self.num_layers}, bidirectional="
                 f"{self.bidirectional})")
+        if max(self.input_size, self.hidden_size, self.num_layers) > sys.maxsize:
+            # Every size multiplies a weight matrix: more bytes than any process can have.
+            raise ValueError(f"{what}: the parameters would need more than {sys.maxsize} "
+                             f"bytes, more than a process can address")
+        spec = _core.Spec(self._cell, self.input_size, self.hidden_size, self.num_layers,
+                          self.bidirectional, self.bias, self.batch_first, self.dtype.name)
+        n_values, n_arrays = spec.param_count
         check_parameter_memory(what, n_values, n_arrays, self.dtype)
+        return spec
 
     # ----------------------------------------------------------------- running
     def _seq(self, name: str, value: Any, width: int) -> np.ndarray:
