@@ -8,7 +8,7 @@
 //! activations and the run-time choice of instruction set, `linalg` the one GEMM entry
 //! point, `recurrent` the per-step recurrent product, `team` the step team that runs a
 //! time loop on several threads, `parallel` the thread pool and the threading policy. The optional `python` feature compiles the PyO3
-//! bindings (`python.rs`), the only code that names Python.
+//! bindings (`python/`), the only code that names Python.
 
 pub mod buffer;
 pub mod cell;

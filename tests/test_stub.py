@@ -3,7 +3,7 @@
 Signatures are checked by ``python -m mypy.stubtest bptt._core`` in scripts/test.sh; this
 file checks what stubtest does not: the stub is installed next to the module, and every
 docstring in it equals the one on the compiled item (the ``///`` comment in
-src/python.rs).
+src/python/).
 """
 
 import ast
