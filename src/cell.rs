@@ -114,7 +114,7 @@ pub(crate) fn step_forward<T: Float>(kind: CellKind, row: StepRow<'_, T>) {
     match kind {
         CellKind::RnnTanh => rnn_forward(&mut gi[..n], h, true),
         CellKind::RnnRelu => rnn_forward(&mut gi[..n], h, false),
-        CellKind::Lstm => lstm_forward(gi, gf, gg, go, &mut c[..n], h),
+        CellKind::Lstm => T::lstm_forward(gi, gf, gg, go, &mut c[..n], h),
         CellKind::Gru => {
             gru_forward(gi, gf, gg, rr, rz, rn, &b_hn[..n], h);
             if !gh_n.is_empty() {
@@ -138,7 +138,7 @@ fn rnn_forward_kernel<T: Float>(g: &mut [T], h: &mut [T], tanh: bool) {
     }
 }
 
-dispatch!(fn lstm_forward<T: Float>(
+dispatch!(pub(crate) fn lstm_forward<T: Float>(
     gi: &mut [T],
     gf: &mut [T],
     gg: &mut [T],
@@ -308,7 +308,7 @@ pub(crate) fn step_backward<T: Float>(kind: CellKind, row: StepRowGrad<'_, T>) {
         CellKind::RnnTanh | CellKind::RnnRelu => {
             rnn_backward(&gi[..n], dh, &mut di[..n], kind == CellKind::RnnTanh)
         }
-        CellKind::Lstm => lstm_backward(
+        CellKind::Lstm => T::lstm_backward(
             gi,
             gf,
             gg,
@@ -393,7 +393,7 @@ fn rnn_backward_kernel<T: Float>(a: &[T], dh: &mut [T], dxp: &mut [T], tanh: boo
     }
 }
 
-dispatch!(fn lstm_backward<T: Float>(
+dispatch!(pub(crate) fn lstm_backward<T: Float>(
     gi: &[T],
     gf: &[T],
     gg: &[T],

@@ -33,6 +33,45 @@ pub trait Float:
     /// `tanh` as the cell kernels use it (f32: the fast kernel of `simd`, within 1 ulp).
     fn act_tanh(self) -> Self;
 
+    /// The LSTM's forward step over a row's units (`cell::lstm_forward`); `f32` uses the
+    /// AVX2 kernels of `lstm_avx2` at the AVX2 and AVX-512 levels.
+    #[inline(always)]
+    fn lstm_forward(
+        gi: &mut [Self],
+        gf: &mut [Self],
+        gg: &mut [Self],
+        go: &mut [Self],
+        c: &mut [Self],
+        h: &mut [Self],
+    ) {
+        crate::cell::lstm_forward(gi, gf, gg, go, c, h);
+    }
+
+    /// `h = o·tanh(c)` over a row, bitwise as [`Float::lstm_forward`] computes it.
+    #[inline(always)]
+    fn lstm_output(o: &[Self], c: &[Self], h: &mut [Self]) {
+        crate::cell::lstm_output(o, c, h);
+    }
+
+    /// The LSTM's backward step over a row's units (`cell::lstm_backward`).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)] // one slice per gate
+    fn lstm_backward(
+        gi: &[Self],
+        gf: &[Self],
+        gg: &[Self],
+        go: &[Self],
+        c_prev: &[Self],
+        dh: &mut [Self],
+        dc: &mut [Self],
+        di: &mut [Self],
+        df: &mut [Self],
+        dg: &mut [Self],
+        d_o: &mut [Self],
+    ) {
+        crate::cell::lstm_backward(gi, gf, gg, go, c_prev, dh, dc, di, df, dg, d_o);
+    }
+
     /// Rectified linear unit; NaN stays NaN.
     #[inline(always)]
     fn relu(self) -> Self {
@@ -56,6 +95,58 @@ impl Float for f32 {
     #[inline(always)]
     fn act_tanh(self) -> Self {
         crate::simd::tanh_f32(self)
+    }
+
+    #[inline(always)]
+    fn lstm_forward(
+        gi: &mut [f32],
+        gf: &mut [f32],
+        gg: &mut [f32],
+        go: &mut [f32],
+        c: &mut [f32],
+        h: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::level() != crate::simd::Level::Scalar {
+            // SAFETY: `level()` reports AVX2 or AVX-512 only where the CPU has AVX2 and
+            // FMA (AVX-512 is detected only beside them).
+            return unsafe { crate::lstm_avx2::lstm_forward(gi, gf, gg, go, c, h) };
+        }
+        crate::cell::lstm_forward(gi, gf, gg, go, c, h);
+    }
+
+    #[inline(always)]
+    fn lstm_output(o: &[f32], c: &[f32], h: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::level() != crate::simd::Level::Scalar {
+            // SAFETY: as in `lstm_forward`.
+            return unsafe { crate::lstm_avx2::lstm_output(o, c, h) };
+        }
+        crate::cell::lstm_output(o, c, h);
+    }
+
+    #[inline(always)]
+    fn lstm_backward(
+        gi: &[f32],
+        gf: &[f32],
+        gg: &[f32],
+        go: &[f32],
+        c_prev: &[f32],
+        dh: &mut [f32],
+        dc: &mut [f32],
+        di: &mut [f32],
+        df: &mut [f32],
+        dg: &mut [f32],
+        d_o: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::level() != crate::simd::Level::Scalar {
+            // SAFETY: as in `lstm_forward`.
+            return unsafe {
+                crate::lstm_avx2::lstm_backward(gi, gf, gg, go, c_prev, dh, dc, di, df, dg, d_o)
+            };
+        }
+        crate::cell::lstm_backward(gi, gf, gg, go, c_prev, dh, dc, di, df, dg, d_o);
     }
 }
 

@@ -15,6 +15,8 @@ pub mod cell;
 pub mod error;
 pub mod float;
 pub(crate) mod linalg;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod lstm_avx2;
 pub mod model;
 pub mod parallel;
 pub(crate) mod recurrent;

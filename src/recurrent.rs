@@ -14,8 +14,8 @@
 //!
 //! Each group is packed into column panels `[K, NR]`. For `f32` on x86-64 the micro-kernel
 //! holds an `MR × NR` block of `c` in registers (AVX-512: 8 × 32 in 16 registers; AVX2:
-//! 4 × 32 in 16) and runs `acc = fma(a[r, k], b[k, :], acc)` over `k` in order; the
-//! portable kernel (`f64`, the baseline level, other targets) does the same with
+//! 6 × 16 in 12, half a panel at a time) and runs `acc = fma(a[r, k], b[k, :], acc)` over
+//! `k` in order; the portable kernel (`f64`, the baseline level, other targets) does the same with
 //! `mul_add`, compiled per instruction set, so every level gives the same bits, and so does
 //! every tiling (each element is the same chain of operations).
 
@@ -309,29 +309,34 @@ mod x86 {
     use super::{store, PanelTile, NR};
     use std::arch::x86_64::*;
 
-    /// Defines `$rows(tile, w) -> usize`: all rows, in blocks of `$mr` (an `$mr × NR` block
-    /// of `c` in registers), then one at a time; `acc = fma(a[r, k], w[k, :], acc)` over
-    /// `k` in order, as the baseline path does. Returns the number of rows done (all).
+    /// Defines `$rows(tile, w) -> usize`: all rows, each panel in strips of `V · lanes`
+    /// columns (the whole panel with AVX-512, two halves with AVX2), each strip in blocks of
+    /// `$mr` rows (an `$mr × V` block of vectors of `c` in registers, with room left for the
+    /// `V` vectors of `w` and the broadcast of `a`, so nothing spills), then the rows left
+    /// in one smaller block; `acc = fma(a[r, k], w[k, j], acc)` over `k` in order, as the
+    /// baseline path does. Returns the number of rows done (all).
     macro_rules! panel_rows {
-        ($rows:ident, $block:ident, $feat:literal, $vec:ty, $lanes:expr, $mr:expr,
+        ($rows:ident, $block:ident, $feat:literal, $vec:ty, $lanes:expr, $v:expr, $mr:expr,
          $zero:ident, $load:ident, $set1:ident, $fmadd:ident, $add:ident, $storeu:ident) => {
-            /// One block of `R` rows starting at row `r0`.
+            /// One block of `R` rows from row `r0`, columns `j0..j0 + V · lanes` of the
+            /// panel (of which the first `t.cols − j0` are the tile's).
             ///
             /// # Safety
-            /// The tile's contract (`panel_product`) and `r0 + R <= t.m`.
+            /// The tile's contract (`panel_product`), `r0 + R <= t.m` and `j0 < t.cols`.
             #[target_feature(enable = $feat)]
-            unsafe fn $block<const R: usize>(t: PanelTile<f32>, r0: usize, w: &[f32]) {
-                const V: usize = NR / $lanes;
-                assert!(w.len() >= t.k * NR);
+            unsafe fn $block<const R: usize>(t: PanelTile<f32>, r0: usize, j0: usize, w: &[f32]) {
+                const V: usize = $v;
+                const COLS: usize = V * $lanes;
+                assert!(w.len() >= t.k * NR && j0 + COLS <= NR);
                 // SAFETY: rows `r0..r0 + R` of `a` hold `k` readable elements each.
                 let a_rows: [&[f32]; R] = std::array::from_fn(|r| unsafe {
                     std::slice::from_raw_parts(t.a.add((r0 + r) * t.lda), t.k)
                 });
                 let mut acc = [[$zero(); V]; R];
                 for kk in 0..t.k {
-                    // SAFETY: `kk * NR + NR <= k * NR <= w.len()` (asserted above).
+                    // SAFETY: `kk * NR + j0 + COLS <= k * NR <= w.len()` (asserted above).
                     let wv: [$vec; V] = std::array::from_fn(|q| unsafe {
-                        $load(w.as_ptr().add(kk * NR + q * $lanes))
+                        $load(w.as_ptr().add(kk * NR + j0 + q * $lanes))
                     });
                     for (acc_r, a_row) in acc.iter_mut().zip(&a_rows) {
                         // SAFETY: `kk < k = a_row.len()`.
@@ -341,13 +346,13 @@ mod x86 {
                         }
                     }
                 }
-                if t.cols == NR {
-                    // A whole panel: add and store straight from the registers.
+                if j0 + COLS <= t.cols {
+                    // Whole vectors of the tile: add and store straight from the registers.
                     for (r, acc_r) in acc.iter().enumerate() {
-                        // SAFETY: row `r0 + r` of the tile of `c` holds NR columns, ours.
-                        let row = unsafe { t.c.add((r0 + r) * t.ldc) };
+                        // SAFETY: row `r0 + r` of the tile of `c` holds `t.cols` columns, ours.
+                        let row = unsafe { t.c.add((r0 + r) * t.ldc + j0) };
                         for (q, &v) in acc_r.iter().enumerate() {
-                            // SAFETY: as above; `q · lanes + lanes <= NR`.
+                            // SAFETY: as above; `j0 + q · lanes + lanes <= t.cols`.
                             unsafe {
                                 let dst = row.add(q * $lanes);
                                 let v = if t.accumulate { $add($load(dst), v) } else { v };
@@ -357,14 +362,21 @@ mod x86 {
                     }
                     return;
                 }
-                let mut buf = [0.0f32; NR];
+                let mut buf = [0.0f32; COLS];
                 for (r, acc_r) in acc.iter().enumerate() {
                     for (q, &v) in acc_r.iter().enumerate() {
-                        // SAFETY: `buf` holds NR = V · lanes floats.
+                        // SAFETY: `buf` holds COLS = V · lanes floats.
                         unsafe { $storeu(buf.as_mut_ptr().add(q * $lanes), v) };
                     }
-                    // SAFETY: row `r0 + r` of the tile of `c` is ours.
-                    unsafe { store(&buf[..t.cols], t.c.add((r0 + r) * t.ldc), t.accumulate) };
+                    // SAFETY: row `r0 + r` of the tile of `c` is ours, columns
+                    // `j0..t.cols` of it.
+                    unsafe {
+                        store(
+                            &buf[..t.cols - j0],
+                            t.c.add((r0 + r) * t.ldc + j0),
+                            t.accumulate,
+                        )
+                    };
                 }
             }
 
@@ -372,29 +384,44 @@ mod x86 {
             /// The tile's contract (`panel_product`) and the CPU features `$feat`.
             #[target_feature(enable = $feat)]
             pub(super) unsafe fn $rows(t: PanelTile<f32>, w: &[f32]) -> usize {
-                let mut r0 = 0;
-                while r0 + $mr <= t.m {
-                    // SAFETY: `r0 + $mr <= m`.
-                    unsafe { $block::<{ $mr }>(t, r0, w) };
-                    r0 += $mr;
+                const COLS: usize = $v * $lanes;
+                let mut j0 = 0;
+                while j0 < t.cols {
+                    let mut r0 = 0;
+                    while r0 + $mr <= t.m {
+                        // SAFETY: `r0 + $mr <= m`, `j0 < cols`.
+                        unsafe { $block::<{ $mr }>(t, r0, j0, w) };
+                        r0 += $mr;
+                    }
+                    // SAFETY (every arm): `r0 + (m − r0) = m`, `j0 < cols`.
+                    unsafe {
+                        match t.m - r0 {
+                            0 => {}
+                            1 => $block::<1>(t, r0, j0, w),
+                            2 => $block::<2>(t, r0, j0, w),
+                            3 => $block::<3>(t, r0, j0, w),
+                            4 => $block::<4>(t, r0, j0, w),
+                            5 => $block::<5>(t, r0, j0, w),
+                            6 => $block::<6>(t, r0, j0, w),
+                            _ => $block::<7>(t, r0, j0, w),
+                        }
+                    }
+                    j0 += COLS;
                 }
-                while r0 < t.m {
-                    // SAFETY: `r0 < m`.
-                    unsafe { $block::<1>(t, r0, w) };
-                    r0 += 1;
-                }
-                r0
+                t.m
             }
         };
     }
 
-    // AVX-512: 8 rows × 2 zmm; AVX2: 4 rows × 4 ymm (16 accumulator registers each).
+    // AVX-512: 8 rows × 2 zmm = the whole 32-column panel (16 of 32 registers hold `c`);
+    // AVX2: 6 rows × 2 ymm = half a panel (12 of 16 registers hold `c`, 2 `w`, 1 `a`).
     panel_rows!(
         rows_avx512,
         block_avx512,
         "avx512f",
         __m512,
         16,
+        2,
         8,
         _mm512_setzero_ps,
         _mm512_loadu_ps,
@@ -409,7 +436,8 @@ mod x86 {
         "avx2,fma",
         __m256,
         8,
-        4,
+        2,
+        6,
         _mm256_setzero_ps,
         _mm256_loadu_ps,
         _mm256_set1_ps,

@@ -4,7 +4,8 @@
 //! compiled three times (macro [`dispatch!`] around ordinary kernel functions), inside functions with
 //! `#[target_feature]` (AVX-512F, AVX2+FMA) and without (the scalar/baseline oracle);
 //! [`level`] picks one at run time, so a portable wheel uses the widest vectors the CPU
-//! has. All levels give bitwise-identical results: only the vector width changes. The
+//! has. All levels give bitwise-identical results: only the vector width changes (the one
+//! exception is the f32 LSTM cell, which has its own AVX2 kernels, `lstm_avx2`). The
 //! activations' polynomials use `mul_add`, a fused multiply-add with one rounding: an
 //! FMA instruction at the vector levels and the exact software routine where the
 //! baseline has none, so the bits agree there too.

@@ -2,7 +2,10 @@
 
 Results must not depend on the number of threads or the SIMD level; with every
 multiply-add either fused at every level or at none, and with fixed reduction splits,
-they are bitwise identical, which is what these tests assert.
+they are bitwise identical, which is what these tests assert. The one exception is the
+float32 LSTM cell at the vector levels (AVX2, AVX-512), whose activations divide by a
+refined reciprocal estimate: it agrees with the scalar level to rounding, and the vector
+levels agree bitwise with each other.
 """
 
 import os
@@ -71,6 +74,12 @@ def test_results_identical_across_simd_levels(cell, kw, restore_engine):
         results[level] = _run(model, x, lengths=[9, 3, 1, 9, 4])
     for level in available[1:]:
         for a, b in zip(results["scalar"], results[level]):
+            if cell == "LSTM":
+                np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+            else:
+                np.testing.assert_array_equal(a, b)
+    for level in available[2:]:
+        for a, b in zip(results[available[1]], results[level]):
             np.testing.assert_array_equal(a, b)
 
 

@@ -13,7 +13,7 @@ use super::layer::{Direction, StateSlot};
 use super::plan::{chunks, CHUNK_STEPS};
 use super::tape::{DirTape, Steps, StepsView};
 use crate::buffer::{copy, zeros};
-use crate::cell::{lstm_output, step_backward, CellKind, StepRowGrad};
+use crate::cell::{step_backward, CellKind, StepRowGrad};
 use crate::error::Result;
 use crate::float::Float;
 use crate::linalg::{gemm, par};
@@ -158,7 +158,7 @@ fn rebuild_lstm_h_prev<T: Float>(
         for (b, row) in dst.chunks_exact_mut(hidden).enumerate() {
             let o = steps.gates.slice(s![before, b, 3 * hidden..]);
             let c = c_prev.slice(s![t, b, ..]);
-            lstm_output(
+            T::lstm_output(
                 o.as_slice().expect("contiguous"),
                 c.as_slice().expect("contiguous"),
                 row,

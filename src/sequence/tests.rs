@@ -428,8 +428,11 @@ fn tape_reports_its_size() {
     assert_eq!(tape.nbytes(), elems * 8);
 }
 
+/// Every level gives the scalar level's bits, except the f32 LSTM at the vector levels
+/// (whose cell kernel divides by a refined reciprocal estimate, `lstm_avx2`): there the
+/// two vector levels agree bitwise with each other and with the scalar level to rounding.
 #[test]
-fn every_simd_level_gives_identical_bits() {
+fn simd_levels_give_identical_bits_or_the_lstm_within_rounding() {
     use crate::simd::{set_level, Level};
     for kind in KINDS {
         let cfg = config(kind, 2, true, true, false);
@@ -483,9 +486,32 @@ fn every_simd_level_gives_identical_bits() {
         let _guard = crate::simd::tests_lock();
         set_level(Some(Level::Scalar)).unwrap();
         let want = run();
+        let mut vector = None;
         for level in [Level::Avx2, Level::Avx512] {
             if set_level(Some(level)).is_ok() {
-                assert!(run() == want, "{kind:?} at {level:?} differs from scalar");
+                let got = run();
+                if kind != CellKind::Lstm {
+                    assert!(got == want, "{kind:?} at {level:?} differs from scalar");
+                    continue;
+                }
+                let close = |a: &Array3<f32>, b: &Array3<f32>| {
+                    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                    a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * scale)
+                };
+                assert!(close(&got.0, &want.0), "LSTM out at {level:?}");
+                assert!(close(&got.2.dx, &want.2.dx), "LSTM dx at {level:?}");
+                for (a, b) in got.2.params.iter().zip(&want.2.params) {
+                    let (ga, gb) = (&a.w_hh, &b.w_hh);
+                    let scale = gb.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                    assert!(ga
+                        .iter()
+                        .zip(gb)
+                        .all(|(x, y)| (x - y).abs() <= 1e-4 * scale));
+                }
+                if let Some(v) = &vector {
+                    assert!(&got == v, "LSTM at {level:?} differs from AVX2");
+                }
+                vector = Some(got);
             }
         }
         set_level(None).unwrap();

@@ -1,0 +1,446 @@
+//! The `f32` LSTM kernels written with AVX2+FMA intrinsics (used at the AVX2 and AVX-512
+//! levels; the portable kernels of `cell.rs` serve the baseline level and `f64`).
+//!
+//! The portable kernels divide (`1 / (1 + e)`) with a correctly rounded division, which
+//! is what keeps their results the same bits at every level; five divisions per unit and
+//! the compiler's handling of NaN selects made the LSTM cell cost as much as a third of
+//! the per-step product. Here each quotient is a reciprocal estimate (`vrcpps`, 12 bits)
+//! refined by one Newton step, and the quotient itself by one residual correction
+//! (`q + (n − d·q)·r`), which leaves it within an ulp or so of the correctly rounded one;
+//! NaN propagates through the arithmetic instead of being selected. Results therefore
+//! differ from the baseline level by a few ulp (each activation stays within 4 ulp of the
+//! correctly rounded value over the whole range, tested below with the baseline's sweep),
+//! and stay the same for any number of threads (every unit is computed by the same
+//! instructions wherever a tile boundary falls: row tails go through a padded vector).
+//!
+//! Forward, the rebuilt state `h = o·tanh(c)` and backward's recomputation of `tanh(c')`
+//! all use the functions here at these levels, so they agree bitwise with each other.
+
+use std::arch::x86_64::*;
+
+/// Lanes of a `__m256` of `f32`.
+const L: usize = 8;
+
+/// `1.5 · 2^23`, `log2 e`, `ln 2` split as in `simd::exp_neg`.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = f32::from_bits(0x3f31_7200);
+const LN2_LO: f32 = 1.428_606_8e-6;
+
+/// `exp(y)` for lanes `y <= 0` (NaN stays NaN): the baseline's range reduction and
+/// degree-7 polynomial, `2^k` applied in two halves so subnormal results round once.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn exp_neg(y: __m256) -> __m256 {
+    // `max(c, y)` returns `y` when it is NaN.
+    let y = _mm256_max_ps(_mm256_set1_ps(-110.0), y);
+    let t = _mm256_fmadd_ps(y, _mm256_set1_ps(LOG2E), _mm256_set1_ps(ROUND_MAGIC));
+    let k = _mm256_sub_ps(t, _mm256_set1_ps(ROUND_MAGIC));
+    let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_HI), y);
+    let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_LO), r);
+    let mut p = _mm256_set1_ps(1.0 / 5040.0);
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let ki = _mm256_sub_epi32(
+        _mm256_castps_si256(t),
+        _mm256_set1_epi32(ROUND_MAGIC.to_bits() as i32),
+    );
+    let k1 = _mm256_srai_epi32::<1>(ki);
+    let k2 = _mm256_sub_epi32(ki, k1);
+    let bias = _mm256_set1_epi32(127);
+    let pow2 = |e: __m256i| _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(e, bias)));
+    _mm256_mul_ps(_mm256_mul_ps(p, pow2(k1)), pow2(k2))
+}
+
+/// `n / d` for `d` in `[1, 2]`: reciprocal estimate, one Newton step, one correction of
+/// the quotient.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn div_1_2(n: __m256, d: __m256) -> __m256 {
+    let one = _mm256_set1_ps(1.0);
+    let r = _mm256_rcp_ps(d);
+    let r = _mm256_fmadd_ps(r, _mm256_fnmadd_ps(d, r, one), r);
+    let q = _mm256_mul_ps(n, r);
+    _mm256_fmadd_ps(_mm256_fnmadd_ps(d, q, n), r, q)
+}
+
+/// Logistic sigmoid: `1 / (1 + e)` for `x ≥ 0`, `e / (1 + e)` below, `e = exp(−|x|)`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn sigmoid(x: __m256) -> __m256 {
+    let sign = _mm256_set1_ps(-0.0);
+    let e = exp_neg(_mm256_or_ps(x, sign));
+    let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_setzero_ps());
+    let num = _mm256_blendv_ps(_mm256_set1_ps(1.0), e, neg);
+    div_1_2(num, _mm256_add_ps(_mm256_set1_ps(1.0), e))
+}
+
+/// `tanh`: the baseline's odd Taylor polynomial below `|x| = 0.3` (and for NaN), else
+/// `±(1 − e)/(1 + e)` with `e = exp(−2|x|)`; keeps the sign of ±0.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn tanh(x: __m256) -> __m256 {
+    let sign = _mm256_set1_ps(-0.0);
+    let a = _mm256_andnot_ps(sign, x);
+    let one = _mm256_set1_ps(1.0);
+    let e = exp_neg(_mm256_mul_ps(_mm256_set1_ps(-2.0), a));
+    let big = div_1_2(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
+    let big = _mm256_or_ps(big, _mm256_and_ps(x, sign));
+    let z = _mm256_mul_ps(x, x);
+    let mut p = _mm256_set1_ps(21_844.0 / 6_081_075.0);
+    for c in [
+        -1_382.0 / 155_925.0,
+        62.0 / 2_835.0,
+        -17.0 / 315.0,
+        2.0 / 15.0,
+        -1.0 / 3.0,
+    ] {
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(c));
+    }
+    let small = _mm256_mul_ps(x, _mm256_fmadd_ps(z, p, one));
+    // Not `a ≥ 0.3`: true below 0.3 and for NaN.
+    let use_small = _mm256_cmp_ps::<_CMP_NGE_UQ>(a, _mm256_set1_ps(0.3));
+    _mm256_blendv_ps(big, small, use_small)
+}
+
+/// Zero for lanes below `min_positive / epsilon` in magnitude (see `cell::ftz`); NaN stays.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn ftz(v: __m256) -> __m256 {
+    let tiny = _mm256_set1_ps(f32::MIN_POSITIVE / f32::EPSILON);
+    let small = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_andnot_ps(_mm256_set1_ps(-0.0), v), tiny);
+    _mm256_andnot_ps(small, v)
+}
+
+/// Runs `body` over the rows' units in vectors of 8: whole vectors in place, the tail
+/// (fewer than 8) copied into zero-padded vectors and back, so that every unit goes
+/// through the same instructions. `ins` are read, `outs` read and written.
+#[inline(always)]
+fn lanes<const I: usize, const O: usize>(
+    n: usize,
+    ins: [&[f32]; I],
+    outs: [&mut [f32]; O],
+    mut body: impl FnMut([__m256; I], &mut [__m256; O]),
+) {
+    let whole = n - n % L;
+    let mut outs = outs;
+    // SAFETY (loads and stores below): every slice holds at least `n` elements (the
+    // callers slice them to `n`), and `j + L <= whole <= n`.
+    for j in (0..whole).step_by(L) {
+        let x = ins.map(|s| unsafe { _mm256_loadu_ps(s.as_ptr().add(j)) });
+        let mut y = std::array::from_fn(|q| unsafe { _mm256_loadu_ps(outs[q].as_ptr().add(j)) });
+        body(x, &mut y);
+        for (o, v) in outs.iter_mut().zip(y) {
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(j), v) };
+        }
+    }
+    if whole < n {
+        let pad = |s: &[f32]| {
+            let mut b = [0.0f32; L];
+            b[..n - whole].copy_from_slice(&s[whole..n]);
+            // SAFETY: `b` holds L floats.
+            unsafe { _mm256_loadu_ps(b.as_ptr()) }
+        };
+        let x = ins.map(pad);
+        let mut y = std::array::from_fn(|q| pad(outs[q]));
+        body(x, &mut y);
+        for (o, v) in outs.iter_mut().zip(y) {
+            let mut b = [0.0f32; L];
+            // SAFETY: `b` holds L floats.
+            unsafe { _mm256_storeu_ps(b.as_mut_ptr(), v) };
+            o[whole..n].copy_from_slice(&b[..n - whole]);
+        }
+    }
+}
+
+/// Forward step of a row's units in place: the pre-activations in `gi, gf, gg, go` become
+/// the activated gates, `c` becomes `c' = f·c + i·g` and `h` becomes `o·tanh(c')`.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn lstm_forward(
+    gi: &mut [f32],
+    gf: &mut [f32],
+    gg: &mut [f32],
+    go: &mut [f32],
+    c: &mut [f32],
+    h: &mut [f32],
+) {
+    let n = h.len();
+    let (gi, gf, gg, go, c) = (
+        &mut gi[..n],
+        &mut gf[..n],
+        &mut gg[..n],
+        &mut go[..n],
+        &mut c[..n],
+    );
+    lanes(n, [], [gi, gf, gg, go, c, h], |[], [i, f, g, o, c, h]| {
+        // The closure inherits the function's target features.
+        *i = sigmoid(*i);
+        *f = sigmoid(*f);
+        *g = tanh(*g);
+        *o = sigmoid(*o);
+        *c = cell(*f, *c, *i, *g);
+        *h = _mm256_mul_ps(*o, tanh(*c));
+    });
+}
+
+/// `c' = f·c + i·g` as forward computes it (backward recomputes it the same way).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn cell(f: __m256, c: __m256, i: __m256, g: __m256) -> __m256 {
+    _mm256_fmadd_ps(f, c, _mm256_mul_ps(i, g))
+}
+
+/// `h = o·tanh(c)` over a row (the state a tape left out, rebuilt bitwise as forward
+/// computed it).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn lstm_output(o: &[f32], c: &[f32], h: &mut [f32]) {
+    let n = h.len();
+    lanes(n, [&o[..n], &c[..n]], [h], |[o, c], [h]| {
+        *h = _mm256_mul_ps(o, tanh(c));
+    });
+}
+
+/// Backward step of a row's units (the equations of `cell::lstm_backward_kernel`), with
+/// `tanh(c')` recomputed as forward computed it.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[allow(clippy::too_many_arguments)] // one slice per gate, as the portable kernel
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn lstm_backward(
+    gi: &[f32],
+    gf: &[f32],
+    gg: &[f32],
+    go: &[f32],
+    c_prev: &[f32],
+    dh: &mut [f32],
+    dc: &mut [f32],
+    di: &mut [f32],
+    df: &mut [f32],
+    dg: &mut [f32],
+    d_o: &mut [f32],
+) {
+    let n = dh.len();
+    let ins = [&gi[..n], &gf[..n], &gg[..n], &go[..n], &c_prev[..n]];
+    let outs = [
+        dh,
+        &mut dc[..n],
+        &mut di[..n],
+        &mut df[..n],
+        &mut dg[..n],
+        &mut d_o[..n],
+    ];
+    lanes(
+        n,
+        ins,
+        outs,
+        |[i, f, g, o, cp], [dh, dc, di, df, dg, d_o]| {
+            // The closure inherits the function's target features.
+            let one = _mm256_set1_ps(1.0);
+            let mul = |a, b| _mm256_mul_ps(a, b);
+            let d = *dh;
+            let tc = tanh(cell(f, cp, i, g));
+            let dct = _mm256_add_ps(*dc, mul(mul(d, o), _mm256_sub_ps(one, mul(tc, tc))));
+            *di = ftz(mul(mul(mul(dct, g), i), _mm256_sub_ps(one, i)));
+            *df = ftz(mul(mul(mul(dct, cp), f), _mm256_sub_ps(one, f)));
+            *dg = ftz(mul(mul(dct, i), _mm256_sub_ps(one, mul(g, g))));
+            *d_o = ftz(mul(mul(mul(d, tc), o), _mm256_sub_ps(one, o)));
+            *dc = ftz(mul(dct, f));
+            *dh = _mm256_setzero_ps();
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn have_avx2() -> bool {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+
+    fn ulp_diff(a: f32, b: f32) -> u32 {
+        if a.is_nan() || b.is_nan() {
+            return if a.is_nan() && b.is_nan() {
+                0
+            } else {
+                u32::MAX
+            };
+        }
+        let k = |v: f32| {
+            let b = v.to_bits();
+            if b >> 31 == 1 {
+                -i64::from(b & 0x7fff_ffff)
+            } else {
+                i64::from(b)
+            }
+        };
+        (k(a) - k(b)).unsigned_abs() as u32
+    }
+
+    /// `f` applied to 8 lanes at once, one lane read back.
+    fn one_lane(f: unsafe fn(__m256) -> __m256, x: f32) -> f32 {
+        let mut out = [0.0f32; L];
+        // SAFETY: the tests run this only where AVX2 and FMA were detected.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), f(_mm256_set1_ps(x))) };
+        out[3]
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn sigmoid_v(x: __m256) -> __m256 {
+        sigmoid(x)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn tanh_v(x: __m256) -> __m256 {
+        tanh(x)
+    }
+
+    #[test]
+    fn activations_within_four_ulp_over_the_whole_range() {
+        if !have_avx2() {
+            eprintln!("skipped: no AVX2+FMA on this CPU");
+            return;
+        }
+        let mut worst = (0u32, 0u32);
+        let mut check = |x: f32| {
+            let want_t = (x as f64).tanh() as f32;
+            let want_s = (1.0 / (1.0 + (-(x as f64)).exp())) as f32;
+            let (t, s) = (one_lane(tanh_v, x), one_lane(sigmoid_v, x));
+            let (dt, ds) = (ulp_diff(t, want_t), ulp_diff(s, want_s));
+            assert!(dt <= 4, "tanh({x:e}) = {t:e}, want {want_t:e}");
+            assert!(ds <= 4, "sigmoid({x:e}) = {s:e}, want {want_s:e}");
+            worst = (worst.0.max(dt), worst.1.max(ds));
+        };
+        let mut bits = 0u32;
+        while let Some(next) = bits.checked_add(97) {
+            check(f32::from_bits(bits));
+            bits = next;
+        }
+        for v in [
+            0.0f32,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MIN_POSITIVE,
+            1e-45,
+            -1e-45,
+        ] {
+            check(v);
+        }
+        eprintln!(
+            "max ulp error (AVX2): tanh {}, sigmoid {}",
+            worst.0, worst.1
+        );
+        assert!(one_lane(tanh_v, -0.0).is_sign_negative());
+        assert_eq!(one_lane(tanh_v, f32::NEG_INFINITY), -1.0);
+        assert_eq!(one_lane(sigmoid_v, f32::NEG_INFINITY), 0.0);
+        assert_eq!(one_lane(sigmoid_v, f32::INFINITY), 1.0);
+        assert!(one_lane(sigmoid_v, f32::NAN).is_nan() && one_lane(tanh_v, f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn kernels_agree_with_the_portable_ones_and_tails_with_whole_vectors() {
+        if !have_avx2() {
+            eprintln!("skipped: no AVX2+FMA on this CPU");
+            return;
+        }
+        let n = 21; // two whole vectors and a tail of 5
+        let v = |s: f32| {
+            (0..n)
+                .map(|j| (j as f32 * 0.37 + s).sin() * 3.0)
+                .collect::<Vec<_>>()
+        };
+        let (pi, pf, pg, po, c0) = (v(0.1), v(0.7), v(1.3), v(2.9), v(4.1));
+        let run = |m: usize| {
+            let (mut i, mut f, mut g, mut o, mut c) = (
+                pi[..m].to_vec(),
+                pf[..m].to_vec(),
+                pg[..m].to_vec(),
+                po[..m].to_vec(),
+                c0[..m].to_vec(),
+            );
+            let mut h = vec![0.0; m];
+            // SAFETY: AVX2 and FMA were detected above.
+            unsafe { lstm_forward(&mut i, &mut f, &mut g, &mut o, &mut c, &mut h) };
+            (i, f, g, o, c, h)
+        };
+        let (i, f, g, o, c, h) = run(n);
+        // A tail element gets the same bits as the same element in a whole vector.
+        let short = run(13);
+        assert_eq!(&h[..13], &short.5[..]);
+        assert_eq!(&c[..13], &short.4[..]);
+        for j in 0..n {
+            let s = |x: f32| 1.0 / (1.0 + (-(x as f64)).exp());
+            let (ei, ef, eg, eo) = (s(pi[j]), s(pf[j]), (pg[j] as f64).tanh(), s(po[j]));
+            let ec = ef * c0[j] as f64 + ei * eg;
+            let eh = eo * ec.tanh();
+            for (got, want) in [
+                (i[j], ei),
+                (f[j], ef),
+                (g[j], eg),
+                (o[j], eo),
+                (c[j], ec),
+                (h[j], eh),
+            ] {
+                assert!(
+                    (got as f64 - want).abs() <= 4e-7 * want.abs().max(1.0),
+                    "{got} vs {want}"
+                );
+            }
+        }
+        let mut rebuilt = vec![0.0; n];
+        // SAFETY: as above.
+        unsafe { lstm_output(&o, &c, &mut rebuilt) };
+        assert_eq!(rebuilt, h);
+        // Backward: the same equations as the portable kernel, to rounding.
+        let dh0 = v(5.3);
+        let dc0 = v(6.7);
+        let (mut dh, mut dc) = (dh0.clone(), dc0.clone());
+        let mut d = [vec![0.0f32; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]];
+        let [di, df, dg, d_o] = d.each_mut();
+        // SAFETY: as above.
+        unsafe { lstm_backward(&i, &f, &g, &o, &c0, &mut dh, &mut dc, di, df, dg, d_o) };
+        for j in 0..n {
+            let (i, f, g, o, cp) = (
+                i[j] as f64,
+                f[j] as f64,
+                g[j] as f64,
+                o[j] as f64,
+                c0[j] as f64,
+            );
+            let tc = (f * cp + i * g).tanh();
+            let dct = dc0[j] as f64 + dh0[j] as f64 * o * (1.0 - tc * tc);
+            let want = [
+                dct * g * i * (1.0 - i),
+                dct * cp * f * (1.0 - f),
+                dct * i * (1.0 - g * g),
+                dh0[j] as f64 * tc * o * (1.0 - o),
+            ];
+            for (got, want) in [di[j], df[j], dg[j], d_o[j]].into_iter().zip(want) {
+                assert!(
+                    (got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{got} vs {want}"
+                );
+            }
+            assert!((dc[j] as f64 - dct * f).abs() <= 1e-5 * (dct * f).abs().max(1.0));
+            assert_eq!(dh[j], 0.0);
+        }
+    }
+}
