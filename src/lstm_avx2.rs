@@ -131,15 +131,21 @@ fn lanes<const I: usize, const O: usize>(
     outs: [&mut [f32]; O],
     mut body: impl FnMut([__m256; I], &mut [__m256; O]),
 ) {
+    assert!(
+        ins.iter().all(|s| s.len() >= n) && outs.iter().all(|s| s.len() >= n),
+        "LSTM kernel: a row is shorter than its units"
+    );
     let whole = n - n % L;
     let mut outs = outs;
-    // SAFETY (loads and stores below): every slice holds at least `n` elements (the
-    // callers slice them to `n`), and `j + L <= whole <= n`.
     for j in (0..whole).step_by(L) {
+        // SAFETY: every slice holds at least `n` elements (asserted above) and
+        // `j + L <= whole <= n`.
         let x = ins.map(|s| unsafe { _mm256_loadu_ps(s.as_ptr().add(j)) });
+        // SAFETY: as above.
         let mut y = std::array::from_fn(|q| unsafe { _mm256_loadu_ps(outs[q].as_ptr().add(j)) });
         body(x, &mut y);
         for (o, v) in outs.iter_mut().zip(y) {
+            // SAFETY: as above.
             unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(j), v) };
         }
     }

@@ -393,7 +393,7 @@ mod x86 {
                         unsafe { $block::<{ $mr }>(t, r0, j0, w) };
                         r0 += $mr;
                     }
-                    // SAFETY (every arm): `r0 + (m − r0) = m`, `j0 < cols`.
+                    // SAFETY: in every arm `r0 + (m − r0) = m` and `j0 < cols`.
                     unsafe {
                         match t.m - r0 {
                             0 => {}
