@@ -28,6 +28,18 @@ use std::sync::mpsc::RecvTimeoutError;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (its option enum, `mimalloc.h`, v3), which the
+/// Rust binding does not name.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// How long freed memory stays mapped for reuse (mimalloc's default is 10 ms). A call's
+/// buffers (a few MB) are freed when it returns; with 10 ms they went back to the OS
+/// between calls and the next call paid a page fault and the kernel's zeroing for every
+/// page (measured: 5–6% of a small LSTM inference call, see `benches/results/`). A
+/// second keeps them for a loop of calls and returns them soon after it stops.
+/// `MIMALLOC_PURGE_DELAY` in the environment still decides when set.
+const PURGE_DELAY_MS: std::ffi::c_long = 1000;
+
 /// The one mapping of core errors to Python exceptions: shape and value problems are
 /// `ValueError`, with the core's message (argument, expected, given) unchanged.
 impl From<Error> for PyErr {
@@ -164,6 +176,12 @@ mod _core {
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
         use pyo3::types::PyModuleMethods;
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            // SAFETY: sets one of the allocator's options, which it reads atomically.
+            unsafe {
+                libmimalloc_sys::mi_option_set(super::MI_OPTION_PURGE_DELAY, super::PURGE_DELAY_MS)
+            };
+        }
         if let Some(level) = std::env::var("BPTT_SIMD")
             .ok()
             .and_then(|v| crate::simd::Level::parse(&v))
