@@ -27,9 +27,13 @@
 //!   every step;
 //! - the two directions of a bidirectional layer run concurrently, each with half of the
 //!   threads ([`per_direction`]);
+//! - a call uses no more threads than there are CPUs other processes leave idle when it
+//!   starts ([`call_threads`]): on a busy machine a thread without a CPU of its own makes
+//!   every other thread of the call wait for it;
 //! - a step team that loses more time at its barrier than its split saves (a member keeps
-//!   losing its core to another process) shrinks to its leader for the rest of the chunk,
-//!   and the process forms no teams for a back-off period ([`note_contention`]).
+//!   losing its core to another process that started meanwhile) shrinks to its leader for
+//!   the rest of the chunk, and the process forms no teams for a back-off period
+//!   ([`note_contention`]).
 
 use crate::model::Config;
 use crate::sequence::CHUNK_STEPS;
@@ -163,6 +167,73 @@ pub fn current_threads() -> usize {
     } else {
         rayon::current_num_threads()
     }
+}
+
+/// The threads a forward or backward pass starting now uses: [`current_threads`], but no
+/// more than the CPUs other processes leave idle ([`idle_cpus`], at least one). A member
+/// of a step team or a GEMM's share that has no idle CPU waits for another process's
+/// time slice, and every other thread of the call waits for it; on one thread the call
+/// takes its single-thread time instead. Results do not depend on the thread count, so
+/// this changes only the speed.
+pub fn call_threads() -> usize {
+    let threads = current_threads();
+    if threads == 1 {
+        return 1;
+    }
+    idle_cpus().map_or(threads, |idle| threads.min(idle.max(1)))
+}
+
+/// CPUs that no other process's thread is running or waiting to run on at this moment
+/// (Linux: the machine's runnable threads in `/proc/loadavg` less this process's own,
+/// against the online CPUs); `None` where that is not known. A snapshot: read once per
+/// call, before the call's threads wake (its cost, some tens of microseconds, is paid
+/// only by calls that could use several threads).
+pub fn idle_cpus() -> Option<usize> {
+    let load = std::fs::read_to_string("/proc/loadavg").ok()?;
+    // "0.50 0.40 0.30 3/456 789": runnable/total scheduling entities.
+    let runnable: usize = load
+        .split_whitespace()
+        .nth(3)?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()?;
+    let others = runnable.saturating_sub(own_runnable_threads()?);
+    Some(online_cpus()?.saturating_sub(others))
+}
+
+/// This process's threads in state `R` (running or runnable), from `/proc/self/task`;
+/// `None` when unreadable or when there are so many threads that reading them all would
+/// cost more than the call could gain.
+fn own_runnable_threads() -> Option<usize> {
+    const MAX_TASKS: usize = 256;
+    let mut n = 0;
+    for (i, entry) in std::fs::read_dir("/proc/self/task").ok()?.enumerate() {
+        if i >= MAX_TASKS {
+            return None;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.ok()?.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        // "tid (name) S ...": the state follows the name, which may hold spaces.
+        let state = stat.rsplit_once(") ")?.1.chars().next()?;
+        n += usize::from(state == 'R');
+    }
+    Some(n)
+}
+
+/// The machine's online CPUs (`/sys/devices/system/cpu/online`, e.g. `0-3,8-11`): the
+/// CPUs `/proc/loadavg` counts for, which may be more than this process may use.
+fn online_cpus() -> Option<usize> {
+    static ONLINE: OnceLock<Option<usize>> = OnceLock::new();
+    *ONLINE.get_or_init(|| {
+        let list = std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
+        list.trim().split(',').try_fold(0usize, |n, part| {
+            let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+            let (lo, hi): (usize, usize) = (lo.parse().ok()?, hi.parse().ok()?);
+            Some(n + hi.checked_sub(lo)? + 1)
+        })
+    })
 }
 
 /// Sets the number of threads for all later calls (at least 1; fewer when the OS refuses
@@ -321,5 +392,18 @@ mod tests {
         assert!(team_members(16, 16 * 128 * 512) <= 8);
         assert_eq!(gemm_threads(16, GEMM_WORK_PER_THREAD - 1), 0);
         assert!(gemm_threads(16, 1 << 30) <= cores());
+    }
+
+    #[test]
+    fn idle_cpus_are_known_on_linux_and_never_exceed_the_online_ones() {
+        if cfg!(target_os = "linux") {
+            let online = online_cpus().expect("online CPUs on Linux");
+            assert!(online >= 1);
+            let idle = idle_cpus().expect("idle CPUs on Linux");
+            assert!(idle <= online);
+            // This thread is running and is not another process's.
+            assert!(own_runnable_threads().expect("own threads") >= 1);
+        }
+        assert!(call_threads() >= 1);
     }
 }

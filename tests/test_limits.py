@@ -163,3 +163,35 @@ def test_set_num_threads_refuses_absurd_counts_and_reports_the_truth() -> None:
         np.testing.assert_array_equal(m(x)[0], out_cap)
     finally:
         bptt.set_num_threads(before)
+
+
+BUSY = "import sys\nsys.stdout.write('ready\\n'); sys.stdout.flush()\nwhile True:\n    pass\n"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="idle CPUs are read from /proc")
+def test_busy_machine_leaves_no_idle_cpu_and_calls_still_agree() -> None:
+    """With as many busy processes as CPUs, bptt sees no idle CPU (so a call runs on one
+    thread instead of waiting for threads without a core), and results stay the same."""
+    online = bptt.build_info()["idle_cpus"]
+    assert online is not None and 0 <= online <= os.cpu_count()
+    model = bptt.LSTM(16, 128, dtype=np.float32, seed=0)
+    x = np.random.default_rng(0).standard_normal((20, 16, 16)).astype(np.float32)
+    before = bptt.get_num_threads()
+    bptt.set_num_threads(2)
+    try:
+        quiet, _ = model(x)
+        procs = [subprocess.Popen([sys.executable, "-c", BUSY], stdout=subprocess.PIPE, text=True)
+                 for _ in range(os.cpu_count() or 1)]
+        try:
+            for p in procs:
+                assert p.stdout is not None and p.stdout.readline() == "ready\n"
+            readings = [bptt.build_info()["idle_cpus"] for _ in range(20)]
+            busy, _ = model(x)
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+    finally:
+        bptt.set_num_threads(before)
+    assert readings == [0] * 20
+    np.testing.assert_array_equal(busy, quiet)

@@ -30,6 +30,7 @@ class _BuildInfo(TypedDict):
     simd: _SimdLevel
     simd_detected: _SimdLevel
     num_threads: int
+    idle_cpus: int | None
     gemm: str
     target: str
     debug_assertions: bool
@@ -131,4 +132,5 @@ def set_simd_level(level: _SimdLevel | None = None) -> _SimdLevel:
     """
 
 def build_info() -> _BuildInfo:
-    """Version, SIMD levels (in use and detected), threads, GEMM backend, target."""
+    """Version, SIMD levels (in use and detected), threads, the CPUs other processes leave
+    idle now (None where unknown), GEMM backend, target."""

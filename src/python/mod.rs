@@ -145,7 +145,8 @@ fn set_simd_level(level: Option<&str>) -> PyResult<&'static str> {
         })
 }
 
-/// Version, SIMD levels (in use and detected), threads, GEMM backend, target.
+/// Version, SIMD levels (in use and detected), threads, the CPUs other processes leave
+/// idle now (None where unknown), GEMM backend, target.
 #[pyfunction]
 fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
@@ -153,6 +154,7 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("simd", simd::level().name())?;
     d.set_item("simd_detected", simd::detected().name())?;
     d.set_item("num_threads", parallel::num_threads())?;
+    d.set_item("idle_cpus", parallel::idle_cpus())?;
     d.set_item("gemm", "faer 0.24")?;
     d.set_item(
         "target",

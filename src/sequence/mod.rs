@@ -119,7 +119,7 @@ pub fn forward<T: Float>(
         CowArray::from(owned)
     };
     let plan = DirPlan::new(keep, segment);
-    let threads = crate::parallel::current_threads();
+    let threads = crate::parallel::call_threads();
     let pass = Pass {
         cfg,
         weights,
@@ -252,7 +252,7 @@ pub fn backward<T: Float>(
     } else {
         CowArray::from(d_out)
     };
-    let threads = crate::parallel::current_threads();
+    let threads = crate::parallel::call_threads();
     let pass = Pass {
         cfg,
         weights,
