@@ -126,9 +126,12 @@ impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
             for p in 0..np {
                 let at = (g * np + p) * k * NR;
                 let panel = &mut panels[at..at + k * NR];
-                for kk in 0..k {
-                    for j in 0..NR.min(n - p * NR) {
-                        panel[kk * NR + j] = b[[kk, g * n + p * NR + j]];
+                // Column by column: a column of `b` is a row of the weights it is the
+                // transpose of, contiguous, so reading it is a stream.
+                for j in 0..NR.min(n - p * NR) {
+                    let column = b.column(g * n + p * NR + j);
+                    for (dst, &v) in panel[j..].iter_mut().step_by(NR).zip(&column) {
+                        *dst = v;
                     }
                 }
             }
@@ -324,17 +327,21 @@ mod x86 {
             /// # Safety
             /// The tile's contract (`panel_product`), `r0 + R <= t.m` and `j0 < t.cols`.
             #[target_feature(enable = $feat)]
-            unsafe fn $block<const R: usize>(t: PanelTile<f32>, r0: usize, j0: usize, w: &[f32]) {
-                const V: usize = $v;
-                const COLS: usize = V * $lanes;
-                assert!(w.len() >= t.k * NR && j0 + COLS <= NR);
+            unsafe fn $block<const R: usize, const V: usize>(
+                t: PanelTile<f32>,
+                r0: usize,
+                j0: usize,
+                w: &[f32],
+            ) {
+                let cols_v = V * $lanes;
+                assert!(w.len() >= t.k * NR && j0 + cols_v <= NR);
                 // SAFETY: rows `r0..r0 + R` of `a` hold `k` readable elements each.
                 let a_rows: [&[f32]; R] = std::array::from_fn(|r| unsafe {
                     std::slice::from_raw_parts(t.a.add((r0 + r) * t.lda), t.k)
                 });
                 let mut acc = [[$zero(); V]; R];
                 for kk in 0..t.k {
-                    // SAFETY: `kk * NR + j0 + COLS <= k * NR <= w.len()` (asserted above).
+                    // SAFETY: `kk * NR + j0 + cols_v <= k * NR <= w.len()` (asserted above).
                     let wv: [$vec; V] = std::array::from_fn(|q| unsafe {
                         $load(w.as_ptr().add(kk * NR + j0 + q * $lanes))
                     });
@@ -346,7 +353,7 @@ mod x86 {
                         }
                     }
                 }
-                if j0 + COLS <= t.cols {
+                if j0 + cols_v <= t.cols {
                     // Whole vectors of the tile: add and store straight from the registers.
                     for (r, acc_r) in acc.iter().enumerate() {
                         // SAFETY: row `r0 + r` of the tile of `c` holds `t.cols` columns, ours.
@@ -362,10 +369,10 @@ mod x86 {
                     }
                     return;
                 }
-                let mut buf = [0.0f32; COLS];
+                let mut buf = [0.0f32; NR];
                 for (r, acc_r) in acc.iter().enumerate() {
                     for (q, &v) in acc_r.iter().enumerate() {
-                        // SAFETY: `buf` holds COLS = V · lanes floats.
+                        // SAFETY: `buf` holds NR >= V · lanes floats.
                         unsafe { $storeu(buf.as_mut_ptr().add(q * $lanes), v) };
                     }
                     // SAFETY: row `r0 + r` of the tile of `c` is ours, columns
@@ -390,23 +397,32 @@ mod x86 {
                     let mut r0 = 0;
                     while r0 + $mr <= t.m {
                         // SAFETY: `r0 + $mr <= m`, `j0 < cols`.
-                        unsafe { $block::<{ $mr }>(t, r0, j0, w) };
+                        unsafe { $block::<{ $mr }, { $v }>(t, r0, j0, w) };
                         r0 += $mr;
                     }
                     // SAFETY: in every arm `r0 + (m − r0) = m` and `j0 < cols`.
                     unsafe {
                         match t.m - r0 {
-                            0 => {}
-                            1 => $block::<1>(t, r0, j0, w),
-                            2 => $block::<2>(t, r0, j0, w),
-                            3 => $block::<3>(t, r0, j0, w),
-                            4 => $block::<4>(t, r0, j0, w),
-                            5 => $block::<5>(t, r0, j0, w),
-                            6 => $block::<6>(t, r0, j0, w),
-                            _ => $block::<7>(t, r0, j0, w),
+                            0..=2 => {}
+                            3 => $block::<3, { $v }>(t, r0, j0, w),
+                            4 => $block::<4, { $v }>(t, r0, j0, w),
+                            5 => $block::<5, { $v }>(t, r0, j0, w),
+                            6 => $block::<6, { $v }>(t, r0, j0, w),
+                            _ => $block::<7, { $v }>(t, r0, j0, w),
                         }
                     }
                     j0 += COLS;
+                }
+                // One or two rows left: the whole panel at once, so that enough independent
+                // accumulators hide the latency of the fused multiply-add.
+                let r0 = t.m - (t.m % $mr);
+                // SAFETY: `r0 + (m − r0) = m`; the panel's first column is the tile's.
+                unsafe {
+                    match t.m - r0 {
+                        1 => $block::<1, { NR / $lanes }>(t, r0, 0, w),
+                        2 => $block::<2, { NR / $lanes }>(t, r0, 0, w),
+                        _ => {}
+                    }
                 }
                 t.m
             }
