@@ -190,15 +190,21 @@ pub(crate) unsafe fn lstm_forward(
         &mut go[..n],
         &mut c[..n],
     );
-    lanes(n, [], [gi, gf, gg, go, c, h], |[], [i, f, g, o, c, h]| {
-        // The closure inherits the function's target features.
-        *i = sigmoid(*i);
-        *f = sigmoid(*f);
-        *g = tanh(*g);
-        *o = sigmoid(*o);
-        *c = cell(*f, *c, *i, *g);
-        *h = _mm256_mul_ps(*o, tanh(*c));
-    });
+    lanes(
+        n,
+        [],
+        [gi, gf, gg, go, c, h],
+        #[inline(always)]
+        |[], [i, f, g, o, c, h]| {
+            // The closure inherits the function's target features.
+            *i = sigmoid(*i);
+            *f = sigmoid(*f);
+            *g = tanh(*g);
+            *o = sigmoid(*o);
+            *c = cell(*f, *c, *i, *g);
+            *h = _mm256_mul_ps(*o, tanh(*c));
+        },
+    );
 }
 
 /// `c' = f·c + i·g` as forward computes it (backward recomputes it the same way).

@@ -107,6 +107,26 @@ pub trait PanelKernel: Float {
     /// `t.a` readable for `m` rows of `k`, `t.c` writable for `m` rows of `cols`,
     /// exclusively; `w.len() >= k · NR`.
     unsafe fn panel(level: crate::simd::Level, t: PanelTile<Self>, w: &[Self]);
+
+    /// Two panels' tiles with the same rows of `a` (`t0.a == t1.a`): by default one after
+    /// the other; a type may compute them together (more independent accumulators for a
+    /// single row), with the same operations per element.
+    ///
+    /// # Safety
+    /// As [`PanelKernel::panel`] for each tile; the two tiles of `c` do not overlap.
+    unsafe fn panel_pair(
+        level: crate::simd::Level,
+        t0: PanelTile<Self>,
+        w0: &[Self],
+        t1: PanelTile<Self>,
+        w1: &[Self],
+    ) {
+        // SAFETY: the caller's contract, for each tile.
+        unsafe {
+            Self::panel(level, t0, w0);
+            Self::panel(level, t1, w1);
+        }
+    }
 }
 
 impl<T> Packed<T> {
@@ -161,28 +181,34 @@ impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
         let a = unsafe { a.add(rows.start * lda) };
         // SAFETY: as above, for `c`.
         let c = unsafe { c.add(rows.start * ldc) };
-        for g in 0..self.groups {
-            for p in units.start / NR..units.end.div_ceil(NR) {
-                let at = (g * np + p) * self.k * NR;
-                let w = &self.panels[at..at + self.k * NR];
-                let cols = NR.min(units.end - p * NR);
-                // SAFETY: the tile's rows and these columns are the caller's.
-                unsafe {
-                    T::panel(
-                        level,
-                        PanelTile {
-                            a,
-                            lda,
-                            m: rows.len(),
-                            k: self.k,
-                            c: c.add(g * self.n + p * NR),
-                            ldc,
-                            cols,
-                            accumulate,
-                        },
-                        w,
-                    )
-                };
+        let panels = units.start / NR..units.end.div_ceil(NR);
+        let tile = |g: usize, p: usize| {
+            let at = (g * np + p) * self.k * NR;
+            let t = PanelTile {
+                a,
+                lda,
+                m: rows.len(),
+                k: self.k,
+                // SAFETY: column `g·n + p·NR` of the tile's rows of `c` is the caller's.
+                c: unsafe { c.add(g * self.n + p * NR) },
+                ldc,
+                cols: NR.min(units.end - p * NR),
+                accumulate,
+            };
+            (t, &self.panels[at..at + self.k * NR])
+        };
+        // Every (group, panel) of the tile, two at a time.
+        let mut all = (0..self.groups).flat_map(|g| panels.clone().map(move |p| (g, p)));
+        while let Some((g0, p0)) = all.next() {
+            let (t0, w0) = tile(g0, p0);
+            match all.next() {
+                // SAFETY: the tiles' rows and columns are the caller's, and distinct.
+                Some((g1, p1)) => unsafe {
+                    let (t1, w1) = tile(g1, p1);
+                    T::panel_pair(level, t0, w0, t1, w1);
+                },
+                // SAFETY: as above.
+                None => unsafe { T::panel(level, t0, w0) },
             }
         }
     }
@@ -293,6 +319,34 @@ impl PanelKernel for f32 {
         // fused multiply-adds in the same order.
         // SAFETY: the caller's contract.
         unsafe { portable_rows(t, w, r) }
+    }
+
+    unsafe fn panel_pair(
+        level: crate::simd::Level,
+        t0: PanelTile<f32>,
+        w0: &[f32],
+        t1: PanelTile<f32>,
+        w1: &[f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if level != crate::simd::Level::Scalar
+            && t0.m == 1
+            && t0.cols == NR
+            && t1.cols == NR
+            && t1.m == 1
+        {
+            assert!(w0.len() >= t0.k * NR && w1.len() >= t1.k * NR && t0.k == t1.k);
+            // SAFETY: AVX2 and FMA are present at both vector levels; the tiles are the
+            // caller's, one row of `k` in `a` and NR columns of `c` each.
+            return unsafe {
+                x86::one_row_two_panels(t0.a, t0.k, w0, w1, t0.c, t1.c, t0.accumulate)
+            };
+        }
+        // SAFETY: the caller's contract, for each tile.
+        unsafe {
+            Self::panel(level, t0, w0);
+            Self::panel(level, t1, w1);
+        }
     }
 }
 
@@ -427,6 +481,52 @@ mod x86 {
                 t.m
             }
         };
+    }
+
+    /// One row of `a` times two whole panels: 8 ymm accumulators (a single row's 4 per
+    /// panel leave the FMA units waiting on their latency), each element the same chain
+    /// `acc = fma(a[k], w[k, j], acc)` over `k` in order as everywhere else.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `a` readable for `k` elements; `c0`, `c1` writable for NR elements
+    /// each, exclusively; `w0`, `w1` hold `k · NR` elements (asserted by the caller).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn one_row_two_panels(
+        a: *const f32,
+        k: usize,
+        w0: &[f32],
+        w1: &[f32],
+        c0: *mut f32,
+        c1: *mut f32,
+        accumulate: bool,
+    ) {
+        assert!(w0.len() >= k * NR && w1.len() >= k * NR);
+        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+        for kk in 0..k {
+            // SAFETY: `kk < k`, `a` readable for `k` elements.
+            let av = _mm256_set1_ps(unsafe { *a.add(kk) });
+            for (acc_p, w) in acc.iter_mut().zip([w0, w1]) {
+                for (q, s) in acc_p.iter_mut().enumerate() {
+                    // SAFETY: `kk · NR + q · 8 + 8 <= k · NR <= w.len()`.
+                    let wq = unsafe { _mm256_loadu_ps(w.as_ptr().add(kk * NR + q * 8)) };
+                    *s = _mm256_fmadd_ps(av, wq, *s);
+                }
+            }
+        }
+        for (acc_p, c) in acc.iter().zip([c0, c1]) {
+            for (q, &v) in acc_p.iter().enumerate() {
+                // SAFETY: `c` writable for NR = 4 · 8 elements.
+                unsafe {
+                    let dst = c.add(q * 8);
+                    let v = if accumulate {
+                        _mm256_add_ps(_mm256_loadu_ps(dst), v)
+                    } else {
+                        v
+                    };
+                    _mm256_storeu_ps(dst, v);
+                }
+            }
+        }
     }
 
     // AVX-512: 8 rows × 2 zmm = the whole 32-column panel (16 of 32 registers hold `c`);
