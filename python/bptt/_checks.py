@@ -200,6 +200,9 @@ def check_shape(name: str, arr: np.ndarray, shape: tuple[int, ...]) -> None:
 
 def float_array(name: str, value: object, dtype: np.dtype, ndim: int, shape_text: str) -> np.ndarray:
     """``value`` as a C-contiguous array of ``dtype`` (no copy when it already is one)."""
+    if (isinstance(value, np.ndarray) and value.dtype == dtype and value.ndim == ndim
+            and value.flags.c_contiguous):
+        return value  # the common case, without building the messages below
     arr = floating(name, value, hint=f" (converted to {dtype})")
     if arr.ndim != ndim:
         raise ValueError(f"{name}: expected shape {shape_text}, got {arr.shape}")
