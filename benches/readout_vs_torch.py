@@ -3,7 +3,8 @@
 
 Usage::
 
-    python benches/readout_vs_torch.py [--rounds 7] [--threads 1,2] [--block-s 0.3]
+    python benches/readout_vs_torch.py [--rounds 7] [--threads 1,2] [--block-s 0.3] \\
+        [--min-calls 1]
 
 Cases (float32):
 - ``cross_entropy``: loss and gradient over logits (46 600, 103) = 4.8M values: bptt's
@@ -19,7 +20,8 @@ Cases (float32):
 
 For each thread count (``bptt.set_num_threads`` and ``torch.set_num_threads``) and case,
 ``--rounds`` rounds alternate the implementations (the order flips every round); a block
-is one untimed call, then calls for about ``--block-s``, of which the median is kept. The
+is one untimed call, then timed calls for about ``--block-s`` (at least ``--min-calls``),
+of which the median is kept. The
 table gives the median over rounds of each implementation's block medians (ms) and the
 median of the per-round ratios bptt/other (below 1: bptt faster).
 """
@@ -42,7 +44,7 @@ import numpy_readout
 V, E, H = 103, 32, 256
 
 
-def block(fn: Callable[[], object], block_s: float) -> float:
+def block(fn: Callable[[], object], block_s: float, min_calls: int) -> float:
     fn()
     times = []
     start = time.perf_counter()
@@ -50,7 +52,7 @@ def block(fn: Callable[[], object], block_s: float) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-        if time.perf_counter() - start > block_s and len(times) >= 3:
+        if time.perf_counter() - start > block_s and len(times) >= min_calls:
             break
     return statistics.median(times)
 
@@ -131,6 +133,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--block-s", type=float, default=0.3)
+    ap.add_argument("--min-calls", type=int, default=1)
     args = ap.parse_args()
     import torch
     print(f"# bptt {bptt.build_info()}", file=sys.stderr)
@@ -146,8 +149,8 @@ def main() -> None:
             ratios: dict[str, list[float]] = {k: [] for k in impls if k != "bptt"}
             order = list(impls)
             for r in range(args.rounds):
-                got = {k: block(impls[k], args.block_s) for k in (order if r % 2 == 0
-                                                                  else order[::-1])}
+                got = {k: block(impls[k], args.block_s, args.min_calls)
+                       for k in (order if r % 2 == 0 else order[::-1])}
                 for k, v in got.items():
                     per[k].append(v)
                 for k, rs in ratios.items():

@@ -1,9 +1,10 @@
 """Readout layer and losses for training recurrent models: ``Linear``, ``mse_loss``,
 ``cross_entropy_loss``.
 
-These are whole-array NumPy operations (one matrix product per call, never a loop over time
-steps); the recurrent work stays in the Rust core. They work on sequences ``(T, B, F)``,
-flat batches ``(N, F)``, or any number of leading axes ``(..., F)``.
+Each is one call into the Rust core (``src/readout.rs``: the matrix products through its
+GEMM entry point, the loss and its gradient in one fused pass), with the GIL released and
+on bptt's thread pool; Python only checks and reshapes. They work on sequences
+``(T, B, F)``, flat batches ``(N, F)``, or any number of leading axes ``(..., F)``.
 
 Conventions
 -----------
