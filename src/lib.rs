@@ -7,7 +7,8 @@
 //! `∂L/∂out` into every gradient. `cell` holds the per-step kernels, `simd` the fast
 //! activations and the run-time choice of instruction set, `linalg` the one GEMM entry
 //! point, `recurrent` the per-step recurrent product, `team` the step team that runs a
-//! time loop on several threads, `parallel` the thread pool and the threading policy. The optional `python` feature compiles the PyO3
+//! time loop on several threads, `parallel` the thread pool and the threading policy, `readout` the linear readout, embedding
+//! gradient and losses, `optim` the optimizers' update steps. The optional `python` feature compiles the PyO3
 //! bindings (`python/`), the only code that names Python.
 
 pub mod buffer;
@@ -18,7 +19,10 @@ pub(crate) mod linalg;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod lstm_avx2;
 pub mod model;
+pub mod optim;
 pub mod parallel;
+pub mod readout;
+pub(crate) mod readout_kernels;
 pub(crate) mod recurrent;
 pub mod sequence;
 pub mod simd;

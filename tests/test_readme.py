@@ -19,7 +19,8 @@ FENCE = re.compile(r"^```(\w*)[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTAL
 REQUIRES = re.compile(r"#\s*requires:\s*(.+)")
 
 QUICKSTART = [
-    "python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/python -m bptt demo --quick",
+    ("python3 -m venv .venv && .venv/bin/pip install '.[plot]' && .venv/bin/python -m bptt "
+     "demo --quick"),
     "bash scripts/test.sh",
 ]
 

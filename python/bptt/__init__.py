@@ -39,12 +39,16 @@ __all__ = [
 
 from . import data, diagnostics, optim
 from .clip import clip_grad_norm, clip_grad_value
+from .embedding import Embedding
 from .nn import Linear, cross_entropy_loss, mse_loss
+from .sequential import Sequential
 from .tbptt import TBPTT, TBPTTResult
 
 __all__ += [
     "TBPTT",
+    "Embedding",
     "Linear",
+    "Sequential",
     "TBPTTResult",
     "clip_grad_norm",
     "clip_grad_value",

@@ -15,12 +15,20 @@ __all__ = [
     "Spec",
     "Tape",
     "__version__",
+    "adam_step",
     "backward",
     "build_info",
+    "cross_entropy_loss",
+    "embedding_backward",
     "forward",
     "get_num_threads",
+    "linear_backward",
+    "linear_forward",
+    "mse_loss",
+    "rmsprop_step",
     "set_num_threads",
     "set_simd_level",
+    "sgd_step",
 ]
 
 __version__: str
@@ -134,3 +142,90 @@ def set_simd_level(level: _SimdLevel | None = None) -> _SimdLevel:
 def build_info() -> _BuildInfo:
     """Version, SIMD levels (in use and detected), threads, the CPUs other processes leave
     idle now (None where unknown), GEMM backend, target."""
+
+def linear_forward(
+    x: _FloatArray, weight: _FloatArray, bias: _FloatArray | None = None
+) -> _FloatArray:
+    """`y = x·weightᵀ + bias` for `x` `(N, in)`, `weight` `(out, in)`, `bias` `(out,)` or
+    None, all of one float dtype."""
+
+def linear_backward(
+    x: _FloatArray, weight: _FloatArray, d_y: _FloatArray, bias: bool
+) -> tuple[_FloatArray, _FloatArray, _FloatArray | None]:
+    """Gradients of `linear_forward`: `(dx, dweight, dbias or None)` from `x` `(N, in)`,
+    `weight` `(out, in)` and `d_y` `(N, out)`."""
+
+def embedding_backward(
+    ids: npt.NDArray[np.int64],
+    d_out: _FloatArray,
+    num_embeddings: int,
+    padding_idx: int | None = None,
+) -> _FloatArray:
+    """The gradient of an embedding table `(num_embeddings, dim)`: the rows of `d_out`
+    `(N, dim)` added by token (`ids`, int64 `(N,)`); `padding_idx`'s row stays zero."""
+
+def mse_loss(
+    pred: _FloatArray,
+    target: _FloatArray,
+    width: int,
+    mask: npt.NDArray[np.bool_] | None = None,
+) -> tuple[float, _FloatArray]:
+    """Mean squared error over C-contiguous `pred` and `target` of one dtype, seen as rows of
+    `width` values, with an optional bool row `mask`: `(loss, flat d_pred)`."""
+
+def cross_entropy_loss(
+    logits: _FloatArray,
+    labels: npt.NDArray[np.int64],
+    classes: int,
+    mask: npt.NDArray[np.bool_] | None = None,
+) -> tuple[float, _FloatArray]:
+    """Softmax cross-entropy fused with its gradient over C-contiguous `logits` (rows of
+    `classes` values), int64 `labels` (one per row) and an optional bool row `mask`:
+    `(loss, flat d_logits)`."""
+
+def sgd_step(
+    param: _FloatArray,
+    grad: _FloatArray,
+    momentum_buffer: _FloatArray | None,
+    first: bool,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+) -> None:
+    """One SGD step in place (see `bptt.optim.SGD`); `momentum_buffer` is required when
+    `momentum > 0`, `first` says it is new (it is then set to the gradient)."""
+
+def rmsprop_step(
+    param: _FloatArray,
+    grad: _FloatArray,
+    square_avg: _FloatArray,
+    grad_avg: _FloatArray | None,
+    momentum_buffer: _FloatArray | None,
+    lr: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    centered: bool,
+) -> None:
+    """One RMSprop step in place (see `bptt.optim.RMSprop`)."""
+
+def adam_step(
+    param: _FloatArray,
+    grad: _FloatArray,
+    exp_avg: _FloatArray,
+    exp_avg_sq: _FloatArray,
+    max_exp_avg_sq: _FloatArray | None,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    amsgrad: bool,
+    step: int,
+) -> None:
+    """One Adam (or, with `decoupled`, AdamW) step in place (see `bptt.optim.Adam`); `step`
+    is the parameter's step count including this one."""

@@ -1,9 +1,10 @@
 """Readout layer and losses for training recurrent models: ``Linear``, ``mse_loss``,
 ``cross_entropy_loss``.
 
-These are whole-array NumPy operations (one matrix product per call, never a loop over time
-steps); the recurrent work stays in the Rust core. They work on sequences ``(T, B, F)``,
-flat batches ``(N, F)``, or any number of leading axes ``(..., F)``.
+Each is one call into the Rust core (``src/readout.rs``: the matrix products through its
+GEMM entry point, the loss and its gradient in one fused pass), with the GIL released and
+on bptt's thread pool; Python only checks and reshapes. They work on sequences
+``(T, B, F)``, flat batches ``(N, F)``, or any number of leading axes ``(..., F)``.
 
 Conventions
 -----------
@@ -26,12 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from . import _persist
+from . import _core, _persist
 from ._base import Identity, Parametrized
 from ._checks import (
     as_array,
     check_parameter_memory,
-    check_shape,
     flag,
     floating,
     mask_array,
@@ -92,11 +92,10 @@ class Linear(Parametrized):
     def forward(self, x: Any) -> tuple[np.ndarray, LinearCache]:
         """``y, cache = layer.forward(x)``: ``y`` has shape ``(..., out_features)``;
         ``cache`` feeds ``backward``."""
-        x = self._input("x", x, self.in_features)
-        y = x @ self._params["weight"].T
-        if self.bias:
-            y += self._params["bias"]
-        return y, LinearCache(x, self._identity)
+        x = np.ascontiguousarray(self._input("x", x, self.in_features))
+        y = _core.linear_forward(x.reshape(-1, self.in_features), self._params["weight"],
+                                 self._params.get("bias"))
+        return y.reshape(x.shape[:-1] + (self.out_features,)), LinearCache(x, self._identity)
 
     def backward(self, cache: LinearCache, d_y: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``dx, grads = layer.backward(cache, d_y)``.
@@ -115,13 +114,13 @@ class Linear(Parametrized):
         if d_y.shape[:-1] != x.shape[:-1]:
             raise ValueError(f"d_y: expected shape {x.shape[:-1] + (self.out_features,)}, "
                              f"got {d_y.shape}")
-        w = self._params["weight"]
-        dx = d_y @ w
-        d2 = d_y.reshape(-1, self.out_features)
-        grads = {"weight": d2.T @ x.reshape(-1, self.in_features)}
-        if self.bias:
-            grads["bias"] = d2.sum(axis=0)
-        return dx, grads
+        d2 = np.ascontiguousarray(d_y).reshape(-1, self.out_features)
+        dx, dw, db = _core.linear_backward(x.reshape(-1, self.in_features),
+                                           self._params["weight"], d2, self.bias)
+        grads = {"weight": dw}
+        if db is not None:
+            grads["bias"] = db
+        return dx.reshape(x.shape), grads
 
     def __getstate__(self) -> dict[str, Any]:
         """Configuration + parameters + a format version (see ``bptt._persist``)."""
@@ -136,35 +135,53 @@ class Linear(Parametrized):
                 f"dtype={self.dtype.name})")
 
 
+def _core_dtype(arr: np.ndarray) -> np.ndarray:
+    """``arr`` C-contiguous in float32 or float64 (float16 and other floats: float32)."""
+    dt = arr.dtype if arr.dtype in (np.float32, np.float64) else np.dtype(np.float32)
+    return np.ascontiguousarray(arr, dtype=dt)
+
+
+def _row_mask(mask: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    """A loss ``mask`` over a prefix of ``shape`` as a flat C-contiguous bool array (one
+    entry per row of the rest), and the number of values per row."""
+    m = as_array("mask", mask, "a bool or 0/1 array")
+    if m.ndim > len(shape) or m.shape != shape[:m.ndim]:
+        raise ValueError(f"mask: expected shape of a prefix of {shape}, got {m.shape}")
+    sel = mask_array(m, m.shape)
+    return np.ascontiguousarray(sel.ravel() > 0), int(np.prod(shape[m.ndim:], dtype=np.int64))
+
+
 def mse_loss(pred: Any, target: Any, mask: Any = None) -> tuple[float, np.ndarray]:
     """Mean squared error and its gradient: ``loss, d_pred = mse_loss(pred, target, mask)``.
 
     ``loss = sum_selected (pred - target)**2 / n`` where ``n`` counts the selected elements
     (all of them without a mask; with ``mask`` over the leading axes, the selected positions
     times the size of the remaining axes). ``d_pred = 2 (pred - target) / n`` at selected
-    elements, 0 elsewhere. ``target`` must have ``pred``'s shape (values at unselected
-    positions are ignored, NaN included).
+    elements, 0 elsewhere. ``target`` has ``pred``'s shape or broadcasts to it as in NumPy
+    (a scalar, ``(F,)`` against ``(..., F)``); values at unselected positions are ignored,
+    NaN included. Computed in the Rust core (float64 sums).
     """
     p = floating("pred", pred)
     t = floating("target", target)
     if t.shape != p.shape:
-        raise ValueError(f"target: expected shape {p.shape} (that of pred), got {t.shape}")
-    if mask is None:
-        n = p.size
-        diff = p.astype(np.float64) - t
-        sel = None
-    else:
-        m = as_array("mask", mask, "a bool or 0/1 array")
-        lead = p.shape[:m.ndim] if m.ndim <= p.ndim else None
-        if lead is None:
-            raise ValueError(f"mask: expected shape of a prefix of {p.shape}, got {m.shape}")
-        sel = mask_array(mask, lead).reshape(lead + (1,) * (p.ndim - len(lead)))
-        n = round(float(sel.sum())) * int(np.prod(p.shape[len(lead):], dtype=np.int64))
-        diff = np.where(sel > 0, p.astype(np.float64) - t, 0.0)
-    if n == 0:
+        try:
+            t = np.broadcast_to(t, p.shape)
+        except ValueError:
+            hint = ""
+            if p.ndim >= 1 and p.shape[-1] == 1 and t.shape == p.shape[:-1]:
+                hint = (f"; add the trailing axis (target[..., None]): NumPy would broadcast "
+                        f"a {t.shape} target against a {p.shape} pred to a matrix")
+            raise ValueError(f"target: expected shape {p.shape} (that of pred, or one that "
+                             f"broadcasts to it), got {t.shape}{hint}") from None
+    if p.size == 0:
         return 0.0, np.zeros_like(p)
-    loss = float(np.sum(diff * diff) / n)
-    return loss, (diff * (2.0 / n)).astype(p.dtype)
+    pc = _core_dtype(p)
+    if mask is None:
+        sel, width = None, (p.shape[-1] if p.ndim else 1)
+    else:
+        sel, width = _row_mask(mask, p.shape)
+    loss, grad = _core.mse_loss(pc, np.ascontiguousarray(t, dtype=pc.dtype), width, sel)
+    return float(loss), grad.reshape(p.shape).astype(p.dtype, copy=False)
 
 
 def cross_entropy_loss(logits: Any, labels: Any, mask: Any = None) -> tuple[float, np.ndarray]:
@@ -174,7 +191,9 @@ def cross_entropy_loss(logits: Any, labels: Any, mask: Any = None) -> tuple[floa
     ``loss = -mean_selected log softmax(logits)[label]`` in nats (divide by ``ln 2`` for
     bits); ``d_logits = (softmax(logits) - onehot(label)) / n`` at selected positions, 0
     elsewhere, ``n`` the number of selected positions. Labels at unselected positions are
-    not checked (padding may hold anything, e.g. -1).
+    not checked (padding may hold anything, e.g. -1). One fused pass in the Rust core
+    (log-softmax and its gradient together, rows split over the thread pool; the loss is
+    summed in float64).
     """
     z = floating("logits", logits)
     if z.ndim < 1:
@@ -182,31 +201,17 @@ def cross_entropy_loss(logits: Any, labels: Any, mask: Any = None) -> tuple[floa
     lab = as_array("labels", labels, "an integer array")
     if lab.dtype.kind not in "iu":
         raise TypeError(f"labels: expected an integer array, got dtype {lab.dtype}")
-    check_shape("labels", lab, z.shape[:-1])
-    n_classes = z.shape[-1]
-    sel = None if mask is None else np.greater(mask_array(mask, z.shape[:-1]), 0)
-    bad = (lab < 0) | (lab >= n_classes)
-    if sel is not None:
-        bad &= sel
-    if np.any(bad):
-        raise ValueError(f"labels: expected values in [0, {n_classes}), got "
-                         f"{lab[bad].ravel()[0]}")
-    n = lab.size if sel is None else int(sel.sum())
-    if n == 0:
+    if lab.shape != z.shape[:-1]:
+        raise ValueError(f"labels: expected shape {z.shape[:-1]} (the leading axes of logits "
+                         f"{z.shape}), got {lab.shape}")
+    if lab.dtype == np.uint64 and lab.size and lab.max() > np.iinfo(np.int64).max:
+        lab = np.minimum(lab, np.iinfo(np.int64).max)
+    sel = None
+    if mask is not None:
+        sel = np.ascontiguousarray(mask_array(mask, z.shape[:-1]).ravel() > 0)
+    if z.size == 0:
         return 0.0, np.zeros_like(z)
-    lab = np.where(bad | ((lab < 0) | (lab >= n_classes)), 0, lab).astype(np.intp)
-    z64 = z.astype(np.float64)
-    shifted = z64 - z64.max(axis=-1, keepdims=True)
-    logsum = np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    logp = shifted - logsum
-    picked = np.take_along_axis(logp, lab[..., None], axis=-1)[..., 0]
-    if sel is not None:
-        picked = np.where(sel, picked, 0.0)
-    loss = float(-picked.sum() / n)
-    grad = np.exp(logp)
-    np.put_along_axis(grad, lab[..., None],
-                      np.take_along_axis(grad, lab[..., None], axis=-1) - 1.0, axis=-1)
-    grad /= n
-    if sel is not None:
-        grad *= sel[..., None]
-    return loss, grad.astype(z.dtype)
+    zc = _core_dtype(z)
+    loss, grad = _core.cross_entropy_loss(zc, np.ascontiguousarray(lab.ravel(), dtype=np.int64),
+                                          z.shape[-1], sel)
+    return float(loss), grad.reshape(z.shape).astype(z.dtype, copy=False)

@@ -1,5 +1,6 @@
 """Optimizers over dicts of NumPy arrays, updating them in place: ``SGD``, ``RMSprop``,
-``Adam``, ``AdamW``.
+``Adam``, ``AdamW``. The update arithmetic runs in the Rust core (GIL released, large
+parameters split over bptt's thread pool); Python keeps the state and the checks.
 
 The update formulas are PyTorch's (``torch.optim``, default single-tensor path), step by
 step, so a run here and there follows the same trajectory up to float rounding::
@@ -24,14 +25,13 @@ same keys, so training resumes exactly where it stopped.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from . import _persist
+from . import _core, _persist
 from ._checks import check_shape, finite_nonnegative, flag, floating, unit_interval
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "RMSprop"]
@@ -140,7 +140,15 @@ class Optimizer:
         for name, g in checked:
             st = self.state.setdefault(name, {"step": 0})
             st["step"] += 1
-            self._update(name, self.params[name], g, st)
+            p = self.params[name]
+            if p.flags.c_contiguous:
+                self._update(name, p, np.ascontiguousarray(g), st)
+            else:
+                # The core updates C-contiguous arrays; a strided view is updated through
+                # a contiguous copy.
+                q = np.ascontiguousarray(p)
+                self._update(name, q, np.ascontiguousarray(g), st)
+                p[...] = q
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, st: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -151,7 +159,9 @@ class Optimizer:
         step, or when a hyperparameter that needs it is switched on later."""
         buf = st.get(key)
         if buf is None:
-            buf = st[key] = np.zeros_like(p)
+            buf = st[key] = np.zeros(p.shape, dtype=p.dtype)
+        elif not buf.flags.c_contiguous:
+            buf = st[key] = np.ascontiguousarray(buf)
         return buf
 
     # ------------------------------------------------------------------ state
@@ -290,18 +300,13 @@ class SGD(Optimizer):
         return out
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, st: dict[str, Any]) -> None:
-        if self.weight_decay:
-            g = g + p.dtype.type(self.weight_decay) * p
+        buf = None
+        first = False
         if self.momentum:
-            mom = p.dtype.type(self.momentum)
-            buf = st.get("momentum_buffer")
-            if buf is None:
-                buf = st["momentum_buffer"] = g.copy()
-            else:
-                buf *= mom
-                buf += p.dtype.type(1.0 - self.dampening) * g
-            g = g + mom * buf if self.nesterov else buf
-        p -= p.dtype.type(self.lr) * g
+            first = st.get("momentum_buffer") is None
+            buf = self._buffer(st, "momentum_buffer", p)
+        _core.sgd_step(p, g, buf, first, self.lr, self.momentum, self.dampening,
+                       self.weight_decay, self.nesterov)
 
 
 class RMSprop(Optimizer):
@@ -341,25 +346,11 @@ class RMSprop(Optimizer):
                 "centered": flag("centered", hp["centered"])}
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, st: dict[str, Any]) -> None:
-        f = p.dtype.type
-        if self.weight_decay:
-            g = g + f(self.weight_decay) * p
         v = self._buffer(st, "square_avg", p)
-        v *= f(self.alpha)
-        v += f(1.0 - self.alpha) * g * g
-        if self.centered:
-            m = self._buffer(st, "grad_avg", p)
-            m += f(1.0 - self.alpha) * (g - m)
-            avg = np.sqrt(v - m * m) + f(self.eps)
-        else:
-            avg = np.sqrt(v) + f(self.eps)
-        if self.momentum > 0:
-            buf = self._buffer(st, "momentum_buffer", p)
-            buf *= f(self.momentum)
-            buf += g / avg
-            p -= f(self.lr) * buf
-        else:
-            p -= f(self.lr) * (g / avg)
+        m = self._buffer(st, "grad_avg", p) if self.centered else None
+        buf = self._buffer(st, "momentum_buffer", p) if self.momentum > 0 else None
+        _core.rmsprop_step(p, g, v, m, buf, self.lr, self.alpha, self.eps, self.weight_decay,
+                           self.momentum, self.centered)
 
 
 class Adam(Optimizer):
@@ -399,27 +390,11 @@ class Adam(Optimizer):
                 "amsgrad": flag("amsgrad", hp["amsgrad"])}
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, st: dict[str, Any]) -> None:
-        f = p.dtype.type
-        b1, b2 = self.betas
-        if self.weight_decay:
-            if self._decoupled:
-                p *= f(1.0 - self.lr * self.weight_decay)
-            else:
-                g = g + f(self.weight_decay) * p
         m, v = self._buffer(st, "exp_avg", p), self._buffer(st, "exp_avg_sq", p)
-        m += f(1.0 - b1) * (g - m)
-        v *= f(b2)
-        v += f(1.0 - b2) * g * g
-        t = st["step"]
-        step_size = self.lr / (1.0 - b1 ** t)
-        bc2_sqrt = math.sqrt(1.0 - b2 ** t)
-        if self.amsgrad:
-            vmax = self._buffer(st, "max_exp_avg_sq", p)
-            np.maximum(vmax, v, out=vmax)
-            denom = np.sqrt(vmax) / f(bc2_sqrt) + f(self.eps)
-        else:
-            denom = np.sqrt(v) / f(bc2_sqrt) + f(self.eps)
-        p -= f(step_size) * (m / denom)
+        vmax = self._buffer(st, "max_exp_avg_sq", p) if self.amsgrad else None
+        b1, b2 = self.betas
+        _core.adam_step(p, g, m, v, vmax, self.lr, b1, b2, self.eps, self.weight_decay,
+                        self._decoupled, self.amsgrad, st["step"])
 
 
 class AdamW(Adam):

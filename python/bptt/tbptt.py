@@ -47,12 +47,13 @@ gathers whole arrays.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
+from . import _core
 from ._checks import (
     as_array,
     bool_array,
@@ -65,8 +66,10 @@ from ._checks import (
     state_parts,
 )
 from .clip import clip_grad_norm, clip_grad_value, grad_norm
+from .embedding import Embedding
 from .nn import mse_loss
 from .optim import Optimizer
+from .sequential import Sequential
 
 __all__ = ["TBPTT", "TBPTTResult", "parameters"]
 
@@ -176,14 +179,15 @@ class _Part:
     """One forward call over steps [a, b) of the stream, possibly cut at resets and packed
     as a padded batch of segments."""
 
-    __slots__ = ("final", "out", "pack", "tape")
+    __slots__ = ("final", "ids", "out", "pack", "tape")
 
     def __init__(self, tape: Any, out: np.ndarray, final: list[np.ndarray],
-                 pack: Any) -> None:
+                 pack: Any, ids: np.ndarray | None = None) -> None:
         self.tape = tape
         self.out = out
         self.final = final
         self.pack = pack
+        self.ids = ids
 
 
 class _Pack:
@@ -234,7 +238,10 @@ class TBPTT:
     ---------
     model : ``bptt.RNN`` / ``LSTM`` / ``GRU`` (any number of layers; not bidirectional,
         since a stream cannot be read backwards). ``batch_first`` models are fine: the
-        streams given to ``train`` are always time-major.
+        streams given to ``train`` are always time-major. Or a ``bptt.Sequential`` of
+        [``Embedding``] → recurrent → [``Linear``] (then ``readout`` stays None): with an
+        embedding, ``x`` holds integer token ids (T, B); gradients and the optimizer's
+        keys are the model's ``parameters()`` names.
     readout : a layer with ``forward(h) -> (y, cache)``, ``backward(cache, dy) -> (dh,
         grads)`` and ``params`` (e.g. ``bptt.Linear``), or None to put the loss on the
         recurrent output itself.
@@ -261,6 +268,16 @@ class TBPTT:
                  optimizer: Optimizer | None = None, *, k1: int, k2: int | None = None,
                  clip_norm: float | None = None, clip_value: float | None = None,
                  error_if_nonfinite: bool = False, memory_budget: int | None = None) -> None:
+        self.embedding: Embedding | None = None
+        self._prefix = {"rnn": "rnn.", "readout": "readout.", "embedding": "embedding."}
+        if isinstance(model, Sequential):
+            if readout is not None:
+                raise ValueError(f"readout: the Sequential model has its own layers; pass "
+                                 f"readout=None, got {type(readout).__name__}")
+            self._prefix.update({k: f"{v}." for k, v in model.names.items()})
+            self.embedding = model.embedding
+            readout = model.readout
+            model = model.rnn
         for attr in ("forward", "backward", "params", "num_layers", "hidden_size"):
             if not hasattr(model, attr):
                 raise TypeError(f"model: expected a bptt RNN/LSTM/GRU, got "
@@ -302,11 +319,22 @@ class TBPTT:
         self._keys: dict[str, str] = {}
         if optimizer is not None:
             by_id = {id(v): k for k, v in optimizer.params.items()}
-            for name, arr in parameters(model, readout).items():
+            for name, arr in self._parameters().items():
                 if id(arr) not in by_id:
                     raise ValueError(f"optimizer: does not hold the live array of {name}; "
-                                     f"build it over tbptt.parameters(model, readout)")
+                                     f"build it over model.parameters() (a Sequential) or "
+                                     f"tbptt.parameters(model, readout)")
                 self._keys[name] = by_id[id(arr)]
+
+    def _parameters(self) -> dict[str, np.ndarray]:
+        """The live arrays under the names the gradients get (a Sequential's own names,
+        else ``"rnn."`` / ``"readout."``)."""
+        out = {}
+        for role, layer in (("embedding", self.embedding), ("rnn", self.model),
+                            ("readout", self.readout)):
+            if layer is not None:
+                out.update({self._prefix[role] + k: v for k, v in layer.params.items()})
+        return out
 
     # ------------------------------------------------------------------ state helpers
     def _parts(self, state: Any) -> list[np.ndarray]:
@@ -339,6 +367,8 @@ class TBPTT:
     def _call(self, x: np.ndarray, state: list[np.ndarray], lengths: Any,
               keep_tape: bool) -> tuple[np.ndarray, list[np.ndarray], Any]:
         m = self.model
+        if self.embedding is not None:
+            x = self.embedding(x)
         xin = np.ascontiguousarray(x.swapaxes(0, 1)) if m.batch_first else x
         st = self._join(state)
         if keep_tape:
@@ -356,13 +386,15 @@ class TBPTT:
         """Forward over one part (L, B, F) from the per-stream ``state``."""
         if resets is None or not resets.any():
             out, fin, tape = self._call(x, state, None, keep_tape)
-            return _Part(tape, out, fin, None)
+            return _Part(tape, out, fin, None, x if self.embedding is not None else None)
         pack = _Pack(resets)
         batch = x.shape[1]
         st = [s[:, pack.rows_b] * pack.carried[None, :, None].astype(s.dtype) for s in state]
-        out_p, fin_p, tape = self._call(pack.gather(x), st, pack.lengths, keep_tape)
+        xp = pack.gather(x)
+        out_p, fin_p, tape = self._call(xp, st, pack.lengths, keep_tape)
         fin = [np.ascontiguousarray(f[:, pack.last]) for f in fin_p]
-        return _Part(tape, pack.scatter(out_p, batch), fin, pack)
+        return _Part(tape, pack.scatter(out_p, batch), fin, pack,
+                     xp if self.embedding is not None else None)
 
     def _back(self, part: _Part, d_out: np.ndarray,
               d_final: list[np.ndarray] | None) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
@@ -389,7 +421,17 @@ class TBPTT:
         if pack is not None:
             keep = pack.carried[pack.first].astype(d0[0].dtype)[None, :, None]
             d0 = [d[:, pack.first] * keep for d in d0]
-        return g.params, d0
+        params = dict(g.params)
+        emb = self.embedding
+        if emb is not None and part.ids is not None:
+            dx = g.dx.swapaxes(0, 1) if m.batch_first else g.dx
+            if pack is not None:
+                dx = np.where(pack.valid[:, :, None], dx, 0)
+            ids = np.ascontiguousarray(part.ids.ravel(), dtype=np.int64)
+            params["\0embedding"] = _core.embedding_backward(
+                ids, np.ascontiguousarray(dx).reshape(-1, emb.embedding_dim),
+                emb.num_embeddings, emb.padding_idx)
+        return params, d0
 
     # ------------------------------------------------------------------ training
     def train(self, x: Any, y: Any, *, mask: Any = None, resets: Any = None,
@@ -406,15 +448,39 @@ class TBPTT:
         loss, grad_norm)`` is called after each chunk (e.g. for a progress bar).
         """
         m = self.model
-        x = floating("x", x)
-        if x.ndim != 3 or x.shape[2] != m.input_size or min(x.shape) < 1:
-            raise ValueError(f"x: expected shape (T, B, {m.input_size}) with T, B >= 1, got "
-                             f"{x.shape}")
-        x = np.ascontiguousarray(x, dtype=m.dtype)
+        if self.embedding is not None:
+            x = as_array("x", x, "an integer array of token ids (T, B)")
+            if x.dtype.kind not in "iu":
+                raise TypeError(f"x: expected an integer array of token ids (T, B) for the "
+                                f"model's embedding, got dtype {x.dtype}")
+            want = "(T, B)"
+            ok = x.ndim == 2
+        else:
+            x = floating("x", x)
+            want = f"(T, B, {m.input_size})"
+            ok = x.ndim == 3 and x.shape[2] == m.input_size
+        if not ok or min(x.shape) < 1:
+            raise ValueError(f"x: expected shape {want} with T, B >= 1, got {x.shape}")
+        if self.embedding is not None:
+            x = np.ascontiguousarray(self.embedding._ids(x), dtype=np.int64)   # range checked
+        else:
+            x = np.ascontiguousarray(x, dtype=m.dtype)
         T, B = x.shape[:2]
         y = as_array("y", y, f"targets with leading shape ({T}, {B})")
         if y.shape[:2] != (T, B):
-            raise ValueError(f"y: expected leading shape ({T}, {B}), got {y.shape}")
+            if y.shape[:2] == (B, T) and m.batch_first:
+                raise ValueError(
+                    f"x: expected time-major streams {want} with y's leading shape "
+                    f"{y.shape[:2]}, got {x.shape}: x looks batch-first, as the model's "
+                    f"batch_first=True suggests, but TBPTT.train takes x and y time-major "
+                    f"whatever the model's batch_first (use x.swapaxes(0, 1))")
+            if y.shape[:2] == (B, T):
+                raise ValueError(
+                    f"y: expected leading shape ({T}, {B}) (time-major, as x {x.shape}), got "
+                    f"{y.shape}: one of x and y is batch-first; TBPTT.train takes both "
+                    f"time-major (T, B, ...)")
+            raise ValueError(f"y: expected leading shape ({T}, {B}) (that of x {x.shape}), "
+                             f"got {y.shape}")
         mask_a = bool_array("mask", mask, (T, B))
         resets_a = bool_array("resets", resets, (T, B))
         cur = self._initial_state(state, B)
@@ -471,7 +537,7 @@ class TBPTT:
             grads: dict[str, np.ndarray] = {}
             if self.readout is not None:
                 d_h, g_ro = self.readout.backward(cache, d_pred)
-                grads.update({f"readout.{k}": v for k, v in g_ro.items()})
+                grads.update({self._prefix["readout"] + k: v for k, v in g_ro.items()})
             else:
                 d_h = d_pred
             d_out = np.zeros_like(out)
@@ -483,7 +549,10 @@ class TBPTT:
             if part_a is not None:
                 g_a, _ = self._back(part_a, d_out[:w_next - w], d_state)
                 g_rnn = g_a if not g_rnn else {k: g_rnn[k] + g_a[k] for k in g_rnn}
-            grads.update({f"rnn.{k}": v for k, v in g_rnn.items()})
+            g_emb = g_rnn.pop("\0embedding", None)
+            grads.update({self._prefix["rnn"] + k: v for k, v in g_rnn.items()})
+            if g_emb is not None:
+                grads[self._prefix["embedding"] + "weight"] = g_emb
 
             norm = grad_norm(grads)
             if self.error_if_nonfinite and not math.isfinite(norm):
@@ -496,6 +565,67 @@ class TBPTT:
             if callback is not None:
                 callback(j, n_chunks, float(loss), norm)
         return TBPTTResult(losses, norms, n_terms, updated, ends, self._join(cur), kept)
+
+    def train_stream(self, pieces: Iterable[Any], *, state: Any = None,
+                     keep_grads: bool = False,
+                     callback: Callable[[int, int, float, float], None] | None = None
+                     ) -> TBPTTResult:
+        """Runs TBPTT over a stream read piece by piece, so that a long corpus never has to
+        be one array: ``pieces`` yields ``(x, y)`` or ``(x, y, mask)`` tuples, each
+        time-major with the same B (a generator reading a file works). The state is carried
+        from piece to piece; the result covers all pieces (``chunk_ends`` counted from the
+        start of the stream).
+
+        With every piece but the last a multiple of ``k1`` steps long, this is exactly
+        ``train`` over the concatenated pieces; a shorter piece ends with a shorter
+        update. Needs ``k2 == k1`` (a window never reaches into an earlier piece).
+        ``callback`` gets ``n_chunks = -1`` (the length of a stream is not known).
+        """
+        if self.k2 != self.k1:
+            raise ValueError(f"k2: train_stream needs k2 == k1 (windows within one piece), "
+                             f"got k1={self.k1}, k2={self.k2}")
+        if isinstance(pieces, np.ndarray) or not hasattr(pieces, "__iter__"):
+            raise TypeError(f"pieces: expected an iterable of (x, y) or (x, y, mask) tuples, "
+                            f"got {type(pieces).__name__}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback: expected a callable or None, got "
+                            f"{type(callback).__name__}")
+        results: list[TBPTTResult] = []
+        offset, done = 0, 0
+        cur = state
+        for i, piece in enumerate(pieces):
+            if not isinstance(piece, (tuple, list)) or len(piece) not in (2, 3):
+                raise TypeError(f"pieces[{i}]: expected a tuple (x, y) or (x, y, mask), got "
+                                f"{type(piece).__name__}")
+            x, y = piece[0], piece[1]
+            mask = piece[2] if len(piece) == 3 else None
+
+            def relay(j: int, _n: int, loss: float, norm: float, base: int = done) -> None:
+                if callback is not None:
+                    callback(base + j, -1, loss, norm)
+
+            try:
+                r = self.train(x, y, mask=mask, state=cur, keep_grads=keep_grads,
+                               callback=relay)
+            except (ValueError, TypeError) as exc:
+                if type(exc) not in (ValueError, TypeError):
+                    raise
+                raise type(exc)(f"pieces[{i}]: {exc}") from exc
+            r.chunk_ends = r.chunk_ends + offset
+            offset = int(r.chunk_ends[-1])
+            done += len(r.losses)
+            cur = r.state
+            results.append(r)
+        if not results:
+            raise ValueError("pieces: expected at least one (x, y) piece, got none")
+        grads: list[dict[str, np.ndarray] | None] | None = None
+        if keep_grads:
+            grads = [g for r in results for g in (r.grads or [])]
+        return TBPTTResult(np.concatenate([r.losses for r in results]),
+                           np.concatenate([r.grad_norms for r in results]),
+                           np.concatenate([r.n_terms for r in results]),
+                           np.concatenate([r.updated for r in results]),
+                           np.concatenate([r.chunk_ends for r in results]), cur, grads)
 
     def __repr__(self) -> str:
         return (f"TBPTT(k1={self.k1}, k2={self.k2}, model={self.model!r}, "

@@ -6,11 +6,13 @@
 //! works on core results); an array of the wrong dtype becomes `TypeError`.
 //!
 //! `convert` turns Python arguments into core views, `spec` holds the `Spec` and `Tape`
-//! classes, `calls` the sequence entry points; this file the error mapping, the released
+//! classes, `calls` the sequence entry points, `readout` the readout, losses and optimizer
+//! steps; this file the error mapping, the released
 //! call, the thread and SIMD controls and the module itself.
 
 mod calls;
 mod convert;
+mod readout;
 mod spec;
 
 use crate::{parallel, simd};
@@ -169,6 +171,11 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 mod _core {
     #[pymodule_export]
     use super::calls::{backward, forward};
+    #[pymodule_export]
+    use super::readout::{
+        adam_step, cross_entropy_loss, embedding_backward, linear_backward, linear_forward,
+        mse_loss, rmsprop_step, sgd_step,
+    };
     #[pymodule_export]
     use super::spec::{PyTape, Spec};
     #[pymodule_export]
