@@ -153,7 +153,7 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 #[pymodule]
 mod _core {
     #[pymodule_export]
-    use super::calls::{backward, forward};
+    use super::calls::{backward, dropout_mask, forward};
     #[pymodule_export]
     use super::spec::{PyTape, Spec};
     #[pymodule_export]

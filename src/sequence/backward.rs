@@ -47,6 +47,9 @@ impl<T: Float> Direction<'_, '_, T> {
         grad: &mut StateSlot<T>,
         dh_norm: &mut [T],
     ) -> Result<(LayerGrads<T>, Array3<T>)> {
+        if self.cfg.proj_size > 0 {
+            return self.backward_projected(tape, segment, (input, d_y), grad, dh_norm);
+        }
         let cfg = self.cfg;
         let (seq_len, batch, in_size) = input.dim();
         let (hidden, gh) = (cfg.hidden_size, cfg.gate_size());
@@ -65,6 +68,7 @@ impl<T: Float> Direction<'_, '_, T> {
                 w_hh: zeros((gh, hidden), "the gradients")?,
                 b_ih: bias()?,
                 b_hh: bias()?,
+                w_hr: None,
             },
             d_x: zeros((seq_len, batch, in_size), "dx")?,
         };
@@ -126,6 +130,12 @@ impl<T: Float> Direction<'_, '_, T> {
                     self.forward_chunk(&fw, chunk, &mut state, &mut scratch);
                     ctx.run(steps.view(0..r.len()), r, grad, &mut bufs, dh_norm);
                 }
+            }
+            DirTape::Projected { .. } => {
+                return Err(crate::error::Error::value(
+                    "tape",
+                    "holds a projected LSTM's steps, not a plain cell's",
+                ))
             }
         }
         Ok((bufs.grads, bufs.d_x))

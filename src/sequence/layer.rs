@@ -114,14 +114,17 @@ impl<T: Float> StateSlot<T> {
         batch: usize,
         k: usize,
     ) -> Result<Self> {
-        let slot = |a: Option<ArrayView3<'_, T>>| match a {
+        let slot = |a: Option<ArrayView3<'_, T>>, width: usize| match a {
             Some(a) => copy(&a.index_axis(Axis(0), k), "state"),
-            None => zeros((batch, cfg.hidden_size), "state"),
+            None => zeros((batch, width), "state"),
         };
         Ok(StateSlot {
-            h: slot(state.map(|st| st.h.view()))?,
+            h: slot(state.map(|st| st.h.view()), cfg.real_hidden_size())?,
             c: match cfg.kind.has_cell_state() {
-                true => Some(slot(state.and_then(|st| st.c.as_ref().map(|c| c.view())))?),
+                true => Some(slot(
+                    state.and_then(|st| st.c.as_ref().map(|c| c.view())),
+                    cfg.hidden_size,
+                )?),
                 false => None,
             },
         })

@@ -19,11 +19,14 @@
 //! `lengths[b] − 1`, exactly as if `b` had been run alone.
 
 mod backward;
+mod dropout;
 mod forward;
 mod layer;
 mod plan;
+mod proj;
 mod tape;
 
+pub use dropout::Dropout;
 pub use plan::budget_range;
 pub(crate) use plan::CHUNK_STEPS;
 pub use tape::{digest, Keep, Tape};
@@ -84,6 +87,45 @@ pub fn forward<T: Float>(
     keep: Keep,
     ctl: &Control,
 ) -> Result<ForwardOutput<T>> {
+    let opts = ForwardOptions {
+        lengths,
+        keep,
+        dropout: None,
+    };
+    forward_with(cfg, weights, x, state, &opts, ctl)
+}
+
+/// How a forward pass runs besides its data: see [`forward`] for `lengths` and `keep`.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardOptions<'a> {
+    pub lengths: Option<&'a [usize]>,
+    pub keep: Keep,
+    /// Dropout between layers: applied only when a tape is kept (a training pass, `keep`
+    /// not [`Keep::Nothing`]) and the model has more than one layer; the tape keeps it
+    /// so that backward regenerates the same masks (see [`Dropout`]).
+    pub dropout: Option<Dropout>,
+}
+
+/// [`forward`] with dropout between layers (see [`ForwardOptions`]).
+///
+/// # Errors
+/// As [`forward`], and [`Error::Value`] naming `dropout` for a probability outside
+/// `[0, 1]`.
+pub fn forward_with<T: Float>(
+    cfg: &Config,
+    weights: &[LayerWeights<'_, T>],
+    x: ArrayView3<'_, T>,
+    state: Option<StateView<'_, T>>,
+    opts: &ForwardOptions<'_>,
+    ctl: &Control,
+) -> Result<ForwardOutput<T>> {
+    let (lengths, keep) = (opts.lengths, opts.keep);
+    if let Some(d) = &opts.dropout {
+        d.validate()?;
+    }
+    let dropout = opts
+        .dropout
+        .filter(|d| d.is_active() && keep != Keep::Nothing && cfg.num_layers > 1);
     cfg.validate()?;
     check_weights(cfg, weights)?;
     let (seq_len, batch) = check_sequence(cfg, &x, "x", cfg.input_size)?;
@@ -103,7 +145,7 @@ pub fn forward<T: Float>(
     let segment = checkpoint_interval::<T>(cfg, shape, keep)?;
 
     let dirs = cfg.num_directions();
-    let hidden = cfg.hidden_size;
+    let hidden = cfg.real_hidden_size();
     let mut final_state = State::zeros(cfg, batch)?;
     let mut input: CowArray<'_, T, Ix3> = if borrow_x {
         CowArray::from(x.view())
@@ -152,7 +194,10 @@ pub fn forward<T: Float>(
         }
         // SAFETY: every direction returned `Ok`, so each has written every element of its
         // block of `out` (see `Chunk::out`).
-        let out = unsafe { out.assume_init() };
+        let mut out = unsafe { out.assume_init() };
+        if let (Some(d), true) = (&dropout, layer + 1 < cfg.num_layers) {
+            d.apply(layer, &mut out.view_mut());
+        }
         let next = std::mem::replace(&mut input, CowArray::from(out));
         if keep != Keep::Nothing {
             layers.push(LayerTape {
@@ -172,6 +217,7 @@ pub fn forward<T: Float>(
         lengths: lengths.map(<[usize]>::to_vec),
         segment,
         x_digest: borrow_x.then(|| digest(&x)),
+        dropout,
         layers,
     });
     let out = from_time_major(cfg, input.into_owned(), "out")?;
@@ -295,7 +341,12 @@ pub fn backward<T: Float>(
                 }
             });
         }
-        d_y = CowArray::from(d_x.expect("at least one direction"));
+        let mut d_x = d_x.expect("at least one direction");
+        if let (Some(d), true) = (&tape.dropout, layer > 0) {
+            // The layer read the masked output of the layer below.
+            d.apply(layer - 1, &mut d_x.view_mut());
+        }
+        d_y = CowArray::from(d_x);
     }
     Ok(Grads {
         dx: from_time_major(cfg, d_y.into_owned(), "dx")?,

@@ -51,6 +51,12 @@ impl DirPlan {
 /// the gradient buffers backward adds per segment step.
 fn step_sizes(cfg: &Config, batch: usize) -> (usize, usize, usize) {
     let (h, gh) = (cfg.hidden_size, cfg.gate_size());
+    if cfg.proj_size > 0 {
+        // Gates, c_prev, r = o·tanh(c') and h_prev (P wide); backward adds the gate and
+        // the per-step ∂L/∂h' buffers.
+        let p = cfg.proj_size;
+        return (batch * (gh + 2 * h + p), batch * (h + p), batch * (gh + p));
+    }
     let extra = if cfg.kind == CellKind::Gru || cfg.kind == CellKind::Lstm {
         h
     } else {
