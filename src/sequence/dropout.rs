@@ -57,11 +57,12 @@ impl Dropout {
         }
     }
 
-    /// Calls `f(e, factor)` for the elements `0..n` of boundary `layer`'s mask, in order.
-    fn for_each(&self, layer: usize, n: usize, mut f: impl FnMut(usize, bool)) {
+    /// Calls `f(e, keep)` for the elements `offset..offset + n` of boundary `layer`'s
+    /// mask, in order (`e` counted from `offset`).
+    fn for_each(&self, layer: usize, offset: usize, n: usize, mut f: impl FnMut(usize, bool)) {
         let key = mix(self.seed ^ mix((layer as u64 + 1).wrapping_mul(GOLDEN)));
         let threshold = self.p;
-        let mut state = key;
+        let mut state = key.wrapping_add((offset as u64).wrapping_mul(GOLDEN));
         for e in 0..n {
             state = state.wrapping_add(GOLDEN);
             let u = (mix(state) >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
@@ -71,9 +72,20 @@ impl Dropout {
 
     /// Multiplies `a` (`[T, B, W]`, time-major, contiguous) by boundary `layer`'s mask.
     pub(crate) fn apply<T: Float>(&self, layer: usize, a: &mut ArrayViewMut3<'_, T>) {
+        self.apply_from(layer, 0, a);
+    }
+
+    /// Multiplies `a` by the elements of boundary `layer`'s mask from `offset` on (a
+    /// segment of time steps: `offset = t0·B·W`).
+    pub(crate) fn apply_from<T: Float>(
+        &self,
+        layer: usize,
+        offset: usize,
+        a: &mut ArrayViewMut3<'_, T>,
+    ) {
         let scale = self.scale::<T>();
         let s = a.as_slice_mut().expect("contiguous time-major buffer");
-        self.for_each(layer, s.len(), |e, keep| {
+        self.for_each(layer, offset, s.len(), |e, keep| {
             s[e] = if keep { s[e] * scale } else { T::zero() };
         });
     }
@@ -88,7 +100,7 @@ impl Dropout {
         let mut m: Array3<T> = crate::buffer::zeros(shape, "the dropout mask")?;
         let scale = self.scale::<T>();
         let s = m.as_slice_mut().expect("contiguous");
-        self.for_each(layer, s.len(), |e, keep| {
+        self.for_each(layer, 0, s.len(), |e, keep| {
             if keep {
                 s[e] = scale;
             }
@@ -117,6 +129,9 @@ mod tests {
         let mut a = Array3::<f64>::ones((50, 8, 40));
         d.apply(0, &mut a.view_mut());
         assert_eq!(a, m);
+        let mut tail = Array3::<f64>::ones((20, 8, 40));
+        d.apply_from(0, 30 * 8 * 40, &mut tail.view_mut());
+        assert_eq!(tail, m.slice(ndarray::s![30.., .., ..]));
         assert!(Dropout { p: 1.5, seed: 0 }.validate().is_err());
         let all: Array3<f32> = Dropout { p: 1.0, seed: 0 }.mask(0, (2, 2, 2)).unwrap();
         assert!(all.iter().all(|&v| v == 0.0));

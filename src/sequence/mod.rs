@@ -24,6 +24,7 @@ mod forward;
 mod layer;
 mod plan;
 mod proj;
+mod recompute;
 mod tape;
 
 pub use dropout::Dropout;
@@ -39,9 +40,10 @@ use crate::model::{
     LayerWeights, State, StateView,
 };
 use crate::parallel::per_direction;
-use layer::{Direction, Pass, StateSlot};
+use layer::{Direction, LayerInput, Pass, StateSlot};
 use ndarray::{s, Array2, Array3, ArrayView1, ArrayView3, Axis, CowArray, Ix3};
 use plan::{checkpoint_interval, DirPlan, PassShape};
+use std::ops::Range;
 use tape::LayerTape;
 
 /// Output of [`forward`]: `out` in the layout of `x`, the final state, and the tape when
@@ -142,7 +144,9 @@ pub fn forward_with<T: Float>(
         copies_x: !borrow_x,
         has_lengths: lengths.is_some(),
     };
-    let segment = checkpoint_interval::<T>(cfg, shape, keep)?;
+    let segments = checkpoint_interval::<T>(cfg, shape, keep)?;
+    let segment = segments.map(|s| s.k);
+    let recompute_inputs = segments.is_some_and(|s| s.recompute_inputs);
 
     let dirs = cfg.num_directions();
     let hidden = cfg.real_hidden_size();
@@ -201,7 +205,8 @@ pub fn forward_with<T: Float>(
         let next = std::mem::replace(&mut input, CowArray::from(out));
         if keep != Keep::Nothing {
             layers.push(LayerTape {
-                input: if next.is_view() {
+                // Under a tight budget the inputs above the first layer are recomputed.
+                input: if next.is_view() || (recompute_inputs && layer > 0) {
                     None
                 } else {
                     Some(next.into_owned())
@@ -307,10 +312,22 @@ pub fn backward<T: Float>(
     };
     for layer in (0..cfg.num_layers).rev() {
         let lt = &tape.layers[layer];
-        let input = match (&lt.input, x0) {
-            (Some(a), _) => a.view(),
-            (None, Some(x)) => x,
-            (None, None) => unreachable!("layer 0 without input implies an x digest"),
+        let recompute = |r: Range<usize>, threads: usize| {
+            recompute::layer_output(&pass, tape, x0, layer - 1, r, threads)
+        };
+        let input = match (&lt.input, x0, layer) {
+            (Some(a), _, _) => LayerInput::Kept(a.view()),
+            (None, Some(x), 0) => LayerInput::Kept(x),
+            (None, _, 0) => {
+                return Err(Error::value(
+                    "tape",
+                    "has no input for the first layer and refers to no x",
+                ))
+            }
+            (None, _, _) => LayerInput::Recomputed {
+                dims: (seq_len, batch, cfg.layer_input_size(layer)),
+                segment: &recompute,
+            },
         };
         let jobs = (0..dirs)
             .map(|d| {
@@ -322,7 +339,7 @@ pub fn backward<T: Float>(
         let results = per_direction(jobs, threads, |(d, mut grad), threads| {
             let mut norm = zeroed_vec(seq_len, "dh_norm")?;
             let dir = Direction::new(&pass, layer, d, threads);
-            let io = (input, d_y_view.view());
+            let io = (&input, d_y_view.view());
             let (grads, d_x) = dir.backward(&lt.dirs[d], tape.segment, io, &mut grad, &mut norm)?;
             Ok((grads, d_x, grad, norm))
         });

@@ -9,7 +9,7 @@
 //! (`dW_hr += Σ ∂L/∂h'ᵀ · r`) and `dX_l` are GEMMs over all its steps, as for the plain
 //! cells. Checkpoints keep `h` (`P` wide) and `c` (`H` wide).
 
-use super::layer::{Direction, StateSlot};
+use super::layer::{Direction, LayerInput, StateSlot};
 use super::plan::{chunks, DirPlan, CHUNK_STEPS};
 use super::tape::DirTape;
 use crate::buffer::{copy, zeros};
@@ -52,7 +52,7 @@ impl<T: Float> ProjSteps<T> {
         self.gates.len() + self.c_prev.len() + self.h_prev.len() + self.raw.len()
     }
 
-    fn view_mut(&mut self, r: Range<usize>) -> ProjStepsMut<'_, T> {
+    pub(super) fn view_mut(&mut self, r: Range<usize>) -> ProjStepsMut<'_, T> {
         ProjStepsMut {
             gates: self.gates.slice_mut(s![r.clone(), .., ..]),
             c_prev: self.c_prev.slice_mut(s![r.clone(), .., ..]),
@@ -62,7 +62,7 @@ impl<T: Float> ProjSteps<T> {
     }
 }
 
-struct ProjStepsMut<'a, T> {
+pub(super) struct ProjStepsMut<'a, T> {
     gates: ArrayViewMut3<'a, T>,
     c_prev: ArrayViewMut3<'a, T>,
     h_prev: ArrayViewMut3<'a, T>,
@@ -146,7 +146,7 @@ impl<T: Float> Direction<'_, '_, T> {
 
     /// Forward over one chunk's steps (`input [S, B, I_l]` from time `t0`) from `state`,
     /// which leaves as the state after them; `buf` receives the per-step arrays.
-    fn forward_projected_chunk(
+    pub(super) fn forward_projected_chunk(
         &self,
         input: ArrayView3<'_, T>,
         t0: usize,
@@ -249,7 +249,7 @@ impl<T: Float> Direction<'_, '_, T> {
         &self,
         tape: &DirTape<T>,
         segment: Option<usize>,
-        (input, d_y): (ArrayView3<'_, T>, ArrayView3<'_, T>),
+        (input, d_y): (&LayerInput<'_, T>, ArrayView3<'_, T>),
         grad: &mut StateSlot<T>,
         dh_norm: &mut [T],
     ) -> Result<(LayerGrads<T>, Array3<T>)> {
@@ -273,7 +273,6 @@ impl<T: Float> Direction<'_, '_, T> {
             d_x: zeros((seq_len, batch, in_size), "dx")?,
         };
         let order = chunks(seq_len, chunk_len, self.reverse);
-        let io = (input, d_y);
         match tape {
             DirTape::Projected { steps } => {
                 for r in order.into_iter().rev() {
@@ -284,6 +283,8 @@ impl<T: Float> Direction<'_, '_, T> {
                         h_prev: steps.h_prev.slice(s![r.clone(), .., ..]),
                         raw: steps.raw.slice(s![r.clone(), .., ..]),
                     };
+                    let x = input.segment(r.clone(), self.threads)?;
+                    let io = (x.view(), d_y);
                     self.backward_projected_chunk(view, r, io, grad, &mut bufs, dh_norm);
                 }
             }
@@ -298,8 +299,15 @@ impl<T: Float> Direction<'_, '_, T> {
                         c: ck_c.as_ref().map(checkpoint).transpose()?,
                     };
                     let buf = steps.view_mut(0..r.len());
-                    let x = input.slice(s![r.clone(), .., ..]);
-                    self.forward_projected_chunk(x, r.start, buf, None, &mut state, &mut next);
+                    let x = input.segment(r.clone(), self.threads)?;
+                    self.forward_projected_chunk(
+                        x.view(),
+                        r.start,
+                        buf,
+                        None,
+                        &mut state,
+                        &mut next,
+                    );
                     let k = r.len();
                     let view = StepsRef {
                         gates: steps.gates.slice(s![..k, .., ..]),
@@ -307,6 +315,7 @@ impl<T: Float> Direction<'_, '_, T> {
                         h_prev: steps.h_prev.slice(s![..k, .., ..]),
                         raw: steps.raw.slice(s![..k, .., ..]),
                     };
+                    let io = (x.view(), d_y);
                     self.backward_projected_chunk(view, r, io, grad, &mut bufs, dh_norm);
                 }
             }
@@ -320,8 +329,9 @@ impl<T: Float> Direction<'_, '_, T> {
         Ok((bufs.grads, bufs.d_x))
     }
 
-    /// Backward through the steps `r` (tape `st`, local index `t − r.start`), then the
-    /// chunk's share of the weight gradients and its rows of `d_x`, as GEMMs.
+    /// Backward through the steps `r` (tape `st` and the chunk's input, local index
+    /// `t − r.start`; `d_y` whole), then the chunk's share of the weight gradients and its
+    /// rows of `d_x`, as GEMMs.
     fn backward_projected_chunk(
         &self,
         st: StepsRef<'_, T>,
@@ -419,7 +429,7 @@ impl<T: Float> Direction<'_, '_, T> {
 
         let dxp2 = flat(bufs.dxp.slice(s![..len, .., ..]));
         let g = &mut bufs.grads;
-        let x2 = flat(input.slice(s![r.clone(), .., ..]));
+        let x2 = flat(input);
         gemm(
             T::one(),
             &dxp2.t(),
