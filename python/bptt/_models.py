@@ -226,8 +226,9 @@ class _Recurrent(Parametrized, Generic[_State]):
         multiplies the output of layer ``l``. Element ``(t, b, j)`` of mask ``l`` depends
         only on the seed, ``l`` and its position, not on the number of threads."""
         seed = nonnegative_int("dropout_seed", dropout_seed)
-        shape = (positive_int("seq_len", seq_len), positive_int("batch", batch),
-                 self.num_directions * self.output_hidden_size)
+        shape: tuple[int, int, int] = (positive_int("seq_len", seq_len),
+                                       positive_int("batch", batch),
+                                       self.num_directions * self.output_hidden_size)
         masks = [_core.dropout_mask(self.dropout, seed, layer, shape, self.dtype.name)
                  for layer in range(self.num_layers - 1)]
         return np.stack(masks) if masks else np.zeros((0, *shape), dtype=self.dtype)
