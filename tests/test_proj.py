@@ -319,3 +319,42 @@ def test_truncated_bptt_with_projections(rng):
     np.testing.assert_allclose(res.state[1], state[1], rtol=1e-12)
     with pytest.raises(ValueError, match="in_features"):
         TBPTT(m, bptt.Linear(H, 2), k1=k)
+
+
+@pytest.mark.parametrize("lengths", [False, True], ids=["all", "lengths"])
+def test_finite_differences(lengths, rng):
+    T, B = 5, 3
+    m = bptt.LSTM(IN, H, 2, bidirectional=True, proj_size=P, dtype=np.float64, seed=8)
+    x = rng.standard_normal((T, B, IN))
+    state = (0.5 * rng.standard_normal((4, B, P)), 0.5 * rng.standard_normal((4, B, H)))
+    lens = np.array([5, 2, 4], dtype=np.int64) if lengths else None
+    r_out = rng.standard_normal((T, B, 2 * P))
+    r_h, r_c = rng.standard_normal((4, B, P)), rng.standard_normal((4, B, H))
+
+    def loss():
+        out, (h, c) = m(x, state, lengths=lens)
+        return float(np.sum(out * r_out) + np.sum(h * r_h) + np.sum(c * r_c))
+
+    _, _, tape = m.forward(x, state, lengths=lens)
+    g = m.backward(tape, r_out, (r_h, r_c))
+    eps = 1e-6
+
+    def numeric(arr, idx):
+        old = arr[idx]
+        arr[idx] = old + eps
+        up = loss()
+        arr[idx] = old - eps
+        down = loss()
+        arr[idx] = old
+        return (up - down) / (2 * eps)
+
+    for name in ("weight_hr_l0", "weight_hr_l1_reverse", "weight_hh_l1", "weight_ih_l1_reverse",
+                 "bias_hh_l0_reverse"):
+        p = m.params[name]
+        for idx in [tuple(int(rng.integers(s)) for s in p.shape) for _ in range(4)]:
+            num = numeric(p, idx)
+            assert abs(g.params[name][idx] - num) <= 1e-7 * max(1.0, abs(num)), (name, idx)
+    for arr, grad in ((x, g.dx), (state[0], g.dstate[0]), (state[1], g.dstate[1])):
+        for idx in [tuple(int(rng.integers(s)) for s in arr.shape) for _ in range(4)]:
+            num = numeric(arr, idx)
+            assert abs(grad[idx] - num) <= 1e-7 * max(1.0, abs(num))
