@@ -36,4 +36,6 @@ pub use cell::CellKind;
 pub use error::{Error, Result};
 pub use float::Float;
 pub use model::{Config, Grads, LayerGrads, LayerWeights, State, StateView};
-pub use sequence::{backward, budget_range, forward, Keep, Tape};
+pub use sequence::{
+    backward, budget_range, forward, forward_with, Dropout, ForwardOptions, Keep, Tape,
+};

@@ -2,8 +2,10 @@
 //!
 //! Parameters follow PyTorch: for layer `l` and direction `d` (`d = 1` is the reverse
 //! direction, suffix `_reverse`), `W_ih: [G·H, I_l]`, `W_hh: [G·H, H]`, `b_ih, b_hh: [G·H]`,
-//! with `I_0 = input_size` and `I_l = D·H` above, `D = 2` when bidirectional.
-//! States are `[L·D, B, H]`, indexed `l·D + d`.
+//! with `I_0 = input_size` and `I_l = D·H` above, `D = 2` when bidirectional. An LSTM
+//! with projections (`proj_size = P`) adds `W_hr: [P, H]`; then `W_hh: [G·H, P]`,
+//! `I_l = D·P` above and `h` is `P` wide.
+//! States are `[L·D, B, H]` (`h`: `[L·D, B, P]` with projections), indexed `l·D + d`.
 
 use crate::cell::CellKind;
 use crate::error::{fmt_shape, Error, Result};
@@ -21,6 +23,9 @@ pub struct Config {
     pub bias: bool,
     /// `x`, `out`, `d_out` and `dx` are `[B, T, ·]` instead of `[T, B, ·]`.
     pub batch_first: bool,
+    /// LSTM with projections (PyTorch's `proj_size`): `0` for none, else `P` in
+    /// `(0, hidden_size)`; `h = W_hr·(o ⊙ tanh(c))` is `P` wide, `c` stays `H` wide.
+    pub proj_size: usize,
 }
 
 impl Config {
@@ -36,6 +41,27 @@ impl Config {
         ] {
             if v == 0 {
                 return Err(Error::value(arg, "expected a positive integer, got 0"));
+            }
+        }
+        if self.proj_size > 0 {
+            if self.kind != CellKind::Lstm {
+                return Err(Error::value(
+                    "proj_size",
+                    format!(
+                        "only the LSTM has projections, got proj_size={} for {}",
+                        self.proj_size,
+                        self.kind.name()
+                    ),
+                ));
+            }
+            if self.proj_size >= self.hidden_size {
+                return Err(Error::value(
+                    "proj_size",
+                    format!(
+                        "expected 0 (no projection) or 0 < proj_size < hidden_size = {}, got {}",
+                        self.hidden_size, self.proj_size
+                    ),
+                ));
             }
         }
         Ok(())
@@ -55,18 +81,27 @@ impl Config {
         self.kind.gates() * self.hidden_size
     }
 
+    /// Width of `h` (each direction's output): `P` with projections, else `H`.
+    pub fn real_hidden_size(&self) -> usize {
+        if self.proj_size > 0 {
+            self.proj_size
+        } else {
+            self.hidden_size
+        }
+    }
+
     /// Input width of layer `l`.
     pub fn layer_input_size(&self, layer: usize) -> usize {
         if layer == 0 {
             self.input_size
         } else {
-            self.num_directions() * self.hidden_size
+            self.output_size()
         }
     }
 
-    /// Width of the output: `D·H`.
+    /// Width of the output: `D·H` (`D·P` with projections).
     pub fn output_size(&self) -> usize {
-        self.num_directions() * self.hidden_size
+        self.num_directions() * self.real_hidden_size()
     }
 
     /// Number of layer-directions `L·D`.
@@ -81,19 +116,18 @@ impl Config {
         format!("l{}{}", k / d, rev)
     }
 
-    /// Parameter arrays per layer-direction: `W_ih, W_hh` and, with bias, `b_ih, b_hh`.
+    /// Parameter arrays per layer-direction: `W_ih, W_hh`, with bias `b_ih, b_hh`, and
+    /// with projections `W_hr`.
     pub fn params_per_stack(&self) -> usize {
-        if self.bias {
-            4
-        } else {
-            2
-        }
+        let base = if self.bias { 4 } else { 2 };
+        base + usize::from(self.proj_size > 0)
     }
 
     /// PyTorch's name and shape of every parameter, in `state_dict()` order, which is also
     /// the order of the bindings' flat weight list: for each layer-direction `k = l·D + d`,
     /// `weight_ih_{sfx}: [G·H, I_l]`, `weight_hh_{sfx}: [G·H, H]` and, with bias,
-    /// `bias_ih_{sfx}`, `bias_hh_{sfx}: [G·H]`, `sfx` = [`Config::suffix`]`(k)`.
+    /// `bias_ih_{sfx}`, `bias_hh_{sfx}: [G·H]` and, with projections, `weight_hr_{sfx}:
+    /// [P, H]` (then `weight_hh` is `[G·H, P]`), `sfx` = [`Config::suffix`]`(k)`.
     ///
     /// ```
     /// use bptt::{CellKind, Config};
@@ -105,6 +139,7 @@ impl Config {
     ///     bidirectional: true,
     ///     bias: false,
     ///     batch_first: false,
+    ///     proj_size: 0,
     /// };
     /// let layout = cfg.param_layout();
     /// assert_eq!(layout.len(), cfg.num_stacks() * cfg.params_per_stack());
@@ -119,10 +154,19 @@ impl Config {
             let sfx = self.suffix(k);
             let li = self.layer_input_size(k / self.num_directions());
             out.push((format!("weight_ih_{sfx}"), vec![gh, li]));
-            out.push((format!("weight_hh_{sfx}"), vec![gh, self.hidden_size]));
+            out.push((
+                format!("weight_hh_{sfx}"),
+                vec![gh, self.real_hidden_size()],
+            ));
             if self.bias {
                 out.push((format!("bias_ih_{sfx}"), vec![gh]));
                 out.push((format!("bias_hh_{sfx}"), vec![gh]));
+            }
+            if self.proj_size > 0 {
+                out.push((
+                    format!("weight_hr_{sfx}"),
+                    vec![self.proj_size, self.hidden_size],
+                ));
             }
         }
         out
@@ -143,6 +187,7 @@ impl Config {
     ///     bidirectional: true,
     ///     bias: true,
     ///     batch_first: false,
+    ///     proj_size: 0,
     /// };
     /// let layout = cfg.param_layout();
     /// let values: usize = layout.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
@@ -151,14 +196,24 @@ impl Config {
     pub fn param_count(&self) -> (u128, u128) {
         let n = |v: usize| v as u128;
         let gh = n(self.kind.gates()).saturating_mul(n(self.hidden_size));
-        let (d, l, h) = (
+        let (d, l, h, p) = (
             n(self.num_directions()),
             n(self.num_layers),
             n(self.hidden_size),
+            n(self.real_hidden_size()),
         );
-        let first = gh.saturating_mul(n(self.input_size).saturating_add(h));
-        let rest = gh.saturating_mul(d.saturating_mul(h).saturating_add(h));
-        let weights = d.saturating_mul(first.saturating_add((l - 1).saturating_mul(rest)));
+        let first = gh.saturating_mul(n(self.input_size).saturating_add(p));
+        let rest = gh.saturating_mul(d.saturating_mul(p).saturating_add(p));
+        let proj = if self.proj_size > 0 {
+            p.saturating_mul(h)
+        } else {
+            0
+        };
+        let weights = d.saturating_mul(
+            first
+                .saturating_add((l - 1).saturating_mul(rest))
+                .saturating_add(l.saturating_mul(proj)),
+        );
         let biases = if self.bias {
             l.saturating_mul(d).saturating_mul(2).saturating_mul(gh)
         } else {
@@ -170,8 +225,13 @@ impl Config {
         (weights.saturating_add(biases), arrays)
     }
 
-    /// The expected state shape `[L·D, B, H]`.
+    /// The expected shape of `h`: `[L·D, B, H]` (`[L·D, B, P]` with projections).
     pub fn state_shape(&self, batch: usize) -> [usize; 3] {
+        [self.num_stacks(), batch, self.real_hidden_size()]
+    }
+
+    /// The expected shape of the LSTM's `c`: `[L·D, B, H]`.
+    pub fn cell_state_shape(&self, batch: usize) -> [usize; 3] {
         [self.num_stacks(), batch, self.hidden_size]
     }
 
@@ -202,6 +262,8 @@ pub struct LayerWeights<'a, T> {
     pub w_hh: ArrayView2<'a, T>,
     pub b_ih: Option<ArrayView1<'a, T>>,
     pub b_hh: Option<ArrayView1<'a, T>>,
+    /// The projection `W_hr: [P, H]` (LSTM with `proj_size`).
+    pub w_hr: Option<ArrayView2<'a, T>>,
 }
 
 /// Checks that `weights` holds `L·D` layer-directions of the shapes `cfg` implies.
@@ -235,7 +297,23 @@ pub fn check_weights<T>(cfg: &Config, weights: &[LayerWeights<'_, T>]) -> Result
             }
         };
         expect2("weight_ih", &w.w_ih, gh, li)?;
-        expect2("weight_hh", &w.w_hh, gh, cfg.hidden_size)?;
+        expect2("weight_hh", &w.w_hh, gh, cfg.real_hidden_size())?;
+        match (&w.w_hr, cfg.proj_size) {
+            (Some(a), p) if p > 0 => expect2("weight_hr", a, p, cfg.hidden_size)?,
+            (None, 0) => {}
+            (None, _) => {
+                return Err(Error::value(
+                    format!("weight_hr_{sfx}"),
+                    "missing (model has proj_size > 0)",
+                ))
+            }
+            (Some(_), _) => {
+                return Err(Error::value(
+                    format!("weight_hr_{sfx}"),
+                    "unexpected (model has proj_size=0)",
+                ))
+            }
+        }
         for (name, b) in [("bias_ih", &w.b_ih), ("bias_hh", &w.b_hh)] {
             match (cfg.bias, b) {
                 (true, Some(b)) if b.len() == gh => {}
@@ -281,11 +359,10 @@ pub struct State<T> {
 
 impl<T: Float> State<T> {
     pub(crate) fn zeros(cfg: &Config, batch: usize) -> Result<Self> {
-        let shape = cfg.state_shape(batch);
         Ok(State {
-            h: crate::buffer::zeros(shape, "state")?,
+            h: crate::buffer::zeros(cfg.state_shape(batch), "state")?,
             c: match cfg.kind.has_cell_state() {
-                true => Some(crate::buffer::zeros(shape, "state")?),
+                true => Some(crate::buffer::zeros(cfg.cell_state_shape(batch), "state")?),
                 false => None,
             },
         })
@@ -312,9 +389,11 @@ pub(crate) fn check_state<T>(
         return Err(Error::shape(name(0), fmt_shape(&shape), state.h.shape()));
     }
     match (&state.c, lstm) {
-        (Some(c), true) if c.shape() != shape => {
-            Err(Error::shape(name(1), fmt_shape(&shape), c.shape()))
-        }
+        (Some(c), true) if c.shape() != cfg.cell_state_shape(batch) => Err(Error::shape(
+            name(1),
+            fmt_shape(&cfg.cell_state_shape(batch)),
+            c.shape(),
+        )),
         (Some(_), true) => Ok(()),
         (None, true) => Err(Error::value(
             arg,
@@ -338,6 +417,8 @@ pub struct LayerGrads<T> {
     pub w_hh: Array2<T>,
     pub b_ih: Option<Array1<T>>,
     pub b_hh: Option<Array1<T>>,
+    /// `∂L/∂W_hr` (LSTM with `proj_size`).
+    pub w_hr: Option<Array2<T>>,
 }
 
 /// Everything backward returns.

@@ -393,6 +393,7 @@ def _forward(
     lengths,
     bias,
     probe,
+    dropout_masks=None,
 ):
     _check_kind(kind)
     H = hidden_size
@@ -442,6 +443,9 @@ def _forward(
             outs.append(out_d)
             dir_caches[idx] = {"w": w, "steps": steps, "in_size": inp.shape[2]}
         inp = np.concatenate(outs, axis=2)
+        if dropout_masks is not None and layer < num_layers - 1:
+            # Dropout between layers: the layer above reads the masked output.
+            inp = inp * dropout_masks[layer]
     out = inp
     if batch_first:
         out = out.transpose(1, 0, 2)
@@ -459,6 +463,7 @@ def _forward(
         "mask": mask,
         "param_shapes": expected,
         "dir_caches": dir_caches,
+        "dropout_masks": dropout_masks,
     }
     return np.ascontiguousarray(out), _join_state(kind, final_states), cache
 
@@ -512,8 +517,14 @@ def forward(
     batch_first=False,
     lengths=None,
     bias=True,
+    dropout_masks=None,
 ):
-    """Forward pass.  Returns (out, final_state, cache); see the module docstring."""
+    """Forward pass.  Returns (out, final_state, cache); see the module docstring.
+
+    ``dropout_masks``: optional (num_layers - 1, T, B, D*H) time-major factors; the output
+    of layer l is multiplied by ``dropout_masks[l]`` before layer l + 1 reads it (the final
+    states and the last layer's output are not masked).
+    """
     return _forward(
         kind,
         params,
@@ -526,6 +537,7 @@ def forward(
         lengths=lengths,
         bias=bias,
         probe=None,
+        dropout_masks=None if dropout_masks is None else np.asarray(dropout_masks, np.float64),
     )
 
 
@@ -567,6 +579,8 @@ def backward(cache, d_out, d_state=None):
             d_layer_in = d_inp if d_layer_in is None else d_layer_in + d_inp
             for name in _param_names(cache["bias"]):
                 grads[_param_key(name, layer, d)] += dw[_LOCAL_NAMES[name]]
+        if cache.get("dropout_masks") is not None and layer > 0:
+            d_layer_in = d_layer_in * cache["dropout_masks"][layer - 1]
         d_layer_out = d_layer_in
 
     dx = d_layer_out

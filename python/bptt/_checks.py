@@ -45,6 +45,15 @@ def positive_int(name: str, value: object) -> int:
     return int(value)
 
 
+def nonnegative_int(name: str, value: object) -> int:
+    """``value`` as an int >= 0, else a clear ``TypeError``/``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name}: expected an integer >= 0, got {value}")
+    return int(value)
+
+
 def flag(name: str, value: object) -> bool:
     """A switch: ``True``/``False`` (Python or NumPy bools; the ints 0 and 1 too)."""
     if isinstance(value, (bool, np.bool_)):

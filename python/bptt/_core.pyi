@@ -19,6 +19,7 @@ __all__ = [
     "backward",
     "build_info",
     "cross_entropy_loss",
+    "dropout_mask",
     "embedding_backward",
     "forward",
     "get_num_threads",
@@ -57,10 +58,14 @@ class Spec:
         bias: bool,
         batch_first: bool,
         dtype: str,
+        proj_size: int = 0,
     ) -> Spec: ...
     @property
     def kind(self) -> Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]:
         """The cell name: `rnn_tanh`, `rnn_relu`, `lstm` or `gru`."""
+    @property
+    def proj_size(self) -> int:
+        """The LSTM's projection size `P` (`0`: no projection)."""
     @property
     def dtype(self) -> Literal["float32", "float64"]:
         """`"float32"` or `"float64"`."""
@@ -100,6 +105,7 @@ def forward(
     keep_tape: bool = False,
     owner: object | None = None,
     memory_budget: int | None = None,
+    dropout: tuple[float, int] | None = None,
 ) -> tuple[_FloatArray, _FloatArray, _FloatArray | None, Tape | None]:
     """Runs the layer stack over `x`; returns `(out, h_n, c_n or None, tape or None)`.
 
@@ -108,7 +114,20 @@ def forward(
     `keep_tape`, `memory_budget` (bytes, or None for the full tape) bounds what the tape
     keeps; the tape may refer to `x`, which must then not change before `backward`. The
     tape keeps `owner` (the model's identity object): `backward` accepts it only with that
-    same object.
+    same object. `dropout` is `(p, seed)`: with a tape, the output of every layer but the
+    last is multiplied by the mask of `seed` (see `dropout_mask`); ignored without a tape.
+    """
+
+def dropout_mask(
+    p: float,
+    seed: int,
+    layer: int,
+    shape: tuple[int, int, int],
+    dtype: str,
+) -> _FloatArray:
+    """The dropout mask `forward` applies, with `dropout=(p, seed)`, to the output of layer
+    `layer` (before layer `layer + 1` reads it) in a pass of time-major shape
+    `(T, B, width)`: `0` or `1/(1-p)` per element, of dtype `dtype`.
     """
 
 def backward(

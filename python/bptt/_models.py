@@ -23,8 +23,11 @@ from ._checks import (
     float_array,
     lengths_array,
     model_dtype,
+    nonnegative_int,
     positive_int,
+    rng_from_seed,
     state_parts,
+    unit_interval,
 )
 
 # The state's structure: ``h`` (RNN, GRU) or ``(h, c)`` (LSTM). For type checkers only.
@@ -73,10 +76,14 @@ class _Recurrent(Parametrized, Generic[_State]):
     _cell = "lstm"
     #: Whether the state is a pair ``(h, c)`` (LSTM) rather than one array ``h``.
     has_cell_state = False
+    #: The LSTM's projection size ``P`` (0: none; only the LSTM has projections).
+    proj_size = 0
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
                  bias: bool = True, batch_first: bool = False, bidirectional: bool = False,
-                 dtype: npt.DTypeLike = np.float32, seed: int | None = None) -> None:
+                 dtype: npt.DTypeLike = np.float32, seed: int | None = None,
+                 dropout: float = 0.0) -> None:
+        self.dropout = unit_interval("dropout", dropout, closed=True)
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.num_layers = positive_int("num_layers", num_layers)
@@ -90,10 +97,26 @@ class _Recurrent(Parametrized, Generic[_State]):
         super().__init__(shapes, 1.0 / math.sqrt(self.hidden_size), self.dtype, seed)
         self._names = list(shapes)
         self._weights = [self._params[k] for k in self._names]
+        # Seeds of the dropout masks of forward() calls without dropout_seed: a stream of
+        # its own, derived from ``seed`` (the seed was checked above).
+        self._dropout_rng = np.random.default_rng(
+            None if seed is None else rng_from_seed(seed).integers(2**63))
 
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
+
+    @property
+    def output_hidden_size(self) -> int:
+        """Width of ``h`` and of each direction's output: ``proj_size`` when the LSTM has
+        projections, else ``hidden_size``."""
+        return self.proj_size or self.hidden_size
+
+    def _state_widths(self) -> list[int]:
+        """The last dimension of each state array: ``[h]`` or ``[h, c]``."""
+        if self.has_cell_state:
+            return [self.output_hidden_size, self.hidden_size]
+        return [self.hidden_size]
 
     def _checked_spec(self) -> Any:
         """The core's ``Spec``, once the parameters it lays out are known to fit: their count
@@ -101,15 +124,17 @@ class _Recurrent(Parametrized, Generic[_State]):
         ``LSTM(1, 1, num_layers=2**40)`` is refused at once (``MemoryError`` naming the model
         and the bytes; ``ValueError`` beyond what a process can address), not after minutes
         of allocating."""
+        proj = f", proj_size={self.proj_size}" if self.proj_size else ""
         what = (f"{type(self).__name__}(input_size={self.input_size}, hidden_size="
                 f"{self.hidden_size}, num_layers={self.num_layers}, bidirectional="
-                f"{self.bidirectional})")
+                f"{self.bidirectional}{proj})")
         if max(self.input_size, self.hidden_size, self.num_layers) > sys.maxsize:
             # Every size multiplies a weight matrix: more bytes than any process can have.
             raise ValueError(f"{what}: the parameters would need more than {sys.maxsize} "
                              f"bytes, more than a process can address")
         spec = _core.Spec(self._cell, self.input_size, self.hidden_size, self.num_layers,
-                          self.bidirectional, self.bias, self.batch_first, self.dtype.name)
+                          self.bidirectional, self.bias, self.batch_first, self.dtype.name,
+                          self.proj_size)
         n_values, n_arrays = spec.param_count
         check_parameter_memory(what, n_values, n_arrays, self.dtype)
         return spec
@@ -122,19 +147,21 @@ class _Recurrent(Parametrized, Generic[_State]):
     def _state_args(self, name: str, state: Any) -> tuple[Any, Any]:
         if state is None:
             return None, None
-        text = f"({self.num_layers * self.num_directions}, B, {self.hidden_size})"
-        arrays = [float_array(part, value, self.dtype, 3, text)
-                  for part, value in state_parts(name, state, self.has_cell_state)]
+        stacks = self.num_layers * self.num_directions
+        arrays = [float_array(part, value, self.dtype, 3, f"({stacks}, B, {width})")
+                  for (part, value), width in zip(state_parts(name, state, self.has_cell_state),
+                                                  self._state_widths())]
         return arrays[0], arrays[1] if len(arrays) == 2 else None
 
     def _run(self, x: Any, state: Any, lengths: Any, keep_tape: bool,
-             memory_budget: Any = None) -> tuple[Any, ...]:
+             memory_budget: Any = None, dropout: tuple[float, int] | None = None
+             ) -> tuple[Any, ...]:
         x = self._seq("x", x, self.input_size)
         h0, c0 = self._state_args("state", state)
         lens = None if lengths is None else lengths_array(lengths)
         budget = budget_bytes(memory_budget)
         out, h, c, tape = _core.forward(self._spec, self._weights, x, h0, c0, lens,
-                                        keep_tape, self._identity, budget)
+                                        keep_tape, self._identity, budget, dropout)
         return out, (h if c is None else (h, c)), tape
 
     def __call__(self, x: npt.ArrayLike, state: Any = None,
@@ -151,7 +178,8 @@ class _Recurrent(Parametrized, Generic[_State]):
 
     def forward(self, x: npt.ArrayLike, state: Any = None,
                 lengths: npt.ArrayLike | None = None, *,
-                memory_budget: int | None = None) -> tuple[np.ndarray, _State, _core.Tape]:
+                memory_budget: int | None = None, train: bool = True,
+                dropout_seed: int | None = None) -> tuple[np.ndarray, _State, _core.Tape]:
         """Training forward: ``out, state, tape``; ``tape`` feeds ``backward``.
 
         Same arguments as calling the model, plus ``memory_budget``: None keeps the full
@@ -169,8 +197,41 @@ class _Recurrent(Parametrized, Generic[_State]):
         copying it: do not modify ``x`` before ``backward`` (a change is detected and is a
         ``ValueError``). ``backward`` uses the parameters as they are then; do not update
         them in between.
+
+        Dropout (a model made with ``dropout=p > 0`` and ``num_layers > 1``): a training
+        forward (``train=True``, the default) multiplies the output of every layer but the
+        last by a mask of zeros (probability ``p``) and ``1/(1-p)``, as PyTorch does in
+        training mode; ``train=False`` or calling the model (inference) never drops. The
+        masks are a pure function of ``dropout_seed`` (see ``dropout_masks``); without it
+        each call draws a seed from a generator seeded by the model's ``seed``, so a
+        seeded model's sequence of forward calls is reproducible. The tape keeps only the
+        seed: ``backward`` regenerates the masks, so its gradients are exact.
         """
-        return self._run(x, state, lengths, keep_tape=True, memory_budget=memory_budget)
+        train = flag("train", train)
+        dropout = None
+        if train and self.dropout > 0 and self.num_layers > 1:
+            if dropout_seed is None:
+                seed = int(self._dropout_rng.integers(0, 2**63))
+            else:
+                seed = nonnegative_int("dropout_seed", dropout_seed)
+            dropout = (self.dropout, seed)
+        return self._run(x, state, lengths, keep_tape=True, memory_budget=memory_budget,
+                         dropout=dropout)
+
+    def dropout_masks(self, dropout_seed: int, seq_len: int, batch: int) -> np.ndarray:
+        """The masks ``forward(..., dropout_seed=dropout_seed)`` applies to an input of
+        ``seq_len`` steps and ``batch`` sequences: an array ``(num_layers - 1, seq_len,
+        batch, D * H)`` (time-major whatever ``batch_first``; ``D * proj_size`` wide with
+        projections) of the model's dtype holding ``0`` or ``1/(1-dropout)``; mask ``l``
+        multiplies the output of layer ``l``. Element ``(t, b, j)`` of mask ``l`` depends
+        only on the seed, ``l`` and its position, not on the number of threads."""
+        seed = nonnegative_int("dropout_seed", dropout_seed)
+        shape: tuple[int, int, int] = (positive_int("seq_len", seq_len),
+                                       positive_int("batch", batch),
+                                       self.num_directions * self.output_hidden_size)
+        masks = [_core.dropout_mask(self.dropout, seed, layer, shape, self.dtype.name)
+                 for layer in range(self.num_layers - 1)]
+        return np.stack(masks) if masks else np.zeros((0, *shape), dtype=self.dtype)
 
     def backward(self, tape: _core.Tape, d_out: npt.ArrayLike,
                  d_state: Any = None) -> Gradients:
@@ -182,7 +243,7 @@ class _Recurrent(Parametrized, Generic[_State]):
         if not isinstance(tape, _core.Tape):
             raise TypeError(f"tape: expected a Tape returned by forward(), got "
                             f"{type(tape).__name__}")
-        d_out = self._seq("d_out", d_out, self.num_directions * self.hidden_size)
+        d_out = self._seq("d_out", d_out, self.num_directions * self.output_hidden_size)
         dh, dc = self._state_args("d_state", d_state)
         dx, dh0, dc0, grads, dh_norm = _core.backward(self._spec, self._weights, tape, d_out,
                                                       dh, dc, self._identity)
@@ -203,26 +264,48 @@ class _Recurrent(Parametrized, Generic[_State]):
         _persist.restore_model(self, state)
 
     def __repr__(self) -> str:
+        drop = f", dropout={self.dropout}" if self.dropout else ""
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
                 f"num_layers={self.num_layers}{self._extra_repr()}, bias={self.bias}, "
-                f"batch_first={self.batch_first}, bidirectional={self.bidirectional}, "
-                f"dtype={self.dtype.name})")
+                f"batch_first={self.batch_first}, bidirectional={self.bidirectional}"
+                f"{drop}, dtype={self.dtype.name})")
 
 
 class LSTM(_Recurrent[tuple[np.ndarray, np.ndarray]]):
     """Long short-term memory, PyTorch's equations and weight layout (gates i, f, g, o).
 
     ``LSTM(input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
-    bidirectional=False, dtype=np.float32, seed=None)``; the state is ``(h, c)``.
+    bidirectional=False, proj_size=0, dtype=np.float32, seed=None, dropout=0.0)``; the
+    state is ``(h, c)``. ``dropout=p``: PyTorch's dropout between stacked layers, in
+    training forward passes only (see ``forward``).
+
+    ``proj_size=P`` (``0 < P < hidden_size``) gives PyTorch's LSTM with projections:
+    ``h_t = W_hr (o_t * tanh(c_t))`` with ``weight_hr_l{k}[_reverse]`` of shape
+    ``(P, hidden_size)``; ``weight_hh`` is then ``(4 * hidden_size, P)``, ``h`` and each
+    direction's output are ``P`` wide (``out`` is ``D * P``, and so is the input of the
+    layers above the first), ``c`` stays ``hidden_size`` wide.
     """
 
     _cell = "lstm"
     has_cell_state = True
 
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
+                 bias: bool = True, batch_first: bool = False, bidirectional: bool = False,
+                 proj_size: int = 0, dtype: npt.DTypeLike = np.float32,
+                 seed: int | None = None, dropout: float = 0.0) -> None:
+        self.proj_size = nonnegative_int("proj_size", proj_size)
+        super().__init__(input_size, hidden_size, num_layers, bias=bias,
+                         batch_first=batch_first, bidirectional=bidirectional, dtype=dtype,
+                         seed=seed, dropout=dropout)
+
+    def _extra_repr(self) -> str:
+        return f", proj_size={self.proj_size}" if self.proj_size else ""
+
 
 class GRU(_Recurrent[np.ndarray]):
     """Gated recurrent unit, PyTorch's equations and layout (gates r, z, n; ``b_hn`` inside
-    the reset product). Same constructor as ``LSTM``; the state is ``h``."""
+    the reset product). Same constructor as ``LSTM`` (without ``proj_size``), including
+    ``dropout``; the state is ``h``."""
 
     _cell = "gru"
 
@@ -230,18 +313,19 @@ class GRU(_Recurrent[np.ndarray]):
 class RNN(_Recurrent[np.ndarray]):
     """Elman RNN ``h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)``, ``act`` = tanh or relu.
 
-    Same constructor as ``LSTM`` plus ``nonlinearity="tanh"`` or ``"relu"``.
+    Same constructor as ``LSTM`` (without ``proj_size``, with ``dropout``) plus
+    ``nonlinearity="tanh"`` or ``"relu"``.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  bidirectional: bool = False, dtype: npt.DTypeLike = np.float32,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, dropout: float = 0.0) -> None:
         self.nonlinearity = choice("nonlinearity", nonlinearity, ("tanh", "relu"))
         self._cell = f"rnn_{nonlinearity}"
         super().__init__(input_size, hidden_size, num_layers, bias=bias,
                          batch_first=batch_first, bidirectional=bidirectional, dtype=dtype,
-                         seed=seed)
+                         seed=seed, dropout=dropout)
 
     def _extra_repr(self) -> str:
         return f", nonlinearity={self.nonlinearity!r}"

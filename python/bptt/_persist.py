@@ -118,6 +118,10 @@ def model_config(model: _Recurrent[Any]) -> dict[str, Any]:
     cfg: dict[str, Any] = {k: getattr(model, k) for k in _MODEL_KEYS}
     cfg["dtype"] = model.dtype.name
     cfg["kind"] = model._cell
+    if model.proj_size:
+        cfg["proj_size"] = model.proj_size
+    if model.dropout:
+        cfg["dropout"] = model.dropout
     return cfg
 
 
@@ -136,7 +140,7 @@ def model_state(model: _Recurrent[Any]) -> dict[str, Any]:
     state["config"] = model_config(model)
     state["params"] = dict(model._params)
     state["extra"] = {k: v for k, v in vars(model).items()
-                      if k not in _base_attrs(base, probe)}
+                      if k not in _base_attrs(base, probe) and k != "proj_size"}
     return state
 
 
@@ -147,6 +151,7 @@ def _construct(model: Any, cfg: Mapping[str, Any], what: str) -> None:
     try:
         args = [cfg[k] for k in ("input_size", "hidden_size", "num_layers")]
         kw = {k: cfg[k] for k in ("bias", "batch_first", "bidirectional", "dtype")}
+        kw["dropout"] = cfg.get("dropout", 0.0)
         kind = cfg["kind"]
     except (KeyError, TypeError) as exc:
         raise ValueError(f"cannot load a {what}: config: expected the keys of "
@@ -160,6 +165,7 @@ def _construct(model: Any, cfg: Mapping[str, Any], what: str) -> None:
         if kind != model._cell:
             raise ValueError(f"cannot load a {what}: the pickle holds a {kind!r} model, not "
                              f"{model._cell!r}")
+        model.proj_size = cfg.get("proj_size", 0)
         _Recurrent.__init__(model, *args, seed=0, **kw)
 
 
@@ -188,11 +194,12 @@ def build_model(config: Mapping[str, Any]) -> _Recurrent[Any]:
 
     kind = config["kind"]
     kw = {k: config[k] for k in ("bias", "batch_first", "bidirectional", "dtype")}
+    kw["dropout"] = config.get("dropout", 0.0)
     args = (config["input_size"], config["hidden_size"], config["num_layers"])
     if kind in ("rnn_tanh", "rnn_relu"):
         return RNN(*args, nonlinearity=kind[4:], seed=0, **kw)
     if kind == "lstm":
-        return LSTM(*args, seed=0, **kw)
+        return LSTM(*args, proj_size=config.get("proj_size", 0), seed=0, **kw)
     if kind == "gru":
         return GRU(*args, seed=0, **kw)
     raise ValueError(f"config: unknown cell kind {kind!r}")

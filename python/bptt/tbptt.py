@@ -291,9 +291,11 @@ class TBPTT:
                     raise TypeError(f"readout: expected a layer with forward/backward/params "
                                     f"(e.g. bptt.Linear), got {type(readout).__name__}")
             width = getattr(readout, "in_features", None)
-            if isinstance(width, int) and width != model.hidden_size:
-                raise ValueError(f"readout: expected in_features = the model's hidden_size "
-                                 f"({model.hidden_size}), got {width}")
+            proj = getattr(model, "proj_size", 0)
+            if isinstance(width, int) and width != (proj or model.hidden_size):
+                what = f"proj_size ({proj})" if proj else f"hidden_size ({model.hidden_size})"
+                raise ValueError(f"readout: expected in_features = the model's {what}, "
+                                 f"got {width}")
         if not callable(loss_fn):
             raise TypeError(f"loss_fn: expected a callable, got {type(loss_fn).__name__}")
         if optimizer is not None and not isinstance(optimizer, Optimizer):
@@ -350,18 +352,23 @@ class TBPTT:
         if state is None:
             return self._zeros(batch)
         named = state_parts("state", state, self._has_cell_state)
-        want = (m.num_layers, batch, m.hidden_size)
         parts = []
-        for name, value in named:
+        for (name, value), width in zip(named, self._widths()):
             arr = floating(name, value, hint=f" (converted to {m.dtype})")
-            check_shape(name, arr, want)
+            check_shape(name, arr, (m.num_layers, batch, width))
             parts.append(np.ascontiguousarray(arr, dtype=m.dtype))
         return parts
 
+    def _widths(self) -> list[int]:
+        """The last dimension of each state array (``h`` is ``proj_size`` wide in an LSTM
+        with projections)."""
+        m = self.model
+        h_width = getattr(m, "proj_size", 0) or m.hidden_size
+        return [h_width, m.hidden_size] if self._has_cell_state else [h_width]
+
     def _zeros(self, batch: int) -> list[np.ndarray]:
         m = self.model
-        shape = (m.num_layers, batch, m.hidden_size)
-        return [np.zeros(shape, dtype=m.dtype) for _ in range(2 if self._has_cell_state else 1)]
+        return [np.zeros((m.num_layers, batch, w), dtype=m.dtype) for w in self._widths()]
 
     # ------------------------------------------------------------------ core calls
     def _call(self, x: np.ndarray, state: list[np.ndarray], lengths: Any,

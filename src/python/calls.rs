@@ -6,7 +6,7 @@ use super::convert::{
 use super::run_released;
 use super::spec::{PyTape, Spec, TapeDtype};
 use crate::parallel;
-use crate::sequence::{self, Keep};
+use crate::sequence::{self, Dropout, ForwardOptions, Keep};
 use numpy::{IntoPyArray, PyArray2, PyArray3, PyReadonlyArray1, PyReadonlyArray3};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -23,6 +23,7 @@ fn forward_typed<'py, T: TapeDtype>(
     lengths: Option<Vec<usize>>,
     keep: Keep,
     owner: Option<Py<PyAny>>,
+    dropout: Option<Dropout>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let cfg = spec.config;
     let w = WeightArrays::<T>::extract(&cfg, weights)?;
@@ -37,7 +38,12 @@ fn forward_typed<'py, T: TapeDtype>(
         let threads = parallel::uses_threads(&cfg, seq_len, batch);
         let size = parallel::call_work(&cfg, seq_len, batch);
         run_released(py, threads, size, move |ctl| {
-            sequence::forward(&cfg, &wv, xv, sv, lengths.as_deref(), keep, ctl)
+            let opts = ForwardOptions {
+                lengths: lengths.as_deref(),
+                keep,
+                dropout,
+            };
+            sequence::forward_with(&cfg, &wv, xv, sv, &opts, ctl)
         })?
     };
     let out = out.into_pyarray(py);
@@ -66,9 +72,10 @@ fn forward_typed<'py, T: TapeDtype>(
 /// `keep_tape`, `memory_budget` (bytes, or None for the full tape) bounds what the tape
 /// keeps; the tape may refer to `x`, which must then not change before `backward`. The
 /// tape keeps `owner` (the model's identity object): `backward` accepts it only with that
-/// same object.
+/// same object. `dropout` is `(p, seed)`: with a tape, the output of every layer but the
+/// last is multiplied by the mask of `seed` (see `dropout_mask`); ignored without a tape.
 #[pyfunction]
-#[pyo3(signature = (spec, weights, x, h0=None, c0=None, lengths=None, keep_tape=false, owner=None, memory_budget=None))]
+#[pyo3(signature = (spec, weights, x, h0=None, c0=None, lengths=None, keep_tape=false, owner=None, memory_budget=None, dropout=None))]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward<'py>(
     py: Python<'py>,
@@ -81,7 +88,12 @@ pub(super) fn forward<'py>(
     keep_tape: bool,
     owner: Option<&Bound<'py, PyAny>>,
     memory_budget: Option<usize>,
+    dropout: Option<(f64, u64)>,
 ) -> PyResult<Bound<'py, PyTuple>> {
+    let dropout = dropout.map(|(p, seed)| Dropout { p, seed });
+    if let Some(d) = &dropout {
+        d.validate()?;
+    }
     let keep = match (keep_tape, memory_budget) {
         (false, _) => Keep::Nothing,
         (true, None) => Keep::Everything,
@@ -100,8 +112,12 @@ pub(super) fn forward<'py>(
     let lengths = lengths_vec(lengths)?;
     let owner = owner.map(|o| o.clone().unbind());
     match spec.dtype {
-        Dtype::F32 => forward_typed::<f32>(py, spec, weights, x, h0, c0, lengths, keep, owner),
-        Dtype::F64 => forward_typed::<f64>(py, spec, weights, x, h0, c0, lengths, keep, owner),
+        Dtype::F32 => {
+            forward_typed::<f32>(py, spec, weights, x, h0, c0, lengths, keep, owner, dropout)
+        }
+        Dtype::F64 => {
+            forward_typed::<f64>(py, spec, weights, x, h0, c0, lengths, keep, owner, dropout)
+        }
     }
 }
 
@@ -149,6 +165,9 @@ fn backward_typed<'py, T: TapeDtype>(
         if let (Some(bi), Some(bh)) = (g.b_ih, g.b_hh) {
             params.append(bi.into_pyarray(py))?;
             params.append(bh.into_pyarray(py))?;
+        }
+        if let Some(hr) = g.w_hr {
+            params.append(hr.into_pyarray(py))?;
         }
     }
     let dx: Bound<'py, PyArray3<T>> = grads.dx.into_pyarray(py);
@@ -198,4 +217,24 @@ pub(super) fn backward<'py>(
         Dtype::F32 => backward_typed::<f32>(py, spec, weights, tape, d_out, dh, dc),
         Dtype::F64 => backward_typed::<f64>(py, spec, weights, tape, d_out, dh, dc),
     }
+}
+
+/// The dropout mask `forward` applies, with `dropout=(p, seed)`, to the output of layer
+/// `layer` (before layer `layer + 1` reads it) in a pass of time-major shape
+/// `(T, B, width)`: `0` or `1/(1-p)` per element, of dtype `dtype`.
+#[pyfunction]
+#[pyo3(signature = (p, seed, layer, shape, dtype))]
+pub(super) fn dropout_mask<'py>(
+    py: Python<'py>,
+    p: f64,
+    seed: u64,
+    layer: usize,
+    shape: (usize, usize, usize),
+    dtype: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let d = Dropout { p, seed };
+    Ok(match Dtype::parse(dtype)? {
+        Dtype::F32 => d.mask::<f32>(layer, shape)?.into_pyarray(py).into_any(),
+        Dtype::F64 => d.mask::<f64>(layer, shape)?.into_pyarray(py).into_any(),
+    })
 }

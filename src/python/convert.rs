@@ -68,10 +68,12 @@ pub(super) fn extract_array<'py, A: FromPyObjectOwned<'py>, T: Float>(
     })
 }
 
-/// Read-only views of the flat weight list `[w_ih, w_hh, (b_ih, b_hh)]` per layer-direction.
+/// Read-only views of the flat weight list `[w_ih, w_hh, (b_ih, b_hh), (w_hr)]` per
+/// layer-direction.
 pub(super) struct WeightArrays<'py, T: Element> {
     mats: Vec<(PyReadonlyArray2<'py, T>, PyReadonlyArray2<'py, T>)>,
     biases: Vec<Option<(PyReadonlyArray1<'py, T>, PyReadonlyArray1<'py, T>)>>,
+    projections: Vec<Option<PyReadonlyArray2<'py, T>>>,
 }
 
 impl<'py, T: Float + Element> WeightArrays<'py, T> {
@@ -87,6 +89,7 @@ impl<'py, T: Float + Element> WeightArrays<'py, T> {
         let per = cfg.params_per_stack();
         let mut mats = Vec::with_capacity(cfg.num_stacks());
         let mut biases = Vec::with_capacity(cfg.num_stacks());
+        let mut projections = Vec::with_capacity(cfg.num_stacks());
         for (k, names) in layout.chunks(per).enumerate() {
             let item = |i: usize| weights.get_item(per * k + i);
             let name = |i: usize| names[i].0.as_str();
@@ -102,19 +105,30 @@ impl<'py, T: Float + Element> WeightArrays<'py, T> {
             } else {
                 None
             });
+            projections.push(if cfg.proj_size > 0 {
+                Some(extract_array::<_, T>(&item(per - 1)?, name(per - 1), 2)?)
+            } else {
+                None
+            });
         }
-        Ok(WeightArrays { mats, biases })
+        Ok(WeightArrays {
+            mats,
+            biases,
+            projections,
+        })
     }
 
     pub(super) fn views(&self) -> Vec<LayerWeights<'_, T>> {
         self.mats
             .iter()
             .zip(&self.biases)
-            .map(|((w_ih, w_hh), b)| LayerWeights {
+            .zip(&self.projections)
+            .map(|(((w_ih, w_hh), b), p)| LayerWeights {
                 w_ih: w_ih.as_array(),
                 w_hh: w_hh.as_array(),
                 b_ih: b.as_ref().map(|b| b.0.as_array()),
                 b_hh: b.as_ref().map(|b| b.1.as_array()),
+                w_hr: p.as_ref().map(|p| p.as_array()),
             })
             .collect()
     }

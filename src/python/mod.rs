@@ -170,7 +170,7 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 #[pymodule]
 mod _core {
     #[pymodule_export]
-    use super::calls::{backward, forward};
+    use super::calls::{backward, dropout_mask, forward};
     #[pymodule_export]
     use super::readout::{
         adam_step, cross_entropy_loss, embedding_backward, linear_backward, linear_forward,

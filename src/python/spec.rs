@@ -20,7 +20,7 @@ pub struct Spec {
 #[pymethods]
 impl Spec {
     #[new]
-    #[pyo3(signature = (kind, input_size, hidden_size, num_layers, bidirectional, bias, batch_first, dtype))]
+    #[pyo3(signature = (kind, input_size, hidden_size, num_layers, bidirectional, bias, batch_first, dtype, proj_size=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         kind: &str,
@@ -31,6 +31,7 @@ impl Spec {
         bias: bool,
         batch_first: bool,
         dtype: &str,
+        proj_size: usize,
     ) -> PyResult<Self> {
         let config = Config {
             kind: CellKind::parse(kind)?,
@@ -40,6 +41,7 @@ impl Spec {
             bidirectional,
             bias,
             batch_first,
+            proj_size,
         };
         config.validate()?;
         let dtype = Dtype::parse(dtype)?;
@@ -50,6 +52,12 @@ impl Spec {
     #[getter]
     fn kind(&self) -> &'static str {
         self.config.kind.name()
+    }
+
+    /// The LSTM's projection size `P` (`0`: no projection).
+    #[getter]
+    fn proj_size(&self) -> usize {
+        self.config.proj_size
     }
 
     /// `"float32"` or `"float64"`.

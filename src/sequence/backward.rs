@@ -9,7 +9,7 @@
 //! kernels, so the gradients are those of the full tape.
 
 use super::forward::{Chunk, Scratch};
-use super::layer::{Direction, StateSlot};
+use super::layer::{Direction, LayerInput, StateSlot};
 use super::plan::{chunks, CHUNK_STEPS};
 use super::tape::{DirTape, Steps, StepsView};
 use crate::buffer::{copy, zeros};
@@ -43,10 +43,13 @@ impl<T: Float> Direction<'_, '_, T> {
         &self,
         tape: &DirTape<T>,
         segment: Option<usize>,
-        (input, d_y): (ArrayView3<'_, T>, ArrayView3<'_, T>),
+        (input, d_y): (&LayerInput<'_, T>, ArrayView3<'_, T>),
         grad: &mut StateSlot<T>,
         dh_norm: &mut [T],
     ) -> Result<(LayerGrads<T>, Array3<T>)> {
+        if self.cfg.proj_size > 0 {
+            return self.backward_projected(tape, segment, (input, d_y), grad, dh_norm);
+        }
         let cfg = self.cfg;
         let (seq_len, batch, in_size) = input.dim();
         let (hidden, gh) = (cfg.hidden_size, cfg.gate_size());
@@ -65,6 +68,7 @@ impl<T: Float> Direction<'_, '_, T> {
                 w_hh: zeros((gh, hidden), "the gradients")?,
                 b_ih: bias()?,
                 b_hh: bias()?,
+                w_hr: None,
             },
             d_x: zeros((seq_len, batch, in_size), "dx")?,
         };
@@ -72,7 +76,6 @@ impl<T: Float> Direction<'_, '_, T> {
         let ctx = ChunkGrad {
             d: self,
             w_hh: &w_hh,
-            input,
             d_y,
         };
         let order = chunks(seq_len, chunk_len, self.reverse);
@@ -101,7 +104,8 @@ impl<T: Float> Direction<'_, '_, T> {
                         );
                         view.h_prev = rebuilt.slice(s![..r.len(), .., ..]);
                     }
-                    ctx.run(view, r, grad, &mut bufs, dh_norm);
+                    let x = input.segment(r.clone(), self.threads)?;
+                    ctx.run(view, x.view(), r, grad, &mut bufs, dh_norm);
                 }
             }
             DirTape::Checkpoints { h: ck_h, c: ck_c } => {
@@ -116,16 +120,30 @@ impl<T: Float> Direction<'_, '_, T> {
                         c: ck_c.as_ref().map(checkpoint).transpose()?,
                     };
                     let (gates, states) = steps.view_mut(0..r.len());
+                    let x = input.segment(r.clone(), self.threads)?;
                     let chunk = Chunk {
-                        input: input.slice(s![r.clone(), .., ..]),
+                        input: x.view(),
                         t0: r.start,
                         gates,
                         tape: Some(states),
                         out: None,
                     };
                     self.forward_chunk(&fw, chunk, &mut state, &mut scratch);
-                    ctx.run(steps.view(0..r.len()), r, grad, &mut bufs, dh_norm);
+                    ctx.run(
+                        steps.view(0..r.len()),
+                        x.view(),
+                        r,
+                        grad,
+                        &mut bufs,
+                        dh_norm,
+                    );
                 }
+            }
+            DirTape::Projected { .. } => {
+                return Err(crate::error::Error::value(
+                    "tape",
+                    "holds a projected LSTM's steps, not a plain cell's",
+                ))
             }
         }
         Ok((bufs.grads, bufs.d_x))
@@ -212,17 +230,18 @@ struct ChunkGrad<'a, 'w, T: Float> {
     d: &'a Direction<'a, 'w, T>,
     /// `W_hh [G·H, H]` prepared for the per-step `dh += drec · W_hh`.
     w_hh: &'a T::Recurrent,
-    /// `X_l [T, B, I_l]` and `∂L/∂out_l [T, B, D·H]`.
-    input: ArrayView3<'a, T>,
+    /// `∂L/∂out_l [T, B, D·H]`.
     d_y: ArrayView3<'a, T>,
 }
 
 impl<T: Float> ChunkGrad<'_, '_, T> {
-    /// Backward through the steps `r` (tape `steps`, local index `t − r.start`), then the
-    /// chunk's share of the weight gradients and its rows of `d_x`, as GEMMs.
+    /// Backward through the steps `r` (tape `steps` and the chunk's input `x`, local index
+    /// `t − r.start`), then the chunk's share of the weight gradients and its rows of
+    /// `d_x`, as GEMMs.
     fn run(
         &self,
         steps: StepsView<'_, T>,
+        x: ArrayView3<'_, T>,
         r: Range<usize>,
         grad: &mut StateSlot<T>,
         bufs: &mut GradBufs<T>,
@@ -319,14 +338,14 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
 
         let rows = len * batch;
         let all = par(d.threads);
-        let in_size = self.input.shape()[2];
+        let in_size = x.shape()[2];
         let dxp2 = flat(bufs.dxp.slice(s![..len, .., ..]), rows, gh);
         let drec2 = if split_rec {
             flat(bufs.drec.slice(s![..len, .., ..]), rows, gh)
         } else {
             dxp2
         };
-        let x2 = flat(self.input.slice(s![r.clone(), .., ..]), rows, in_size);
+        let x2 = flat(x, rows, in_size);
         let grads = &mut bufs.grads;
         gemm(
             T::one(),

@@ -74,6 +74,9 @@ impl<T: Float> Direction<'_, '_, T> {
         mut out: ArrayViewMut3<'_, MaybeUninit<T>>,
         plan: DirPlan,
     ) -> Result<Option<DirTape<T>>> {
+        if self.cfg.proj_size > 0 {
+            return self.forward_projected(input, state, out, plan);
+        }
         let cfg = self.cfg;
         let (seq_len, batch, _) = input.dim();
         let fw = self.forward_weights();

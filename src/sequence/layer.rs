@@ -7,7 +7,8 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::model::{Config, LayerWeights, State, StateView};
 use crate::recurrent::RecurrentWeights;
-use ndarray::{s, Array1, Array2, ArrayView3, Axis};
+use ndarray::{s, Array1, Array2, Array3, ArrayView3, Axis, CowArray, Ix3};
+use std::ops::Range;
 
 /// What stays fixed while one direction of one layer runs, forward or backward: PyTorch's
 /// "struct of references passed around" instead of the same arguments threaded by hand.
@@ -114,14 +115,17 @@ impl<T: Float> StateSlot<T> {
         batch: usize,
         k: usize,
     ) -> Result<Self> {
-        let slot = |a: Option<ArrayView3<'_, T>>| match a {
+        let slot = |a: Option<ArrayView3<'_, T>>, width: usize| match a {
             Some(a) => copy(&a.index_axis(Axis(0), k), "state"),
-            None => zeros((batch, cfg.hidden_size), "state"),
+            None => zeros((batch, width), "state"),
         };
         Ok(StateSlot {
-            h: slot(state.map(|st| st.h.view()))?,
+            h: slot(state.map(|st| st.h.view()), cfg.real_hidden_size())?,
             c: match cfg.kind.has_cell_state() {
-                true => Some(slot(state.and_then(|st| st.c.as_ref().map(|c| c.view())))?),
+                true => Some(slot(
+                    state.and_then(|st| st.c.as_ref().map(|c| c.view())),
+                    cfg.hidden_size,
+                )?),
                 false => None,
             },
         })
@@ -133,5 +137,34 @@ impl<T: Float> StateSlot<T> {
         if let (Some(all), Some(c)) = (state.c.as_mut(), self.c.as_ref()) {
             all.index_axis_mut(Axis(0), k).assign(c);
         }
+    }
+}
+
+/// The input `X_l [T, B, I_l]` of a layer in backward: kept by the tape (or the caller's
+/// `x`), or recomputed one segment at a time from the checkpoints of the layers below.
+pub(super) enum LayerInput<'a, T> {
+    Kept(ArrayView3<'a, T>),
+    Recomputed {
+        /// `(T, B, I_l)`.
+        dims: (usize, usize, usize),
+        /// The rows `r` of `X_l`, computed with (up to) the given number of threads.
+        segment: &'a (dyn Fn(Range<usize>, usize) -> Result<Array3<T>> + Sync),
+    },
+}
+
+impl<T: Float> LayerInput<'_, T> {
+    pub(super) fn dim(&self) -> (usize, usize, usize) {
+        match self {
+            LayerInput::Kept(a) => a.dim(),
+            LayerInput::Recomputed { dims, .. } => *dims,
+        }
+    }
+
+    /// The rows `r` (time steps) of the input, time-major and contiguous.
+    pub(super) fn segment(&self, r: Range<usize>, threads: usize) -> Result<CowArray<'_, T, Ix3>> {
+        Ok(match self {
+            LayerInput::Kept(a) => CowArray::from(a.slice(s![r, .., ..])),
+            LayerInput::Recomputed { segment, .. } => CowArray::from(segment(r, threads)?),
+        })
     }
 }

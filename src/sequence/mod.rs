@@ -19,11 +19,15 @@
 //! `lengths[b] − 1`, exactly as if `b` had been run alone.
 
 mod backward;
+mod dropout;
 mod forward;
 mod layer;
 mod plan;
+mod proj;
+mod recompute;
 mod tape;
 
+pub use dropout::Dropout;
 pub use plan::budget_range;
 pub(crate) use plan::CHUNK_STEPS;
 pub use tape::{digest, Keep, Tape};
@@ -36,9 +40,10 @@ use crate::model::{
     LayerWeights, State, StateView,
 };
 use crate::parallel::per_direction;
-use layer::{Direction, Pass, StateSlot};
+use layer::{Direction, LayerInput, Pass, StateSlot};
 use ndarray::{s, Array2, Array3, ArrayView1, ArrayView3, Axis, CowArray, Ix3};
 use plan::{checkpoint_interval, DirPlan, PassShape};
+use std::ops::Range;
 use tape::LayerTape;
 
 /// Output of [`forward`]: `out` in the layout of `x`, the final state, and the tape when
@@ -84,6 +89,45 @@ pub fn forward<T: Float>(
     keep: Keep,
     ctl: &Control,
 ) -> Result<ForwardOutput<T>> {
+    let opts = ForwardOptions {
+        lengths,
+        keep,
+        dropout: None,
+    };
+    forward_with(cfg, weights, x, state, &opts, ctl)
+}
+
+/// How a forward pass runs besides its data: see [`forward`] for `lengths` and `keep`.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardOptions<'a> {
+    pub lengths: Option<&'a [usize]>,
+    pub keep: Keep,
+    /// Dropout between layers: applied only when a tape is kept (a training pass, `keep`
+    /// not [`Keep::Nothing`]) and the model has more than one layer; the tape keeps it
+    /// so that backward regenerates the same masks (see [`Dropout`]).
+    pub dropout: Option<Dropout>,
+}
+
+/// [`forward`] with dropout between layers (see [`ForwardOptions`]).
+///
+/// # Errors
+/// As [`forward`], and [`Error::Value`] naming `dropout` for a probability outside
+/// `[0, 1]`.
+pub fn forward_with<T: Float>(
+    cfg: &Config,
+    weights: &[LayerWeights<'_, T>],
+    x: ArrayView3<'_, T>,
+    state: Option<StateView<'_, T>>,
+    opts: &ForwardOptions<'_>,
+    ctl: &Control,
+) -> Result<ForwardOutput<T>> {
+    let (lengths, keep) = (opts.lengths, opts.keep);
+    if let Some(d) = &opts.dropout {
+        d.validate()?;
+    }
+    let dropout = opts
+        .dropout
+        .filter(|d| d.is_active() && keep != Keep::Nothing && cfg.num_layers > 1);
     cfg.validate()?;
     check_weights(cfg, weights)?;
     let (seq_len, batch) = check_sequence(cfg, &x, "x", cfg.input_size)?;
@@ -100,10 +144,12 @@ pub fn forward<T: Float>(
         copies_x: !borrow_x,
         has_lengths: lengths.is_some(),
     };
-    let segment = checkpoint_interval::<T>(cfg, shape, keep)?;
+    let segments = checkpoint_interval::<T>(cfg, shape, keep)?;
+    let segment = segments.map(|s| s.k);
+    let recompute_inputs = segments.is_some_and(|s| s.recompute_inputs);
 
     let dirs = cfg.num_directions();
-    let hidden = cfg.hidden_size;
+    let hidden = cfg.real_hidden_size();
     let mut final_state = State::zeros(cfg, batch)?;
     let mut input: CowArray<'_, T, Ix3> = if borrow_x {
         CowArray::from(x.view())
@@ -152,11 +198,15 @@ pub fn forward<T: Float>(
         }
         // SAFETY: every direction returned `Ok`, so each has written every element of its
         // block of `out` (see `Chunk::out`).
-        let out = unsafe { out.assume_init() };
+        let mut out = unsafe { out.assume_init() };
+        if let (Some(d), true) = (&dropout, layer + 1 < cfg.num_layers) {
+            d.apply(layer, &mut out.view_mut());
+        }
         let next = std::mem::replace(&mut input, CowArray::from(out));
         if keep != Keep::Nothing {
             layers.push(LayerTape {
-                input: if next.is_view() {
+                // Under a tight budget the inputs above the first layer are recomputed.
+                input: if next.is_view() || (recompute_inputs && layer > 0) {
                     None
                 } else {
                     Some(next.into_owned())
@@ -172,6 +222,7 @@ pub fn forward<T: Float>(
         lengths: lengths.map(<[usize]>::to_vec),
         segment,
         x_digest: borrow_x.then(|| digest(&x)),
+        dropout,
         layers,
     });
     let out = from_time_major(cfg, input.into_owned(), "out")?;
@@ -261,10 +312,22 @@ pub fn backward<T: Float>(
     };
     for layer in (0..cfg.num_layers).rev() {
         let lt = &tape.layers[layer];
-        let input = match (&lt.input, x0) {
-            (Some(a), _) => a.view(),
-            (None, Some(x)) => x,
-            (None, None) => unreachable!("layer 0 without input implies an x digest"),
+        let recompute = |r: Range<usize>, threads: usize| {
+            recompute::layer_output(&pass, tape, x0, layer - 1, r, threads)
+        };
+        let input = match (&lt.input, x0, layer) {
+            (Some(a), _, _) => LayerInput::Kept(a.view()),
+            (None, Some(x), 0) => LayerInput::Kept(x),
+            (None, _, 0) => {
+                return Err(Error::value(
+                    "tape",
+                    "has no input for the first layer and refers to no x",
+                ))
+            }
+            (None, _, _) => LayerInput::Recomputed {
+                dims: (seq_len, batch, cfg.layer_input_size(layer)),
+                segment: &recompute,
+            },
         };
         let jobs = (0..dirs)
             .map(|d| {
@@ -276,7 +339,7 @@ pub fn backward<T: Float>(
         let results = per_direction(jobs, threads, |(d, mut grad), threads| {
             let mut norm = zeroed_vec(seq_len, "dh_norm")?;
             let dir = Direction::new(&pass, layer, d, threads);
-            let io = (input, d_y_view.view());
+            let io = (&input, d_y_view.view());
             let (grads, d_x) = dir.backward(&lt.dirs[d], tape.segment, io, &mut grad, &mut norm)?;
             Ok((grads, d_x, grad, norm))
         });
@@ -295,7 +358,12 @@ pub fn backward<T: Float>(
                 }
             });
         }
-        d_y = CowArray::from(d_x.expect("at least one direction"));
+        let mut d_x = d_x.expect("at least one direction");
+        if let (Some(d), true) = (&tape.dropout, layer > 0) {
+            // The layer read the masked output of the layer below.
+            d.apply(layer - 1, &mut d_x.view_mut());
+        }
+        d_y = CowArray::from(d_x);
     }
     Ok(Grads {
         dx: from_time_major(cfg, d_y.into_owned(), "dx")?,

@@ -51,6 +51,12 @@ impl DirPlan {
 /// the gradient buffers backward adds per segment step.
 fn step_sizes(cfg: &Config, batch: usize) -> (usize, usize, usize) {
     let (h, gh) = (cfg.hidden_size, cfg.gate_size());
+    if cfg.proj_size > 0 {
+        // Gates, c_prev, r = o·tanh(c') and h_prev (P wide); backward adds the gate and
+        // the per-step ∂L/∂h' buffers.
+        let p = cfg.proj_size;
+        return (batch * (gh + 2 * h + p), batch * (h + p), batch * (gh + p));
+    }
     let extra = if cfg.kind == CellKind::Gru || cfg.kind == CellKind::Lstm {
         h
     } else {
@@ -76,13 +82,13 @@ struct MemoryModel {
 }
 
 impl MemoryModel {
-    fn new<T: Float>(
-        cfg: &Config,
-        seq_len: usize,
-        batch: usize,
-        copies_x: bool,
-        has_lengths: bool,
-    ) -> Self {
+    fn new<T: Float>(cfg: &Config, shape: PassShape, recompute_inputs: bool) -> Self {
+        let PassShape {
+            seq_len,
+            batch,
+            copies_x,
+            has_lengths,
+        } = shape;
         let sz = std::mem::size_of::<T>();
         let (full_step, ck_step, grad_step) = step_sizes(cfg, batch);
         let dropped = if drops_h_prev(cfg, has_lengths) {
@@ -97,13 +103,24 @@ impl MemoryModel {
         } else {
             0
         };
-        let fixed = (x_elems + (cfg.num_layers - 1) * seq_len * batch * cfg.output_size()) * sz;
+        let inputs = (cfg.num_layers - 1) * seq_len * batch * cfg.output_size();
+        let full = (x_elems + inputs + stacks * (seq_len * (full_step - dropped) + dropped)) * sz;
+        let mut per_segment_step = cfg.num_directions() * (full_step + grad_step) * sz;
+        let fixed = if recompute_inputs {
+            // The layers' inputs above the first are recomputed one segment at a time, from
+            // the checkpoints of the layers below: per lower layer, its output segment and
+            // one direction's working arrays.
+            per_segment_step += (cfg.num_layers - 1) * (batch * cfg.output_size() + full_step) * sz;
+            x_elems * sz
+        } else {
+            (x_elems + inputs) * sz
+        };
         MemoryModel {
             seq_len,
             fixed,
             per_checkpoint: stacks * ck_step * sz,
-            per_segment_step: cfg.num_directions() * (full_step + grad_step) * sz,
-            full: fixed + stacks * (seq_len * (full_step - dropped) + dropped) * sz,
+            per_segment_step,
+            full,
         }
     }
 
@@ -130,8 +147,20 @@ pub fn budget_range<T: Float>(
     copies_x: bool,
     has_lengths: bool,
 ) -> (usize, usize) {
-    let m = MemoryModel::new::<T>(cfg, seq_len, batch, copies_x, has_lengths);
-    (m.minimum(), m.full)
+    let shape = PassShape {
+        seq_len,
+        batch,
+        copies_x,
+        has_lengths,
+    };
+    let m = MemoryModel::new::<T>(cfg, shape, false);
+    let minimum = match cfg.num_layers > 1 {
+        true => m
+            .minimum()
+            .min(MemoryModel::new::<T>(cfg, shape, true).minimum()),
+        false => m.minimum(),
+    };
+    (minimum, m.full)
 }
 
 /// The shape of a forward pass that a plan depends on.
@@ -143,8 +172,17 @@ pub(super) struct PassShape {
     pub(super) has_lengths: bool,
 }
 
-/// How forward keeps the tape under `keep`: `None` for the full tape, `Some(k)` for
-/// checkpoints every `k` steps (the largest `k` that fits the budget).
+/// How a checkpointed tape is laid out: checkpoints every `k` steps, and whether the
+/// inputs of the layers above the first are recomputed in backward instead of kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Segments {
+    pub(super) k: usize,
+    pub(super) recompute_inputs: bool,
+}
+
+/// How forward keeps the tape under `keep`: `None` for the full tape, else checkpoints
+/// every `k` steps, the largest `k` that fits the budget, keeping the layers' inputs when
+/// some `k` fits so and recomputing them (stacked models) otherwise.
 ///
 /// # Errors
 /// [`Error::Value`] naming `memory_budget` and the minimum when no `k` fits.
@@ -152,42 +190,66 @@ pub(super) fn checkpoint_interval<T: Float>(
     cfg: &Config,
     shape: PassShape,
     keep: Keep,
-) -> Result<Option<usize>> {
+) -> Result<Option<Segments>> {
     let Keep::Budget(budget) = keep else {
         return Ok(None);
     };
-    let m = MemoryModel::new::<T>(
-        cfg,
-        shape.seq_len,
-        shape.batch,
-        shape.copies_x,
-        shape.has_lengths,
-    );
-    if budget >= m.full {
+    let kept = MemoryModel::new::<T>(cfg, shape, false);
+    if budget >= kept.full {
         return Ok(None);
     }
-    if let Some(k) = (1..=shape.seq_len).rev().find(|&k| m.cost(k) <= budget) {
-        return Ok(Some(k));
+    let largest = |m: &MemoryModel| (1..=shape.seq_len).rev().find(|&k| m.cost(k) <= budget);
+    if let Some(k) = largest(&kept) {
+        return Ok(Some(Segments {
+            k,
+            recompute_inputs: false,
+        }));
+    }
+    let mut minimum = kept.minimum();
+    if cfg.num_layers > 1 {
+        let recomputed = MemoryModel::new::<T>(cfg, shape, true);
+        if let Some(k) = largest(&recomputed) {
+            return Ok(Some(Segments {
+                k,
+                recompute_inputs: true,
+            }));
+        }
+        minimum = minimum.min(recomputed.minimum());
     }
     Err(Error::value(
         "memory_budget",
         format!(
-            "expected at least {} bytes for this model and input (checkpoints plus one \
+            "expected at least {minimum} bytes for this model and input (checkpoints plus one \
              recomputed segment; the full tape takes {}), got {budget}",
-            m.minimum(),
-            m.full
+            kept.full
         ),
     ))
 }
 
-/// The time ranges of the chunks of `k` steps, in processing order.
+/// The time ranges of the chunks of `k` steps, in processing order. Both directions
+/// share the boundaries `0, k, 2k, …` (the reverse direction walks them last to first), so
+/// that a checkpoint of either direction of any layer sits at a segment boundary of every
+/// other: what recomputing a layer's input segment by segment needs.
 pub(super) fn chunks(seq_len: usize, k: usize, reverse: bool) -> Vec<Range<usize>> {
     let fwd = (0..seq_len)
         .step_by(k.max(1))
         .map(|t0| t0..(t0 + k).min(seq_len));
     if reverse {
-        fwd.map(|r| seq_len - r.end..seq_len - r.start).collect()
+        let mut all: Vec<_> = fwd.collect();
+        all.reverse();
+        all
     } else {
         fwd.collect()
+    }
+}
+
+/// The index, in `reverse`'s processing order, of the chunk of `k` steps that starts at
+/// `t0` (see [`chunks`]).
+pub(super) fn chunk_index(seq_len: usize, k: usize, reverse: bool, t0: usize) -> usize {
+    let i = t0 / k.max(1);
+    if reverse {
+        seq_len.div_ceil(k.max(1)) - 1 - i
+    } else {
+        i
     }
 }

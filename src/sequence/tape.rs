@@ -7,6 +7,7 @@
 //! Under a memory budget it keeps, instead of the per-step arrays, the state at the start
 //! of every segment of `k` steps (checkpoints); backward recomputes one segment at a time.
 
+use super::proj::ProjSteps;
 use crate::buffer::zeros;
 use crate::cell::CellKind;
 use crate::error::Result;
@@ -38,6 +39,8 @@ pub struct Tape<T> {
     pub(super) segment: Option<usize>,
     /// A digest of the caller's `x` when the tape does not copy it (see [`digest`]).
     pub(super) x_digest: Option<u64>,
+    /// Dropout between the layers of the forward pass, whose masks backward regenerates.
+    pub(super) dropout: Option<super::Dropout>,
     pub(super) layers: Vec<LayerTape<T>>,
 }
 
@@ -57,6 +60,8 @@ pub(super) enum DirTape<T> {
     },
     /// The state entering each segment (in processing order): `[segments, B, H]`.
     Checkpoints { h: Array3<T>, c: Option<Array3<T>> },
+    /// The per-step arrays of an LSTM with projections.
+    Projected { steps: Box<ProjSteps<T>> },
 }
 
 /// Per-step arrays of one direction over `S` steps (time-major, index `t − t0`).
@@ -142,7 +147,7 @@ pub(super) struct StepsView<'a, T> {
 /// Whether a full tape leaves `h_prev` out (rebuilt from `o` and `c` in backward): for the
 /// LSTM without lengths, where the state entering a step is the previous step's output.
 pub(super) fn drops_h_prev(cfg: &Config, has_lengths: bool) -> bool {
-    cfg.kind == CellKind::Lstm && !has_lengths
+    cfg.kind == CellKind::Lstm && !has_lengths && cfg.proj_size == 0
 }
 
 impl<T: Float> Tape<T> {
@@ -162,6 +167,7 @@ impl<T: Float> Tape<T> {
                             DirTape::Checkpoints { h, c } => {
                                 h.len() + c.as_ref().map_or(0, |c| c.len())
                             }
+                            DirTape::Projected { steps } => steps.len(),
                         })
                         .sum::<usize>()
             })

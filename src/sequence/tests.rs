@@ -52,6 +52,7 @@ fn views(w: &[Owned]) -> Vec<LayerWeights<'_, f64>> {
             w_hh: o.w_hh.view(),
             b_ih: o.b_ih.as_ref().map(|b| b.view()),
             b_hh: o.b_hh.as_ref().map(|b| b.view()),
+            w_hr: None,
         })
         .collect()
 }
@@ -235,6 +236,7 @@ fn config(
         bidirectional,
         bias,
         batch_first,
+        proj_size: 0,
     }
 }
 
@@ -456,6 +458,7 @@ fn simd_levels_give_identical_bits_or_the_lstm_within_rounding() {
                 w_hh: b.view(),
                 b_ih: Some(c.view()),
                 b_hh: Some(d.view()),
+                w_hr: None,
             })
             .collect();
         let x = p.x.mapv(|v| v as f32);
