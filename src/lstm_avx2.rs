@@ -281,28 +281,10 @@ pub(crate) unsafe fn lstm_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simd::testing::{sweep, ulp_diff};
 
     fn have_avx2() -> bool {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-
-    fn ulp_diff(a: f32, b: f32) -> u32 {
-        if a.is_nan() || b.is_nan() {
-            return if a.is_nan() && b.is_nan() {
-                0
-            } else {
-                u32::MAX
-            };
-        }
-        let k = |v: f32| {
-            let b = v.to_bits();
-            if b >> 31 == 1 {
-                -i64::from(b & 0x7fff_ffff)
-            } else {
-                i64::from(b)
-            }
-        };
-        (k(a) - k(b)).unsigned_abs() as u32
     }
 
     /// `f` applied to 8 lanes at once, one lane read back.
@@ -339,23 +321,8 @@ mod tests {
             assert!(ds <= 4, "sigmoid({x:e}) = {s:e}, want {want_s:e}");
             worst = (worst.0.max(dt), worst.1.max(ds));
         };
-        let mut bits = 0u32;
-        while let Some(next) = bits.checked_add(97) {
-            check(f32::from_bits(bits));
-            bits = next;
-        }
-        for v in [
-            0.0f32,
-            -0.0,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::NAN,
-            f32::MIN_POSITIVE,
-            1e-45,
-            -1e-45,
-        ] {
-            check(v);
-        }
+        sweep(&mut check);
+        check(-1e-45);
         eprintln!(
             "max ulp error (AVX2): tanh {}, sigmoid {}",
             worst.0, worst.1

@@ -2,31 +2,11 @@
 //! compiled for AVX-512F, AVX2+FMA and the baseline and chosen by `simd::level()`, as the
 //! cell kernels are.
 
-/// `1.5 · 2^23`: adding it to an f32 rounds to the nearest integer, kept in the low bits.
-const ROUND_MAGIC: f32 = 12_582_912.0;
-const LOG2E: f32 = std::f32::consts::LOG2_E;
-/// `ln 2` split so that `k · LN2_HI` is exact for the `k` that occur (|k| < 2^8).
-const LN2_HI: f32 = f32::from_bits(0x3f31_7200);
-const LN2_LO: f32 = 1.428_606_8e-6;
-
-/// `exp(y)` for `y <= 0`, branch-free, within a few ulp; `y` below −87 gives `exp(−87)`
-/// (about 1.6e-38, which no softmax sum notices); NaN stays NaN.
+/// `exp(y)` for `y <= 0` (the cells' [`crate::simd::exp_neg`], within a few ulp, subnormal
+/// results included); NaN stays NaN.
 #[inline(always)]
 pub(crate) fn exp_nonpositive(y: f32) -> f32 {
-    let c = y.max(-87.0);
-    let t = c * LOG2E + ROUND_MAGIC;
-    let k = t - ROUND_MAGIC;
-    let r = (c - k * LN2_HI) - k * LN2_LO;
-    let mut p: f32 = 1.0 / 5040.0;
-    p = p.mul_add(r, 1.0 / 720.0);
-    p = p.mul_add(r, 1.0 / 120.0);
-    p = p.mul_add(r, 1.0 / 24.0);
-    p = p.mul_add(r, 1.0 / 6.0);
-    p = p.mul_add(r, 0.5);
-    p = p.mul_add(r, 1.0);
-    p = p.mul_add(r, 1.0);
-    let ki = (t.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
-    let v = p * f32::from_bits(((ki + 127) as u32) << 23);
+    let v = crate::simd::exp_neg(y);
     if y.is_nan() {
         y
     } else {

@@ -151,7 +151,7 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 /// polynomial (truncation < 6e-9 relative), then `2^k` applied in two halves so that
 /// results down to the subnormal range round once. `y` below −110 gives 0; NaN stays NaN.
 #[inline(always)]
-fn exp_neg(y: f32) -> f32 {
+pub(crate) fn exp_neg(y: f32) -> f32 {
     let y = y.max(-110.0);
     let t = y * LOG2E + ROUND_MAGIC;
     let k = t - ROUND_MAGIC;
@@ -219,11 +219,11 @@ pub(crate) fn tests_lock() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Test helpers shared with the other activation kernels' tests (`lstm_avx2`).
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ulp_diff(a: f32, b: f32) -> u32 {
+pub(crate) mod testing {
+    /// The distance in ulp of two f32 (0 for two NaN, `u32::MAX` for one).
+    pub(crate) fn ulp_diff(a: f32, b: f32) -> u32 {
         if a.is_nan() || b.is_nan() {
             return if a.is_nan() && b.is_nan() {
                 0
@@ -243,8 +243,8 @@ mod tests {
         (k(a) - k(b)).unsigned_abs() as u32
     }
 
-    fn sweep(mut check: impl FnMut(f32)) {
-        // Every 97th bit pattern (both signs, all exponents) plus the special values.
+    /// Every 97th bit pattern (both signs, all exponents) plus the special values.
+    pub(crate) fn sweep(mut check: impl FnMut(f32)) {
         let mut bits = 0u32;
         while let Some(next) = bits.checked_add(97) {
             check(f32::from_bits(bits));
@@ -262,6 +262,12 @@ mod tests {
             check(v);
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{sweep, ulp_diff};
+    use super::*;
 
     #[test]
     fn f32_activations_within_four_ulp_over_the_whole_range() {
