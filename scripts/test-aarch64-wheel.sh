@@ -66,7 +66,7 @@ echo "== $(run -c 'import platform, sys, numpy; print(platform.machine(), "Pytho
 echo "== installing $(basename "$WHEEL")"
 rm -rf "$WORK"
 mkdir -p "$WORK"
-"$PYTHON" -m pip install -q --no-deps --only-binary=:all: --platform manylinux2014_aarch64 \
+"$PYTHON" -m pip install -q --root-user-action=ignore --no-deps --only-binary=:all: --platform manylinux2014_aarch64 \
     --python-version 3.11 --implementation cp --target "$WORK/site" "$WHEEL"
 # The tests run from a copy, with no pyproject.toml above them (its pytest options name
 # plugins the aarch64 Python lacks).
@@ -88,5 +88,9 @@ info = bptt.build_info()
 print("bptt", bptt.__version__, "from", bptt.__file__, info)
 assert "/site/bptt/" in bptt.__file__, bptt.__file__
 assert info["target"] == "aarch64-linux", info
-sys.exit(pytest.main(["-q", *sys.argv[1:]]))
+# This test re-runs sys.executable in a child process under an address-space limit: under
+# user-mode QEMU the child cannot start without a binfmt handler for aarch64, and the limit would
+# count QEMU's own reservation, so it says nothing about the wheel there.
+skip = "test_errors.py::test_parameter_allocation_failure_names_the_parameter"
+sys.exit(pytest.main(["-q", "--deselect", skip, *sys.argv[1:]]))
 PY
