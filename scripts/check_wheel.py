@@ -152,8 +152,11 @@ def check_macho(binary: Path, plat: Platform) -> None:
     if m is None or m.group(1) != plat.min_os:
         fail(f"minimum macOS {m.group(1) if m else None}, expected {plat.min_os}")
     ok(f"minimum macOS {m.group(1)} (load commands) matches the tag")
+    own = tool("llvm-objdump", "--macho", "--dylib-id", str(binary)).splitlines()[1:]
     dylibs = tool("llvm-objdump", "--macho", "--dylibs-used", str(binary)).splitlines()[1:]
+    # --dylibs-used lists the module's own install name (LC_ID_DYLIB) too.
     libs = [line.split(" (")[0].strip() for line in dylibs if line.strip()]
+    libs = [lib for lib in libs if lib not in {o.strip() for o in own}]
     bad = [lib for lib in libs if not lib.startswith(("/usr/lib/", "/System/Library/"))]
     if bad or not libs:
         fail(f"links {libs}: not only system libraries")
