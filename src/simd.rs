@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 pub enum Level {
     /// The target's baseline instruction set: the oracle. On aarch64 the baseline includes
     /// NEON (Advanced SIMD) and FMA, and the compiler vectorises the kernels' loops with
-    /// them (4 f32 / 2 f64 lanes), so the level is named `"neon"` there; `"scalar"` elsewhere.
+    /// them (e.g. the f32 activations, 4 lanes per `fmla`), so the level is named `"neon"`
+    /// there; `"scalar"` elsewhere.
     Scalar,
     /// AVX2 with FMA.
     Avx2,
