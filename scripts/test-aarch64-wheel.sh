@@ -6,7 +6,7 @@
 #
 #   bash scripts/test-aarch64-wheel.sh [WHEEL] [PYTEST ARGS...]
 #
-# WHEEL defaults to dist/bptt-*-manylinux_2_17_aarch64.whl (built by
+# WHEEL defaults to dist/bptt-*manylinux_2_17_aarch64.whl (built by
 # `bash scripts/build-wheels.sh linux-aarch64`). The aarch64 Python is Debian's (python3,
 # python3-numpy, python3-pytest of the host's Debian release), unpacked without running
 # anything by `mmdebstrap --variant=extract` into build/arm64-root (kept between runs; set
@@ -31,7 +31,7 @@ fi
 WHEEL=${1:-}
 [ $# -eq 0 ] || shift
 if [ -z "$WHEEL" ]; then
-    WHEEL=$(ls dist/bptt-*-manylinux_2_17_aarch64.whl 2>/dev/null | head -n 1 || true)
+    WHEEL=$(ls dist/bptt-*manylinux_2_17_aarch64.whl 2>/dev/null | head -n 1 || true)
     if [ -z "$WHEEL" ]; then
         echo "test-aarch64-wheel.sh: no aarch64 wheel in dist/; build it with" \
              "'bash scripts/build-wheels.sh linux-aarch64'" >&2
