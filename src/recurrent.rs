@@ -300,6 +300,7 @@ impl PanelKernel for f64 {
 impl PanelKernel for f32 {
     unsafe fn panel(level: crate::simd::Level, t: PanelTile<f32>, w: &[f32]) {
         assert!(w.len() >= t.k * NR && t.cols <= NR);
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut r = 0;
         #[cfg(target_arch = "x86_64")]
         {

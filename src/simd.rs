@@ -21,7 +21,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// An instruction-set level of the fused kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
-    /// Baseline x86-64 / any other target: the oracle.
+    /// The target's baseline instruction set: the oracle. On aarch64 the baseline includes
+    /// NEON (Advanced SIMD) and FMA, and the compiler vectorises the kernels' loops with
+    /// them (e.g. the f32 activations, 4 lanes per `fmla`), so the level is named `"neon"`
+    /// there; `"scalar"` elsewhere.
     Scalar,
     /// AVX2 with FMA.
     Avx2,
@@ -33,6 +36,7 @@ impl Level {
     /// The name reported by `build_info`.
     pub fn name(self) -> &'static str {
         match self {
+            Level::Scalar if cfg!(target_arch = "aarch64") => "neon",
             Level::Scalar => "scalar",
             Level::Avx2 => "avx2",
             Level::Avx512 => "avx512",

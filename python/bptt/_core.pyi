@@ -9,7 +9,8 @@ import numpy as np
 import numpy.typing as npt
 
 _FloatArray: TypeAlias = npt.NDArray[np.floating[Any]]
-_SimdLevel: TypeAlias = Literal["scalar", "avx2", "avx512"]
+# "neon" is the one level of aarch64 builds (its baseline includes NEON).
+_SimdLevel: TypeAlias = Literal["scalar", "avx2", "avx512", "neon"]
 
 __all__ = [
     "Spec",
@@ -152,10 +153,10 @@ def get_num_threads() -> int:
     """The number of threads bptt uses."""
 
 def set_simd_level(level: _SimdLevel | None = None) -> _SimdLevel:
-    """Forces the SIMD level of the cell kernels (`"scalar"`, `"avx2"`, `"avx512"`), or
-    `None` for the best this CPU has; returns the level now in use. For tests and
-    benchmarks; results are bitwise identical across levels, except the float32 LSTM
-    cell, which differs by a few ulp between the scalar and the vector levels.
+    """Forces the SIMD level of the cell kernels (`"scalar"`, `"avx2"`, `"avx512"`; on aarch64
+    the one level is `"neon"`), or `None` for the best this CPU has; returns the level now
+    in use. For tests and benchmarks; results are bitwise identical across levels, except
+    the float32 LSTM cell, which differs by a few ulp between the scalar and the vector levels.
     """
 
 def build_info() -> _BuildInfo:

@@ -121,10 +121,10 @@ fn get_num_threads() -> usize {
     parallel::num_threads()
 }
 
-/// Forces the SIMD level of the cell kernels (`"scalar"`, `"avx2"`, `"avx512"`), or
-/// `None` for the best this CPU has; returns the level now in use. For tests and
-/// benchmarks; results are bitwise identical across levels, except the float32 LSTM
-/// cell, which differs by a few ulp between the scalar and the vector levels.
+/// Forces the SIMD level of the cell kernels (`"scalar"`, `"avx2"`, `"avx512"`; on aarch64
+/// the one level is `"neon"`), or `None` for the best this CPU has; returns the level now
+/// in use. For tests and benchmarks; results are bitwise identical across levels, except
+/// the float32 LSTM cell, which differs by a few ulp between the scalar and the vector levels.
 #[pyfunction]
 #[pyo3(signature = (level=None))]
 fn set_simd_level(level: Option<&str>) -> PyResult<&'static str> {
@@ -132,7 +132,8 @@ fn set_simd_level(level: Option<&str>) -> PyResult<&'static str> {
         None => None,
         Some(name) => Some(simd::Level::parse(name).ok_or_else(|| {
             PyValueError::new_err(format!(
-                "level: expected 'scalar', 'avx2', 'avx512' or None, got {name:?}"
+                "level: expected '{}', 'avx2', 'avx512' or None, got {name:?}",
+                simd::Level::Scalar.name()
             ))
         })?),
     };
