@@ -189,7 +189,19 @@ pub fn call_threads() -> usize {
 /// call, before the call's threads wake (its cost, some tens of microseconds, is paid
 /// only by calls that could use several threads).
 pub fn idle_cpus() -> Option<usize> {
+    // Two snapshots, the smaller count of others kept: a thread that is runnable for a
+    // moment (a kernel worker, a timer) shows in one of them, a busy process in both.
+    let others = others_runnable()?.min(others_runnable()?);
+    Some(online_cpus()?.saturating_sub(others))
+}
+
+/// Runnable threads of other processes: `/proc/loadavg`'s runnable count less this
+/// process's runnable threads, counted just before and just after it (the larger count:
+/// one of our threads that stops spinning meanwhile is still ours).
+fn others_runnable() -> Option<usize> {
+    let before = own_runnable_threads()?;
     let load = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let after = own_runnable_threads()?;
     // "0.50 0.40 0.30 3/456 789": runnable/total scheduling entities.
     let runnable: usize = load
         .split_whitespace()
@@ -198,8 +210,7 @@ pub fn idle_cpus() -> Option<usize> {
         .next()?
         .parse()
         .ok()?;
-    let others = runnable.saturating_sub(own_runnable_threads()?);
-    Some(online_cpus()?.saturating_sub(others))
+    Some(runnable.saturating_sub(before.max(after)))
 }
 
 /// This process's threads in state `R` (running or runnable), from `/proc/self/task`;
