@@ -139,6 +139,8 @@ pub fn cores() -> usize {
 thread_local! {
     /// Set while [`run`] runs work on the calling thread alone.
     static ALONE: Cell<bool> = const { Cell::new(false) };
+    /// While [`run`] runs work on the pool: [`idle_cpus`] as read when the call started.
+    static CALL_IDLE: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 /// Runs `f` with the configured number of threads: on the pool, or, with one thread or
@@ -146,7 +148,16 @@ thread_local! {
 pub fn run<R: Send>(parallel: bool, f: impl FnOnce() -> R + Send) -> R {
     if parallel && num_threads() > 1 {
         if let Some(pool) = pool() {
-            return pool.install(f);
+            // Read before the pool's threads wake for this call.
+            let idle = idle_cpus();
+            let result = pool.install(move || {
+                CALL_IDLE.with(|c| c.set(idle));
+                let result = f();
+                CALL_IDLE.with(|c| c.set(None));
+                result
+            });
+            LAST_POOL_END.store(clock_ns(), Ordering::Relaxed);
+            return result;
         }
     }
     struct Reset(bool);
@@ -169,8 +180,9 @@ pub fn current_threads() -> usize {
     }
 }
 
-/// The threads a forward or backward pass starting now uses: [`current_threads`], but no
-/// more than the CPUs other processes leave idle ([`idle_cpus`], at least one). A member
+/// The threads a forward or backward pass uses: [`current_threads`], but no more than the
+/// CPUs other threads left idle when [`run`] started the call ([`idle_cpus`], at least
+/// one). A member
 /// of a step team or a GEMM's share that has no idle CPU waits for another process's
 /// time slice, and every other thread of the call waits for it; on one thread the call
 /// takes its single-thread time instead. Results do not depend on the thread count, so
@@ -180,44 +192,49 @@ pub fn call_threads() -> usize {
     if threads == 1 {
         return 1;
     }
-    idle_cpus().map_or(threads, |idle| threads.min(idle.max(1)))
+    CALL_IDLE
+        .with(Cell::get)
+        .map_or(threads, |idle| threads.min(idle.max(1)))
 }
 
-/// CPUs that no other process's thread is running or waiting to run on at this moment
-/// (Linux: the machine's runnable threads in `/proc/loadavg` less this process's own,
-/// against the online CPUs); `None` where that is not known. A snapshot: read once per
-/// call, before the call's threads wake (its cost, some tens of microseconds, is paid
-/// only by calls that could use several threads).
+/// CPUs that no other thread is running or waiting to run on at this moment (Linux: the
+/// machine's runnable threads in `/proc/loadavg` less this process's own, against the
+/// online CPUs); `None` where that is not known. Read by [`run`] before a call wakes the
+/// pool. The runnable count includes the thread asking; when it shows nothing else, that
+/// is the answer (one small read). Otherwise, for a while after a call on the pool ended
+/// ([`POOL_SPIN`]) the others may be the pool's own threads still spinning: then this
+/// process's runnable threads are counted one by one in `/proc/self/task` (some tens of
+/// microseconds per thread), before and after, and only the rest count as taking a CPU
+/// (of another process, or of this one: another library's pool).
 pub fn idle_cpus() -> Option<usize> {
-    // Two snapshots, the smaller count of others kept: a thread that is runnable for a
-    // moment (a kernel worker, a timer) shows in one of them, a busy process in both.
-    let others = others_runnable()?.min(others_runnable()?);
-    Some(online_cpus()?.saturating_sub(others))
+    let online = online_cpus()?;
+    let runnable = runnable_threads()?;
+    let since_pool = clock_ns().saturating_sub(LAST_POOL_END.load(Ordering::Relaxed));
+    if runnable > 1 && since_pool < POOL_SPIN.as_nanos() as u64 {
+        let before = own_runnable_threads()?;
+        let now = runnable_threads()?;
+        let after = own_runnable_threads()?;
+        return Some(online.saturating_sub(now.saturating_sub(before.max(after))));
+    }
+    Some(online.saturating_sub(runnable.saturating_sub(1)))
 }
 
-/// Runnable threads of other processes: `/proc/loadavg`'s runnable count less this
-/// process's runnable threads, counted just before and just after it (the larger count:
-/// one of our threads that stops spinning meanwhile is still ours).
-fn others_runnable() -> Option<usize> {
-    let before = own_runnable_threads()?;
+/// The machine's runnable threads: `/proc/loadavg`'s "3/456" field (runnable/total).
+fn runnable_threads() -> Option<usize> {
     let load = std::fs::read_to_string("/proc/loadavg").ok()?;
-    let after = own_runnable_threads()?;
-    // "0.50 0.40 0.30 3/456 789": runnable/total scheduling entities.
-    let runnable: usize = load
-        .split_whitespace()
+    load.split_whitespace()
         .nth(3)?
         .split('/')
         .next()?
         .parse()
-        .ok()?;
-    Some(runnable.saturating_sub(before.max(after)))
+        .ok()
 }
 
 /// This process's threads in state `R` (running or runnable), from `/proc/self/task`;
 /// `None` when unreadable or when there are so many threads that reading them all would
 /// cost more than the call could gain.
 fn own_runnable_threads() -> Option<usize> {
-    const MAX_TASKS: usize = 256;
+    const MAX_TASKS: usize = 64;
     let mut n = 0;
     for (i, entry) in std::fs::read_dir("/proc/self/task").ok()?.enumerate() {
         if i >= MAX_TASKS {
@@ -232,6 +249,13 @@ fn own_runnable_threads() -> Option<usize> {
     }
     Some(n)
 }
+
+/// How long the pool's threads may keep spinning after a call on the pool ends (rayon's
+/// idle threads spin for some microseconds before they sleep; with margin).
+const POOL_SPIN: Duration = Duration::from_millis(2);
+
+/// The process clock when the last call on the pool ended.
+static LAST_POOL_END: AtomicU64 = AtomicU64::new(0);
 
 /// The machine's online CPUs (`/sys/devices/system/cpu/online`, e.g. `0-3,8-11`): the
 /// CPUs `/proc/loadavg` counts for, which may be more than this process may use.
@@ -296,7 +320,13 @@ pub fn call_work(cfg: &Config, seq_len: usize, batch: usize) -> usize {
 }
 
 /// Threads for a GEMM of `work` multiply-adds when `threads` are allowed.
+/// While the process backs off from step teams ([`note_contention`]: another process keeps
+/// taking a core), a GEMM runs on one thread too: its halves would wait for each other
+/// the same way.
 pub(crate) fn gemm_threads(threads: usize, work: usize) -> usize {
+    if clock_ns() < NO_TEAMS_UNTIL.load(Ordering::Relaxed) {
+        return threads.min(1);
+    }
     threads.min(work / GEMM_WORK_PER_THREAD).min(cores())
 }
 
@@ -412,8 +442,6 @@ mod tests {
             assert!(online >= 1);
             let idle = idle_cpus().expect("idle CPUs on Linux");
             assert!(idle <= online);
-            // This thread is running and is not another process's.
-            assert!(own_runnable_threads().expect("own threads") >= 1);
         }
         assert!(call_threads() >= 1);
     }
