@@ -27,18 +27,35 @@ const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = f32::from_bits(0x3f31_7200);
 const LN2_LO: f32 = 1.428_606_8e-6;
 
-/// `exp(y)` for lanes `y <= 0` (NaN stays NaN): the baseline's range reduction and
-/// degree-7 polynomial, `2^k` applied in two halves so subnormal results round once.
+/// Vectors each kernel iteration works on per slot: the activations are long dependency
+/// chains (a range reduction, a degree-7 polynomial, a reciprocal refined twice), so
+/// one vector at a time leaves the core waiting on latency; two vectors per slot (and
+/// the four gates of each at once) give it eight independent chains to interleave.
+const U: usize = 2;
+
+/// `f` lane-wise over two arrays of vectors.
+#[inline(always)]
+fn zip<const N: usize>(
+    a: [__m256; N],
+    b: [__m256; N],
+    f: impl Fn(__m256, __m256) -> __m256,
+) -> [__m256; N] {
+    std::array::from_fn(|j| f(a[j], b[j]))
+}
+
+/// `exp(y)` for lanes `y <= 0` (NaN stays NaN), for `N` vectors at once: the baseline's
+/// range reduction and degree-7 polynomial, `2^k` applied in two halves so subnormal
+/// results round once.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn exp_neg(y: __m256) -> __m256 {
+fn exp_neg<const N: usize>(y: [__m256; N]) -> [__m256; N] {
     // `max(c, y)` returns `y` when it is NaN.
-    let y = _mm256_max_ps(_mm256_set1_ps(-110.0), y);
-    let t = _mm256_fmadd_ps(y, _mm256_set1_ps(LOG2E), _mm256_set1_ps(ROUND_MAGIC));
-    let k = _mm256_sub_ps(t, _mm256_set1_ps(ROUND_MAGIC));
-    let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_HI), y);
-    let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_LO), r);
-    let mut p = _mm256_set1_ps(1.0 / 5040.0);
+    let y = y.map(|y| _mm256_max_ps(_mm256_set1_ps(-110.0), y));
+    let t = y.map(|y| _mm256_fmadd_ps(y, _mm256_set1_ps(LOG2E), _mm256_set1_ps(ROUND_MAGIC)));
+    let k = t.map(|t| _mm256_sub_ps(t, _mm256_set1_ps(ROUND_MAGIC)));
+    let r = zip(k, y, |k, y| _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_HI), y));
+    let r = zip(k, r, |k, r| _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_LO), r));
+    let mut p = [_mm256_set1_ps(1.0 / 5040.0); N];
     for c in [
         1.0 / 720.0,
         1.0 / 120.0,
@@ -48,68 +65,104 @@ fn exp_neg(y: __m256) -> __m256 {
         1.0,
         1.0,
     ] {
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        p = zip(p, r, |p, r| _mm256_fmadd_ps(p, r, _mm256_set1_ps(c)));
     }
-    let ki = _mm256_sub_epi32(
-        _mm256_castps_si256(t),
-        _mm256_set1_epi32(ROUND_MAGIC.to_bits() as i32),
-    );
-    let k1 = _mm256_srai_epi32::<1>(ki);
-    let k2 = _mm256_sub_epi32(ki, k1);
-    let bias = _mm256_set1_epi32(127);
-    let pow2 = |e: __m256i| _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(e, bias)));
-    _mm256_mul_ps(_mm256_mul_ps(p, pow2(k1)), pow2(k2))
+    zip(p, t, |p, t| {
+        let ki = _mm256_sub_epi32(
+            _mm256_castps_si256(t),
+            _mm256_set1_epi32(ROUND_MAGIC.to_bits() as i32),
+        );
+        let k1 = _mm256_srai_epi32::<1>(ki);
+        let k2 = _mm256_sub_epi32(ki, k1);
+        let bias = _mm256_set1_epi32(127);
+        let pow2 =
+            |e: __m256i| _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(e, bias)));
+        _mm256_mul_ps(_mm256_mul_ps(p, pow2(k1)), pow2(k2))
+    })
 }
 
 /// `n / d` for `d` in `[1, 2]`: reciprocal estimate, one Newton step, one correction of
 /// the quotient.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn div_1_2(n: __m256, d: __m256) -> __m256 {
+fn div_1_2<const N: usize>(n: [__m256; N], d: [__m256; N]) -> [__m256; N] {
     let one = _mm256_set1_ps(1.0);
-    let r = _mm256_rcp_ps(d);
-    let r = _mm256_fmadd_ps(r, _mm256_fnmadd_ps(d, r, one), r);
-    let q = _mm256_mul_ps(n, r);
-    _mm256_fmadd_ps(_mm256_fnmadd_ps(d, q, n), r, q)
+    let r = d.map(|d| _mm256_rcp_ps(d));
+    let r = zip(r, d, |r, d| {
+        _mm256_fmadd_ps(r, _mm256_fnmadd_ps(d, r, one), r)
+    });
+    let q = zip(n, r, |n, r| _mm256_mul_ps(n, r));
+    std::array::from_fn(|j| _mm256_fmadd_ps(_mm256_fnmadd_ps(d[j], q[j], n[j]), r[j], q[j]))
 }
 
-/// Logistic sigmoid: `1 / (1 + e)` for `x ≥ 0`, `e / (1 + e)` below, `e = exp(−|x|)`.
+/// The activations of `N` vectors at once: `tanh` where `is_tanh(j)`, the logistic
+/// sigmoid elsewhere; both share the exponential and the quotient, so the chains of all
+/// the vectors interleave.
+///
+/// Sigmoid: `1 / (1 + e)` for `x ≥ 0`, `e / (1 + e)` below, `e = exp(−|x|)`. `tanh`: the
+/// baseline's odd Taylor polynomial below `|x| = 0.3` (and for NaN), else
+/// `±(1 − e)/(1 + e)` with `e = exp(−2|x|)`; keeps the sign of ±0. A lane's result does
+/// not depend on `N` or on the other vectors.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn sigmoid(x: __m256) -> __m256 {
+fn activate<const N: usize>(x: [__m256; N], is_tanh: impl Fn(usize) -> bool) -> [__m256; N] {
     let sign = _mm256_set1_ps(-0.0);
-    let e = exp_neg(_mm256_or_ps(x, sign));
-    let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_setzero_ps());
-    let num = _mm256_blendv_ps(_mm256_set1_ps(1.0), e, neg);
-    div_1_2(num, _mm256_add_ps(_mm256_set1_ps(1.0), e))
+    let one = _mm256_set1_ps(1.0);
+    let a = x.map(|x| _mm256_andnot_ps(sign, x));
+    let y: [__m256; N] = std::array::from_fn(|j| {
+        if is_tanh(j) {
+            _mm256_mul_ps(_mm256_set1_ps(-2.0), a[j])
+        } else {
+            _mm256_or_ps(x[j], sign)
+        }
+    });
+    let e = exp_neg(y);
+    let num: [__m256; N] = std::array::from_fn(|j| {
+        if is_tanh(j) {
+            _mm256_sub_ps(one, e[j])
+        } else {
+            let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(x[j], _mm256_setzero_ps());
+            _mm256_blendv_ps(one, e[j], neg)
+        }
+    });
+    let q = div_1_2(num, e.map(|e| _mm256_add_ps(one, e)));
+    std::array::from_fn(|j| {
+        if !is_tanh(j) {
+            return q[j];
+        }
+        let big = _mm256_or_ps(q[j], _mm256_and_ps(x[j], sign));
+        let z = _mm256_mul_ps(x[j], x[j]);
+        let mut p = _mm256_set1_ps(21_844.0 / 6_081_075.0);
+        for c in [
+            -1_382.0 / 155_925.0,
+            62.0 / 2_835.0,
+            -17.0 / 315.0,
+            2.0 / 15.0,
+            -1.0 / 3.0,
+        ] {
+            p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(c));
+        }
+        let small = _mm256_mul_ps(x[j], _mm256_fmadd_ps(z, p, one));
+        // Not `a ≥ 0.3`: true below 0.3 and for NaN.
+        let use_small = _mm256_cmp_ps::<_CMP_NGE_UQ>(a[j], _mm256_set1_ps(0.3));
+        _mm256_blendv_ps(big, small, use_small)
+    })
 }
 
-/// `tanh`: the baseline's odd Taylor polynomial below `|x| = 0.3` (and for NaN), else
-/// `±(1 − e)/(1 + e)` with `e = exp(−2|x|)`; keeps the sign of ±0.
+/// Logistic sigmoid of `N` vectors (see [`activate`]; the LSTM kernels call `activate`
+/// with their own mix of gates).
+#[cfg(test)]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn tanh(x: __m256) -> __m256 {
-    let sign = _mm256_set1_ps(-0.0);
-    let a = _mm256_andnot_ps(sign, x);
-    let one = _mm256_set1_ps(1.0);
-    let e = exp_neg(_mm256_mul_ps(_mm256_set1_ps(-2.0), a));
-    let big = div_1_2(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
-    let big = _mm256_or_ps(big, _mm256_and_ps(x, sign));
-    let z = _mm256_mul_ps(x, x);
-    let mut p = _mm256_set1_ps(21_844.0 / 6_081_075.0);
-    for c in [
-        -1_382.0 / 155_925.0,
-        62.0 / 2_835.0,
-        -17.0 / 315.0,
-        2.0 / 15.0,
-        -1.0 / 3.0,
-    ] {
-        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(c));
-    }
-    let small = _mm256_mul_ps(x, _mm256_fmadd_ps(z, p, one));
-    // Not `a ≥ 0.3`: true below 0.3 and for NaN.
-    let use_small = _mm256_cmp_ps::<_CMP_NGE_UQ>(a, _mm256_set1_ps(0.3));
-    _mm256_blendv_ps(big, small, use_small)
+fn sigmoid<const N: usize>(x: [__m256; N]) -> [__m256; N] {
+    activate(x, |_| false)
+}
+
+/// `tanh` of `N` vectors (see [`activate`]).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn tanh<const N: usize>(x: [__m256; N]) -> [__m256; N] {
+    activate(x, |_| true)
 }
 
 /// Zero for lanes below `min_positive / epsilon` in magnitude (see `cell::ftz`); NaN stays.
@@ -121,48 +174,57 @@ fn ftz(v: __m256) -> __m256 {
     _mm256_andnot_ps(small, v)
 }
 
-/// Runs `body` over the rows' units in vectors of 8: whole vectors in place, the tail
-/// (fewer than 8) copied into zero-padded vectors and back, so that every unit goes
-/// through the same instructions. `ins` are read, `outs` read and written.
-#[inline(always)]
+/// Runs `body` over the rows' units `U` vectors of 8 at a time: whole groups in place,
+/// the tail (fewer than `U · 8`) copied into zero-padded vectors and back, so that every
+/// unit goes through the same instructions. `ins` are read, `outs` read and written; the
+/// body sees slot `q`'s vectors as `x[q]` / `y[q]`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
 fn lanes<const I: usize, const O: usize>(
     n: usize,
     ins: [&[f32]; I],
     outs: [&mut [f32]; O],
-    mut body: impl FnMut([__m256; I], &mut [__m256; O]),
+    mut body: impl FnMut([[__m256; U]; I], &mut [[__m256; U]; O]),
 ) {
+    const W: usize = U * L;
     assert!(
         ins.iter().all(|s| s.len() >= n) && outs.iter().all(|s| s.len() >= n),
         "LSTM kernel: a row is shorter than its units"
     );
-    let whole = n - n % L;
+    let whole = n - n % W;
     let mut outs = outs;
-    for j in (0..whole).step_by(L) {
-        // SAFETY: every slice holds at least `n` elements (asserted above) and
-        // `j + L <= whole <= n`.
-        let x = ins.map(|s| unsafe { _mm256_loadu_ps(s.as_ptr().add(j)) });
-        // SAFETY: as above.
-        let mut y = std::array::from_fn(|q| unsafe { _mm256_loadu_ps(outs[q].as_ptr().add(j)) });
+    let load = |p: *const f32| -> [__m256; U] {
+        // SAFETY: the callers pass pointers valid for `W` reads.
+        std::array::from_fn(|u| unsafe { _mm256_loadu_ps(p.add(u * L)) })
+    };
+    for j in (0..whole).step_by(W) {
+        // SAFETY (the loads and stores below): every slice holds at least `n` elements
+        // (asserted above) and `j + W <= whole <= n`.
+        let x = ins.map(|s| load(unsafe { s.as_ptr().add(j) }));
+        let mut y = std::array::from_fn(|q| load(unsafe { outs[q].as_ptr().add(j) }));
         body(x, &mut y);
         for (o, v) in outs.iter_mut().zip(y) {
-            // SAFETY: as above.
-            unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(j), v) };
+            for (u, v) in v.into_iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(j + u * L), v) };
+            }
         }
     }
     if whole < n {
         let pad = |s: &[f32]| {
-            let mut b = [0.0f32; L];
+            let mut b = [0.0f32; W];
             b[..n - whole].copy_from_slice(&s[whole..n]);
-            // SAFETY: `b` holds L floats.
-            unsafe { _mm256_loadu_ps(b.as_ptr()) }
+            load(b.as_ptr())
         };
         let x = ins.map(pad);
         let mut y = std::array::from_fn(|q| pad(outs[q]));
         body(x, &mut y);
         for (o, v) in outs.iter_mut().zip(y) {
-            let mut b = [0.0f32; L];
-            // SAFETY: `b` holds L floats.
-            unsafe { _mm256_storeu_ps(b.as_mut_ptr(), v) };
+            let mut b = [0.0f32; W];
+            for (u, v) in v.into_iter().enumerate() {
+                // SAFETY: `b` holds `W = U · L` floats.
+                unsafe { _mm256_storeu_ps(b.as_mut_ptr().add(u * L), v) };
+            }
             o[whole..n].copy_from_slice(&b[..n - whole]);
         }
     }
@@ -194,15 +256,20 @@ pub(crate) unsafe fn lstm_forward(
         n,
         [],
         [gi, gf, gg, go, c, h],
-        #[inline(always)]
         |[], [i, f, g, o, c, h]| {
-            // The closure inherits the function's target features.
-            *i = sigmoid(*i);
-            *f = sigmoid(*f);
-            *g = tanh(*g);
-            *o = sigmoid(*o);
-            *c = cell(*f, *c, *i, *g);
-            *h = _mm256_mul_ps(*o, tanh(*c));
+            // The closure inherits the function's target features (so the activations
+            // inline into it). The four gates of both vectors go through them together
+            // (`g` is the tanh one).
+            let pre: [__m256; 4 * U] = std::array::from_fn(|j| [*i, *f, *g, *o][j % 4][j / 4]);
+            let act = activate(pre, |j| j % 4 == 2);
+            for u in 0..U {
+                [i[u], f[u], g[u], o[u]] = std::array::from_fn(|k| act[4 * u + k]);
+                c[u] = cell(f[u], c[u], i[u], g[u]);
+            }
+            let tc = tanh(*c);
+            for u in 0..U {
+                h[u] = _mm256_mul_ps(o[u], tc[u]);
+            }
         },
     );
 }
@@ -223,7 +290,7 @@ fn cell(f: __m256, c: __m256, i: __m256, g: __m256) -> __m256 {
 pub(crate) unsafe fn lstm_output(o: &[f32], c: &[f32], h: &mut [f32]) {
     let n = h.len();
     lanes(n, [&o[..n], &c[..n]], [h], |[o, c], [h]| {
-        *h = _mm256_mul_ps(o, tanh(c));
+        *h = zip(o, tanh(c), |o, t| _mm256_mul_ps(o, t));
     });
 }
 
@@ -265,15 +332,17 @@ pub(crate) unsafe fn lstm_backward(
             // The closure inherits the function's target features.
             let one = _mm256_set1_ps(1.0);
             let mul = |a, b| _mm256_mul_ps(a, b);
-            let d = *dh;
-            let tc = tanh(cell(f, cp, i, g));
-            let dct = _mm256_add_ps(*dc, mul(mul(d, o), _mm256_sub_ps(one, mul(tc, tc))));
-            *di = ftz(mul(mul(mul(dct, g), i), _mm256_sub_ps(one, i)));
-            *df = ftz(mul(mul(mul(dct, cp), f), _mm256_sub_ps(one, f)));
-            *dg = ftz(mul(mul(dct, i), _mm256_sub_ps(one, mul(g, g))));
-            *d_o = ftz(mul(mul(mul(d, tc), o), _mm256_sub_ps(one, o)));
-            *dc = ftz(mul(dct, f));
-            *dh = _mm256_setzero_ps();
+            let tcs: [__m256; U] = tanh(std::array::from_fn(|u| cell(f[u], cp[u], i[u], g[u])));
+            for u in 0..U {
+                let (i, f, g, o, cp, d, tc) = (i[u], f[u], g[u], o[u], cp[u], dh[u], tcs[u]);
+                let dct = _mm256_add_ps(dc[u], mul(mul(d, o), _mm256_sub_ps(one, mul(tc, tc))));
+                di[u] = ftz(mul(mul(mul(dct, g), i), _mm256_sub_ps(one, i)));
+                df[u] = ftz(mul(mul(mul(dct, cp), f), _mm256_sub_ps(one, f)));
+                dg[u] = ftz(mul(mul(dct, i), _mm256_sub_ps(one, mul(g, g))));
+                d_o[u] = ftz(mul(mul(mul(d, tc), o), _mm256_sub_ps(one, o)));
+                dc[u] = ftz(mul(dct, f));
+                dh[u] = _mm256_setzero_ps();
+            }
         },
     );
 }
@@ -297,12 +366,12 @@ mod tests {
 
     #[target_feature(enable = "avx2,fma")]
     fn sigmoid_v(x: __m256) -> __m256 {
-        sigmoid(x)
+        sigmoid([x])[0]
     }
 
     #[target_feature(enable = "avx2,fma")]
     fn tanh_v(x: __m256) -> __m256 {
-        tanh(x)
+        tanh([x])[0]
     }
 
     #[test]

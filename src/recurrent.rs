@@ -369,10 +369,10 @@ mod x86 {
 
     /// Defines `$rows(tile, w) -> usize`: all rows, each panel in strips of `V · lanes`
     /// columns (the whole panel with AVX-512, two halves with AVX2), each strip in blocks of
-    /// `$mr` rows (an `$mr × V` block of vectors of `c` in registers, with room left for the
-    /// `V` vectors of `w` and the broadcast of `a`, so nothing spills), then the rows left
-    /// in one smaller block; `acc = fma(a[r, k], w[k, j], acc)` over `k` in order, as the
-    /// baseline path does. Returns the number of rows done (all).
+    /// at most `$mr` rows and near-equal height (an `$mr × V` block of vectors of `c` in
+    /// registers leaves room for the `V` vectors of `w` and the broadcast of `a`, so nothing
+    /// spills); `acc = fma(a[r, k], w[k, j], acc)` over `k` in order, as the baseline path
+    /// does. Returns the number of rows done (all).
     macro_rules! panel_rows {
         ($rows:ident, $block:ident, $feat:literal, $vec:ty, $lanes:expr, $v:expr, $mr:expr,
          $zero:ident, $load:ident, $set1:ident, $fmadd:ident, $add:ident, $storeu:ident) => {
@@ -447,37 +447,44 @@ mod x86 {
             #[target_feature(enable = $feat)]
             pub(super) unsafe fn $rows(t: PanelTile<f32>, w: &[f32]) -> usize {
                 const COLS: usize = $v * $lanes;
+                if t.m <= 2 {
+                    // One or two rows: the whole panel at once, so that enough independent
+                    // accumulators hide the latency of the fused multiply-add.
+                    // SAFETY: rows `0..m`; the panel's first column is the tile's.
+                    unsafe {
+                        match t.m {
+                            1 => $block::<1, { NR / $lanes }>(t, 0, 0, w),
+                            2 => $block::<2, { NR / $lanes }>(t, 0, 0, w),
+                            _ => {}
+                        }
+                    }
+                    return t.m;
+                }
+                // Blocks of near-equal height (16 rows: 6, 5, 5), so that no block is left
+                // with too few accumulators to keep the FMA units busy.
+                let blocks = t.m.div_ceil($mr);
+                let (base, extra) = (t.m / blocks, t.m % blocks);
                 let mut j0 = 0;
                 while j0 < t.cols {
                     let mut r0 = 0;
-                    while r0 + $mr <= t.m {
-                        // SAFETY: `r0 + $mr <= m`, `j0 < cols`.
-                        unsafe { $block::<{ $mr }, { $v }>(t, r0, j0, w) };
-                        r0 += $mr;
-                    }
-                    // SAFETY: in every arm `r0 + (m − r0) = m` and `j0 < cols`.
-                    unsafe {
-                        match t.m - r0 {
-                            0..=2 => {}
-                            3 => $block::<3, { $v }>(t, r0, j0, w),
-                            4 => $block::<4, { $v }>(t, r0, j0, w),
-                            5 => $block::<5, { $v }>(t, r0, j0, w),
-                            6 => $block::<6, { $v }>(t, r0, j0, w),
-                            _ => $block::<7, { $v }>(t, r0, j0, w),
+                    for b in 0..blocks {
+                        // `3 <= rows <= $mr`: `rows >= m / blocks > $mr / 2` when
+                        // `blocks > 1`.
+                        let rows = base + usize::from(b < extra);
+                        // SAFETY: the blocks cover `0..m` once; `j0 < cols`.
+                        unsafe {
+                            match rows {
+                                3 => $block::<3, { $v }>(t, r0, j0, w),
+                                4 => $block::<4, { $v }>(t, r0, j0, w),
+                                5 => $block::<5, { $v }>(t, r0, j0, w),
+                                6 => $block::<6, { $v }>(t, r0, j0, w),
+                                7 => $block::<7, { $v }>(t, r0, j0, w),
+                                _ => $block::<{ $mr }, { $v }>(t, r0, j0, w),
+                            }
                         }
+                        r0 += rows;
                     }
                     j0 += COLS;
-                }
-                // One or two rows left: the whole panel at once, so that enough independent
-                // accumulators hide the latency of the fused multiply-add.
-                let r0 = t.m - (t.m % $mr);
-                // SAFETY: `r0 + (m − r0) = m`; the panel's first column is the tile's.
-                unsafe {
-                    match t.m - r0 {
-                        1 => $block::<1, { NR / $lanes }>(t, r0, 0, w),
-                        2 => $block::<2, { NR / $lanes }>(t, r0, 0, w),
-                        _ => {}
-                    }
                 }
                 t.m
             }
