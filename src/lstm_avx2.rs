@@ -198,10 +198,10 @@ fn lanes<const I: usize, const O: usize>(
         std::array::from_fn(|u| unsafe { _mm256_loadu_ps(p.add(u * L)) })
     };
     for j in (0..whole).step_by(W) {
-        // SAFETY (the loads and stores below): every slice holds at least `n` elements
-        // (asserted above) and `j + W <= whole <= n`.
-        let x = ins.map(|s| load(unsafe { s.as_ptr().add(j) }));
-        let mut y = std::array::from_fn(|q| load(unsafe { outs[q].as_ptr().add(j) }));
+        // The loads and stores below stay in bounds: every slice holds at least `n`
+        // elements (asserted above) and `j + W <= whole <= n`.
+        let x = ins.map(|s| load(s[j..].as_ptr()));
+        let mut y = std::array::from_fn(|q| load(outs[q][j..].as_ptr()));
         body(x, &mut y);
         for (o, v) in outs.iter_mut().zip(y) {
             for (u, v) in v.into_iter().enumerate() {
@@ -252,26 +252,21 @@ pub(crate) unsafe fn lstm_forward(
         &mut go[..n],
         &mut c[..n],
     );
-    lanes(
-        n,
-        [],
-        [gi, gf, gg, go, c, h],
-        |[], [i, f, g, o, c, h]| {
-            // The closure inherits the function's target features (so the activations
-            // inline into it). The four gates of both vectors go through them together
-            // (`g` is the tanh one).
-            let pre: [__m256; 4 * U] = std::array::from_fn(|j| [*i, *f, *g, *o][j % 4][j / 4]);
-            let act = activate(pre, |j| j % 4 == 2);
-            for u in 0..U {
-                [i[u], f[u], g[u], o[u]] = std::array::from_fn(|k| act[4 * u + k]);
-                c[u] = cell(f[u], c[u], i[u], g[u]);
-            }
-            let tc = tanh(*c);
-            for u in 0..U {
-                h[u] = _mm256_mul_ps(o[u], tc[u]);
-            }
-        },
-    );
+    lanes(n, [], [gi, gf, gg, go, c, h], |[], [i, f, g, o, c, h]| {
+        // The closure inherits the function's target features (so the activations
+        // inline into it). The four gates of both vectors go through them together
+        // (`g` is the tanh one).
+        let pre: [__m256; 4 * U] = std::array::from_fn(|j| [*i, *f, *g, *o][j % 4][j / 4]);
+        let act = activate(pre, |j| j % 4 == 2);
+        for u in 0..U {
+            [i[u], f[u], g[u], o[u]] = std::array::from_fn(|k| act[4 * u + k]);
+            c[u] = cell(f[u], c[u], i[u], g[u]);
+        }
+        let tc = tanh(*c);
+        for u in 0..U {
+            h[u] = _mm256_mul_ps(o[u], tc[u]);
+        }
+    });
 }
 
 /// `c' = f·c + i·g` as forward computes it (backward recomputes it the same way).
