@@ -13,9 +13,15 @@ use crate::float::Float;
 use crate::model::Config;
 use std::ops::Range;
 
-/// Steps per chunk for inference and for the full tape's backward pass: big enough for
+/// Steps per chunk of the full tape's forward and backward passes: big enough for
 /// efficient GEMMs, small enough that the buffers do not grow with `T`.
 pub(crate) const CHUNK_STEPS: usize = 64;
+
+/// Steps per chunk of a forward pass that keeps no tape: its gate buffer `[S, B, G·H]`
+/// is written by the input GEMM and read back step by step, so a short chunk keeps it in
+/// the core's cache (small LSTM inference ~10% faster on one thread than with 64 steps,
+/// measured in alternating blocks; no shape measured slower).
+const INFERENCE_CHUNK_STEPS: usize = 16;
 
 /// What one direction keeps while its forward pass runs.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +47,8 @@ impl DirPlan {
     /// chunk too, so that a long call can be stopped between chunks).
     pub(super) fn chunk_len(self, seq_len: usize) -> usize {
         match self {
-            DirPlan::Full | DirPlan::Nothing => CHUNK_STEPS.min(seq_len),
+            DirPlan::Full => CHUNK_STEPS.min(seq_len),
+            DirPlan::Nothing => INFERENCE_CHUNK_STEPS.min(seq_len),
             DirPlan::Checkpoints(k) => k,
         }
     }
