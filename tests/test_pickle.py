@@ -89,6 +89,31 @@ def test_deepcopy_is_independent_and_copy_shares_the_parameters(kind):
     assert shallow.params[name] is m.params[name]
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_restored_model_continues_the_dropout_seed_stream(rng, kind):
+    # Forward calls without dropout_seed draw their masks' seeds from the model's own
+    # generator: a copy taken between two calls makes the same masks as the original's
+    # next call, not those of a freshly seeded model.
+    m = make_model(kind, 3, 5, num_layers=3, dtype=np.float64, seed=4, dropout=0.5)
+    x = rng.standard_normal((6, 2, 3))
+    m.forward(x)
+    m2 = pickle.loads(pickle.dumps(m))
+    fresh = make_model(kind, 3, 5, num_layers=3, dtype=np.float64, seed=4, dropout=0.5)
+    fresh.load_state_dict(m.state_dict())
+    want = m.forward(x)[0]
+    assert np.array_equal(m2.forward(x)[0], want)
+    assert not np.array_equal(fresh.forward(x)[0], want)
+    # A pickle of an earlier version (no generator state) still loads.
+    state = m.__getstate__()
+    del state["dropout_rng"]
+    old = type(m).__new__(type(m))
+    old.__setstate__(state)
+    bad = m.__getstate__()
+    bad["dropout_rng"] = {"bit_generator": "MT19937"}
+    with pytest.raises(ValueError, match="dropout_rng"):
+        type(m).__new__(type(m)).__setstate__(bad)
+
+
 def test_subclass_attributes_travel():
     class Tagged(bptt.GRU):
         pass

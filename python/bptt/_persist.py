@@ -141,6 +141,9 @@ def model_state(model: _Recurrent[Any]) -> dict[str, Any]:
     state["params"] = dict(model._params)
     state["extra"] = {k: v for k, v in vars(model).items()
                       if k not in _base_attrs(base, probe) and k != "proj_size"}
+    # Where the stream of dropout seeds (forward calls without dropout_seed) stands, so
+    # that a restored model continues it instead of starting over.
+    state["dropout_rng"] = model._dropout_rng.bit_generator.state
     return state
 
 
@@ -186,6 +189,14 @@ def restore_model(model: _Recurrent[Any], state: Any) -> None:
     _construct(model, st.get("config", {}), what)
     _install(model, st.get("params"), what)
     vars(model).update(st.get("extra") or {})
+    rng = st.get("dropout_rng")
+    if rng is not None:  # absent from pickles of earlier versions
+        try:
+            model._dropout_rng.bit_generator.state = rng
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"cannot load a {what}: dropout_rng: expected the state of "
+                             f"a NumPy {type(model._dropout_rng.bit_generator).__name__} "
+                             f"bit generator ({exc})") from exc
 
 
 def build_model(config: Mapping[str, Any]) -> _Recurrent[Any]:
