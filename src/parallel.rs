@@ -29,8 +29,7 @@
 //!   threads ([`per_direction`]);
 //! - a call uses no more threads than there are CPUs other processes leave idle when it
 //!   starts ([`call_threads`]): on a busy machine a thread without a CPU of its own makes
-//!   every other thread of the call wait for it; with one CPU idle or none the call runs on
-//!   the calling thread (which holds a CPU) rather than on one woken pool thread;
+//!   every other thread of the call wait for it;
 //! - a step team that loses more time at its barrier than its split saves (a member keeps
 //!   losing its core to another process that started meanwhile) shrinks to its leader for
 //!   the rest of the chunk, and the process forms no teams for a back-off period
@@ -144,27 +143,21 @@ thread_local! {
     static CALL_IDLE: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
-/// Runs `f` with the configured number of threads: on the pool, or, with one thread,
-/// when `parallel` says the work cannot use more, or when other threads leave at most
-/// one CPU idle ([`idle_cpus`]), directly on the calling thread.
+/// Runs `f` with the configured number of threads: on the pool, or, with one thread or
+/// when `parallel` says the work cannot use more, directly on the calling thread.
 pub fn run<R: Send>(parallel: bool, f: impl FnOnce() -> R + Send) -> R {
     if parallel && num_threads() > 1 {
         if let Some(pool) = pool() {
             // Read before the pool's threads wake for this call.
             let idle = idle_cpus();
-            if idle.is_none_or(|idle| idle > 1) {
-                let result = pool.install(move || {
-                    CALL_IDLE.with(|c| c.set(idle));
-                    let result = f();
-                    CALL_IDLE.with(|c| c.set(None));
-                    result
-                });
-                LAST_POOL_END.store(clock_ns(), Ordering::Relaxed);
-                return result;
-            }
-            // One CPU or none left idle: the call would run on one thread of the pool,
-            // which the scheduler may wake on the busy core; the calling thread already
-            // holds a CPU, so the call runs here instead.
+            let result = pool.install(move || {
+                CALL_IDLE.with(|c| c.set(idle));
+                let result = f();
+                CALL_IDLE.with(|c| c.set(None));
+                result
+            });
+            LAST_POOL_END.store(clock_ns(), Ordering::Relaxed);
+            return result;
         }
     }
     struct Reset(bool);
