@@ -86,6 +86,9 @@ INTERRUPTED = """
 import json, signal, sys, time
 import numpy as np
 import bptt
+# A test run started in the background by a shell without job control inherits SIGINT as
+# ignored, and Python then installs no KeyboardInterrupt handler: install it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 bptt.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
 m = bptt.LSTM(32, 256, seed=0)
 rng = np.random.default_rng(0)
