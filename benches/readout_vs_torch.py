@@ -21,7 +21,7 @@ Cases (float32):
 For each thread count (``bptt.set_num_threads`` and ``torch.set_num_threads``) and case,
 ``--rounds`` rounds alternate the implementations (the order flips every round); a block
 is one untimed call, then timed calls for about ``--block-s`` (at least ``--min-calls``),
-of which the median is kept. The
+of which the median is kept, then a rest of ``--rest-s``. The
 table gives the median over rounds of each implementation's block medians (ms) and the
 median of the per-round ratios bptt/other (below 1: bptt faster).
 """
@@ -44,7 +44,11 @@ import numpy_readout
 V, E, H = 103, 32, 256
 
 
-def block(fn: Callable[[], object], block_s: float, min_calls: int) -> float:
+def block(fn: Callable[[], object], block_s: float, min_calls: int, rest_s: float) -> float:
+    """Median seconds of ``fn`` over a block of about ``block_s`` (after one untimed call),
+    then a rest of ``rest_s``, so that this library's spinning threads have parked before
+    the other library's block starts (bptt reads the machine's idle CPUs when a call
+    starts, and would count them as another program's)."""
     fn()
     times = []
     start = time.perf_counter()
@@ -54,6 +58,7 @@ def block(fn: Callable[[], object], block_s: float, min_calls: int) -> float:
         times.append(time.perf_counter() - t0)
         if time.perf_counter() - start > block_s and len(times) >= min_calls:
             break
+    time.sleep(rest_s)
     return statistics.median(times)
 
 
@@ -134,6 +139,7 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--block-s", type=float, default=0.3)
     ap.add_argument("--min-calls", type=int, default=1)
+    ap.add_argument("--rest-s", type=float, default=0.1, help="rest after each block")
     args = ap.parse_args()
     import torch
     print(f"# bptt {bptt.build_info()}", file=sys.stderr)
@@ -149,7 +155,7 @@ def main() -> None:
             ratios: dict[str, list[float]] = {k: [] for k in impls if k != "bptt"}
             order = list(impls)
             for r in range(args.rounds):
-                got = {k: block(impls[k], args.block_s, args.min_calls)
+                got = {k: block(impls[k], args.block_s, args.min_calls, args.rest_s)
                        for k in (order if r % 2 == 0 else order[::-1])}
                 for k, v in got.items():
                     per[k].append(v)
