@@ -21,7 +21,7 @@ pub(crate) const CHUNK_STEPS: usize = 64;
 /// by the input GEMM, read back step by step) fits in this many bytes, so that it stays in
 /// the core's cache, but of at least [`MIN_INFERENCE_CHUNK_STEPS`] steps (the GEMM's
 /// rows) and at most [`CHUNK_STEPS`]. Measured in alternating blocks: small LSTM
-/// inference ~10% faster on one thread than with 64-step chunks; no shape slower.
+/// inference ~10% faster on one thread than with 64-step chunks; no shape measurably slower.
 const INFERENCE_CHUNK_BYTES: usize = 256 << 10;
 const MIN_INFERENCE_CHUNK_STEPS: usize = 16;
 
