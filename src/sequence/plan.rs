@@ -47,13 +47,13 @@ impl DirPlan {
 
     /// Steps per forward chunk over `seq_len` steps (the full tape is written chunk by
     /// chunk too, so that a long call can be stopped between chunks).
-    /// `step_bytes`: the bytes of one step's gates.
-    pub(super) fn chunk_len(self, seq_len: usize, step_bytes: usize) -> usize {
+    pub(super) fn chunk_len<T: Float>(self, cfg: &Config, seq_len: usize, batch: usize) -> usize {
         match self {
             DirPlan::Full => CHUNK_STEPS.min(seq_len),
-            DirPlan::Nothing => (INFERENCE_CHUNK_BYTES / step_bytes.max(1))
-                .clamp(MIN_INFERENCE_CHUNK_STEPS, CHUNK_STEPS)
-                .min(seq_len),
+            DirPlan::Nothing => (INFERENCE_CHUNK_BYTES
+                / (batch * cfg.gate_size() * std::mem::size_of::<T>()).max(1))
+            .clamp(MIN_INFERENCE_CHUNK_STEPS, CHUNK_STEPS)
+            .min(seq_len),
             DirPlan::Checkpoints(k) => k,
         }
     }

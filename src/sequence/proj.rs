@@ -106,7 +106,7 @@ impl<T: Float> Direction<'_, '_, T> {
         plan: DirPlan,
     ) -> Result<Option<DirTape<T>>> {
         let (seq_len, batch, _) = input.dim();
-        let chunk_len = plan.chunk_len(seq_len, batch * self.cfg.gate_size() * size_of::<T>());
+        let chunk_len = plan.chunk_len::<T>(self.cfg, seq_len, batch);
         let ranges = chunks(seq_len, chunk_len, self.reverse);
         let full = matches!(plan, DirPlan::Full);
         let mut steps = ProjSteps::new(self, if full { seq_len } else { chunk_len }, batch)?;
