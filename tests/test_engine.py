@@ -125,11 +125,15 @@ def test_build_info_reports_version_and_simd():
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_usable_in_a_forked_child(restore_engine):
-    bptt.set_num_threads(2)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("hidden,steps", [(64, 20), (256, 160)], ids=["short", "watched"])
+def test_usable_in_a_forked_child(restore_engine, threads, hidden, steps):
+    """After a fork the child builds its own pool and call thread (the "watched" shape is
+    long enough to run on the call thread while the caller polls for signals)."""
+    bptt.set_num_threads(threads)
     rng = np.random.default_rng(4)
-    model = bptt.LSTM(16, 64, bidirectional=True, seed=1)
-    x = rng.standard_normal((20, 32, 16)).astype(np.float32)
+    model = bptt.LSTM(16, hidden, bidirectional=True, seed=1)
+    x = rng.standard_normal((steps, 32, 16)).astype(np.float32)
     want = _run(model, x)  # the parent's pool is now running
     r, w = os.pipe()
     pid = os.fork()

@@ -59,10 +59,12 @@ impl From<Error> for PyErr {
 const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Runs `work` with the GIL released, on the pool when `parallel`. A call of at least
-/// `parallel::INTERRUPTIBLE_WORK` multiply-adds (`work_size`) runs on its own thread while
-/// the calling thread waits for it, taking the GIL every few milliseconds to run Python's
-/// signal handlers: when one raises (Ctrl-C: `KeyboardInterrupt`), the call stops at its
-/// next check (between chunks) and that exception is raised. Shorter calls run directly.
+/// `parallel::INTERRUPTIBLE_WORK` multiply-adds (`work_size`) runs on bptt's call thread
+/// (`parallel::call_thread`) while the calling thread waits for it, taking the GIL every
+/// few milliseconds to run Python's signal handlers: when one raises (Ctrl-C:
+/// `KeyboardInterrupt`), the call stops at its next check (between chunks) and that
+/// exception is raised. Shorter calls, and every call when the OS gives no call thread,
+/// run directly.
 fn run_released<R: Send>(
     py: Python<'_>,
     parallel: bool,
@@ -70,13 +72,20 @@ fn run_released<R: Send>(
     work: impl FnOnce(&Control) -> crate::Result<R> + Send,
 ) -> PyResult<R> {
     let ctl = &Control::default();
-    if work_size < parallel::INTERRUPTIBLE_WORK {
+    let call_thread = if work_size < parallel::INTERRUPTIBLE_WORK {
+        None
+    } else {
+        parallel::call_thread()
+    };
+    let Some(call_thread) = call_thread else {
         return Ok(py.detach(|| parallel::run(parallel, || work(ctl)))?);
-    }
+    };
     let (tx, mut rx) = std::sync::mpsc::channel();
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            // The receiver outlives the thread (the scope joins it first).
+    // The scope's body runs here; it ends only after the spawned call has (a panic in the
+    // call resumes here, as PyO3's `PanicException`).
+    call_thread.in_place_scope(|s| {
+        s.spawn(move |_| {
+            // The receiver outlives the call (the scope waits for it first).
             let _ = tx.send(parallel::run(parallel, || work(ctl)));
         });
         loop {
