@@ -80,13 +80,15 @@ fn run_released<R: Send>(
     let Some(call_thread) = call_thread else {
         return Ok(py.detach(|| parallel::run(parallel, || work(ctl)))?);
     };
+    // Planned here, before the hand-over (see `parallel::plan_call`).
+    let plan = py.detach(|| parallel::plan_call(parallel));
     let (tx, mut rx) = std::sync::mpsc::channel();
     // The scope's body runs here; it ends only after the spawned call has (a panic in the
     // call resumes here, as PyO3's `PanicException`).
     call_thread.in_place_scope(|s| {
         s.spawn(move |_| {
             // The receiver outlives the call (the scope waits for it first).
-            let _ = tx.send(parallel::run(parallel, || work(ctl)));
+            let _ = tx.send(plan.run(|| work(ctl)));
         });
         loop {
             let (received, back) = py.detach(move || (rx.recv_timeout(SIGNAL_POLL), rx));
