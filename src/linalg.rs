@@ -74,11 +74,11 @@ const SPLIT_MIN_ROWS: usize = 256;
 const SPLIT_ALIGN: usize = 48;
 
 /// `c := alpha · a · b (+ c)` on `threads` threads, each a block of the rows of `a` and
-/// `c` with faer on one thread. For a product of many rows this is as fast as faer's own
-/// split or faster: by 10–30% at most of the LSTM benchmarks' shapes on 2 cores, and by
-/// 30–40% for a short inner dimension (an LSTM's input projection of a 32-wide input),
-/// where faer's split gained little on a second thread
-/// (`benches/results/gemm-split-2core.md`).
+/// `c` with faer on one thread. For a product of many rows this is about as fast as
+/// faer's own split or faster: on 2 cores, at 12 GEMM shapes of the LSTM benchmarks, 0.62
+/// to 1.05 of its time (median 0.89, two runs), the most for a short inner dimension (a
+/// 32-wide input projection: 0.62–0.73, where faer's split gained little on a second
+/// thread); `benches/results/gemm-split-2core.md`.
 /// Every element is the same chain of operations either way (faer's blocking of the inner
 /// dimension does not depend on the rows), so the result is bitwise the same; the test
 /// below holds that.

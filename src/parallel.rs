@@ -133,9 +133,10 @@ pub fn pool() -> Option<Arc<rayon::ThreadPool>> {
 /// The call thread: one long-lived thread (a rayon pool of one, named `bptt-call`) that
 /// runs the calls the bindings watch for signals while the calling thread polls. Built on
 /// first use and again in a child after `fork()` (the parent's is leaked, as in [`pool`]);
-/// `None` when the OS gives no thread. A thread of its own per call would cost its start
-/// and, worse, an allocator heap that starts empty every call: every buffer of the call
-/// on fresh pages (measured: 7% of a character model's training step).
+/// `None` when the OS gives no thread. A thread of its own per call costs its start and
+/// an allocator heap that starts empty every call, so every buffer of the call lands on
+/// fresh pages (alternating the two in one process: 7% of a character model's 1-thread
+/// training step; between whole builds the difference is within the machine's noise).
 pub fn call_thread() -> Option<Arc<rayon::ThreadPool>> {
     static CALL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
     let mut current = CALL.lock().unwrap_or_else(|e| e.into_inner());
