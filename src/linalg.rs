@@ -68,9 +68,9 @@ pub fn gemm<T: Float>(
 /// Rows per thread from which a GEMM is split by rows.
 const SPLIT_MIN_ROWS: usize = 256;
 
-/// Row blocks of a split GEMM start at a multiple of this (faer's micro-tile heights of
-/// both element types at every SIMD level divide it), so no block has a partial tile
-/// more than the whole product would.
+/// Row blocks of a split GEMM start at a multiple of this (a multiple of the micro-tile
+/// heights of faer's x86 kernels, e.g. 24 rows for f32 and 12 for f64 with AVX2), so that
+/// a split adds no partial tiles.
 const SPLIT_ALIGN: usize = 48;
 
 /// `c := alpha · a · b (+ c)` on `threads` threads, each a block of the rows of `a` and
@@ -78,10 +78,9 @@ const SPLIT_ALIGN: usize = 48;
 /// faer's own split or faster: on 2 cores, at 12 GEMM shapes of the LSTM benchmarks, 0.62
 /// to 1.05 of its time (median 0.89, two runs), the most for a short inner dimension (a
 /// 32-wide input projection: 0.62–0.73, where faer's split gained little on a second
-/// thread); `benches/results/gemm-split-2core.md`.
-/// Every element is the same chain of operations either way (faer's blocking of the inner
-/// dimension does not depend on the rows), so the result is bitwise the same; the test
-/// below holds that.
+/// thread); `benches/results/gemm-split-2core.md`. Every element is the same chain of
+/// operations either way (faer's blocking of the inner dimension does not depend on the
+/// rows), so the result is bitwise the same; the test below holds that.
 fn by_rows<T: Float>(
     threads: usize,
     alpha: T,

@@ -38,7 +38,7 @@
 use crate::model::Config;
 use crate::sequence::CHUNK_STEPS;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -131,32 +131,67 @@ pub fn pool() -> Option<Arc<rayon::ThreadPool>> {
 }
 
 /// The call thread: one long-lived thread (a rayon pool of one, named `bptt-call`) that
-/// runs the calls the bindings watch for signals while the calling thread polls. Built on
-/// first use and again in a child after `fork()` (the parent's is leaked, as in [`pool`]);
-/// `None` when the OS gives no thread. A thread of its own per call costs its start and
-/// an allocator heap that starts empty every call, so every buffer of the call lands on
-/// fresh pages (alternating the two in one process: 7% of a character model's 1-thread
-/// training step; between whole builds the difference is within the machine's noise).
-pub fn call_thread() -> Option<Arc<rayon::ThreadPool>> {
-    static CALL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+/// runs a call the bindings watch for signals while the calling thread polls. Built on
+/// first use and again in a child after `fork()` (the parent's is leaked, as in [`pool`]).
+/// A thread of its own per call costs its start and an allocator heap that starts empty
+/// every call, so every buffer of the call lands on fresh pages (alternating the two in
+/// one process: 7% of a character model's 1-thread training step; between whole builds
+/// the difference is within the machine's noise).
+struct CallThread {
+    pid: u32,
+    pool: Arc<rayon::ThreadPool>,
+    busy: Arc<AtomicBool>,
+}
+
+/// The call thread, held by one call until dropped.
+pub struct CallThreadClaim {
+    pool: Arc<rayon::ThreadPool>,
+    busy: Arc<AtomicBool>,
+}
+
+impl CallThreadClaim {
+    /// The one-thread pool to spawn the call on.
+    pub fn pool(&self) -> &rayon::ThreadPool {
+        &self.pool
+    }
+}
+
+impl Drop for CallThreadClaim {
+    fn drop(&mut self) {
+        self.busy.store(false, Ordering::Release);
+    }
+}
+
+/// The call thread for one call, or `None` when another call holds it (calls from several
+/// Python threads at once then run on threads of their own, concurrently, as they would
+/// without it) or the OS gives no thread.
+pub fn claim_call_thread() -> Option<CallThreadClaim> {
+    static CALL: Mutex<Option<CallThread>> = Mutex::new(None);
     let mut current = CALL.lock().unwrap_or_else(|e| e.into_inner());
     let pid = std::process::id();
-    match current.as_ref() {
-        Some((p, pool)) if *p == pid => Some(Arc::clone(pool)),
-        _ => {
-            if let Some(old) = current.take() {
-                std::mem::forget(old);
-            }
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .thread_name(|_| "bptt-call".to_owned())
-                .build()
-                .ok()
-                .map(Arc::new)?;
-            *current = Some((pid, Arc::clone(&pool)));
-            Some(pool)
+    if current.as_ref().is_none_or(|c| c.pid != pid) {
+        if let Some(old) = current.take() {
+            std::mem::forget(old);
         }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "bptt-call".to_owned())
+            .build()
+            .ok()?;
+        *current = Some(CallThread {
+            pid,
+            pool: Arc::new(pool),
+            busy: Arc::new(AtomicBool::new(false)),
+        });
     }
+    let call = current.as_ref()?;
+    if call.busy.swap(true, Ordering::Acquire) {
+        return None;
+    }
+    Some(CallThreadClaim {
+        pool: Arc::clone(&call.pool),
+        busy: Arc::clone(&call.busy),
+    })
 }
 
 /// The CPUs this process may run on. Parallel work never uses more threads at once.

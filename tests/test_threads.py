@@ -105,3 +105,47 @@ def test_threads_share_inputs_and_tapes_are_independent(kind, rng):
     for i in range(N_THREADS):
         for j, (a, e) in enumerate(zip(results[i], expected, strict=True)):
             np.testing.assert_array_equal(a, e, err_msg=f"thread {i} result {j}")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_long_calls_from_several_threads_at_once(threads):
+    """Calls long enough to be watched for Ctrl-C (they run on bptt's call thread, or on a
+    thread of their own while another call holds it) from several Python threads at once
+    give the serial results."""
+    import bptt
+
+    before = bptt.get_num_threads()
+    bptt.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(5)
+        m = bptt.LSTM(16, 256, seed=3)
+        xs = [rng.standard_normal((160, 32, 16)).astype(np.float32) for _ in range(4)]
+
+        def both(x):
+            out, _, tape = m.forward(x)
+            return [out, m.backward(tape, np.cos(out)).dx]
+
+        expected = [both(x) for x in xs]
+        results: list = [None] * len(xs)
+        errors: list = []
+        barrier = threading.Barrier(len(xs))
+
+        def run(i):
+            try:
+                barrier.wait()
+                results[i] = both(xs[i])
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append((i, exc))
+                barrier.abort()
+
+        pool = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
+        for th in pool:
+            th.start()
+        for th in pool:
+            th.join(timeout=300)
+        assert not errors, f"thread errors: {errors!r}"
+        for i, (got, want) in enumerate(zip(results, expected, strict=True)):
+            for a, e in zip(got, want, strict=True):
+                np.testing.assert_array_equal(a, e, err_msg=f"thread {i}")
+    finally:
+        bptt.set_num_threads(before)

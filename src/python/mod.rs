@@ -60,10 +60,10 @@ const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Runs `work` with the GIL released, on the pool when `parallel`. A call of at least
 /// `parallel::INTERRUPTIBLE_WORK` multiply-adds (`work_size`) runs on bptt's call thread
-/// (`parallel::call_thread`) while the calling thread waits for it, taking the GIL every
-/// few milliseconds to run Python's signal handlers: when one raises (Ctrl-C:
-/// `KeyboardInterrupt`), the call stops at its next check (between chunks) and that
-/// exception is raised. Shorter calls, and every call when the OS gives no call thread,
+/// (`parallel::claim_call_thread`; on a thread of its own when another call holds that
+/// one) while the calling thread waits for it, taking the GIL every few milliseconds to
+/// run Python's signal handlers: when one raises (Ctrl-C: `KeyboardInterrupt`), the call
+/// stops at its next check (between chunks) and that exception is raised. Shorter calls
 /// run directly.
 fn run_released<R: Send>(
     py: Python<'_>,
@@ -72,43 +72,55 @@ fn run_released<R: Send>(
     work: impl FnOnce(&Control) -> crate::Result<R> + Send,
 ) -> PyResult<R> {
     let ctl = &Control::default();
-    let call_thread = if work_size < parallel::INTERRUPTIBLE_WORK {
-        None
-    } else {
-        parallel::call_thread()
-    };
-    let Some(call_thread) = call_thread else {
+    if work_size < parallel::INTERRUPTIBLE_WORK {
         return Ok(py.detach(|| parallel::run(parallel, || work(ctl)))?);
-    };
+    }
     // Planned here, before the hand-over (see `parallel::plan_call`).
     let plan = py.detach(|| parallel::plan_call(parallel));
-    let (tx, mut rx) = std::sync::mpsc::channel();
-    // The scope's body runs here; it ends only after the spawned call has (a panic in the
-    // call resumes here, as PyO3's `PanicException`).
-    call_thread.in_place_scope(|s| {
-        s.spawn(move |_| {
-            // The receiver outlives the call (the scope waits for it first).
-            let _ = tx.send(plan.run(|| work(ctl)));
-        });
-        loop {
-            let (received, back) = py.detach(move || (rx.recv_timeout(SIGNAL_POLL), rx));
-            rx = back;
-            match received {
-                Ok(result) => return Ok(result?),
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Err(signal) = py.check_signals() {
-                        ctl.stop();
-                        // Wait for the call to stop; its result is dropped.
-                        let _ = py.detach(move || rx.recv());
-                        return Err(signal);
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(PyRuntimeError::new_err("the call ended without a result"))
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The receiver outlives the call: each scope below ends only after the call has (a
+    // panic in the call resumes there, as PyO3's `PanicException`).
+    let call = move || {
+        let _ = tx.send(plan.run(|| work(ctl)));
+    };
+    match parallel::claim_call_thread() {
+        Some(claim) => claim.pool().in_place_scope(|s| {
+            s.spawn(move |_| call());
+            wait_polling(py, rx, ctl)
+        }),
+        None => std::thread::scope(|s| {
+            s.spawn(call);
+            wait_polling(py, rx, ctl)
+        }),
+    }
+}
+
+/// Waits for a call's result on `rx`, running Python's signal handlers every
+/// [`SIGNAL_POLL`]; when one raises, stops the call (`ctl`), waits for it to end and
+/// returns the handler's exception.
+fn wait_polling<R: Send>(
+    py: Python<'_>,
+    mut rx: std::sync::mpsc::Receiver<crate::Result<R>>,
+    ctl: &Control,
+) -> PyResult<R> {
+    loop {
+        let (received, back) = py.detach(move || (rx.recv_timeout(SIGNAL_POLL), rx));
+        rx = back;
+        match received {
+            Ok(result) => return Ok(result?),
+            Err(RecvTimeoutError::Timeout) => {
+                if let Err(signal) = py.check_signals() {
+                    ctl.stop();
+                    // Wait for the call to stop; its result is dropped.
+                    let _ = py.detach(move || rx.recv());
+                    return Err(signal);
                 }
             }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(PyRuntimeError::new_err("the call ended without a result"))
+            }
         }
-    })
+    }
 }
 
 /// Sets the number of threads bptt uses from now on: 1 to `4 × max(CPUs, 16)`.
