@@ -14,6 +14,10 @@ Cases (float32):
   103) on a chunk of T=100, B=32 tokens: forward, cross-entropy over all steps, backward,
   clipping (norm 1) and an Adam step. bptt: ``model.loss`` + ``clip_grad_norm`` +
   ``opt.step``; torch: the usual loop.
+- ``char/lstm``: the recurrent part of ``char/train`` alone: LSTM(32, 256) forward with
+  its tape and backward (incl. the input gradient) on an embedded chunk (T=100, B=32,
+  float32), the same weights in both libraries; separates the recurrent core's time from
+  the readout's and the loop's.
 - ``char/valid``: a validation pass over T=1456, B=32 tokens (4.8M logits): forward and
   the mean cross-entropy, no gradient kept by torch (``no_grad``); bptt computes the loss
   with ``cross_entropy_loss``, which also writes the gradient.
@@ -112,6 +116,23 @@ def cases(torch: object) -> dict[str, dict[str, Callable[[], object]]]:
         topt.step()
         return loss.item()
 
+    lstm = bptt.LSTM(E, H, seed=1)
+    t_lstm = th.nn.LSTM(E, H)
+    t_lstm.load_state_dict({k: th.tensor(v) for k, v in lstm.state_dict().items()})
+    e = rng.standard_normal((100, 32, E)).astype(np.float32)
+    d_e = np.ones((100, 32, H), dtype=np.float32)
+    te, td_e = th.tensor(e, requires_grad=True), th.tensor(d_e)
+
+    def bptt_lstm() -> object:
+        _, _, tape = lstm.forward(e)
+        return lstm.backward(tape, d_e)
+
+    def torch_lstm() -> object:
+        te.grad = None
+        t_lstm.zero_grad()
+        t_lstm(te)[0].backward(td_e)
+        return te.grad
+
     vx = rng.integers(0, V, (1456, 32))
     vy = rng.integers(0, V, (1456, 32))
     tvx, tvy = th.tensor(vx), th.tensor(vy)
@@ -129,6 +150,7 @@ def cases(torch: object) -> dict[str, dict[str, Callable[[], object]]]:
                           "torch": torch_ce,
                           "numpy": lambda: numpy_readout.cross_entropy_loss(z, lab)},
         "char/train": {"bptt": bptt_train, "torch": torch_train},
+        "char/lstm": {"bptt": bptt_lstm, "torch": torch_lstm},
         "char/valid": {"bptt": bptt_valid, "torch": torch_valid},
     }
 
