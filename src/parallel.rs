@@ -140,13 +140,14 @@ pub fn pool() -> Option<Arc<rayon::ThreadPool>> {
 struct CallThread {
     pid: u32,
     pool: Arc<rayon::ThreadPool>,
-    busy: Arc<AtomicBool>,
 }
+
+/// Whether a call holds the call thread (cleared when the thread is built anew).
+static CALL_THREAD_BUSY: AtomicBool = AtomicBool::new(false);
 
 /// The call thread, held by one call until dropped.
 pub struct CallThreadClaim {
     pool: Arc<rayon::ThreadPool>,
-    busy: Arc<AtomicBool>,
 }
 
 impl CallThreadClaim {
@@ -158,7 +159,7 @@ impl CallThreadClaim {
 
 impl Drop for CallThreadClaim {
     fn drop(&mut self) {
-        self.busy.store(false, Ordering::Release);
+        CALL_THREAD_BUSY.store(false, Ordering::Release);
     }
 }
 
@@ -171,6 +172,7 @@ pub fn claim_call_thread() -> Option<CallThreadClaim> {
     let pid = std::process::id();
     if current.as_ref().is_none_or(|c| c.pid != pid) {
         if let Some(old) = current.take() {
+            // Its thread belongs to the parent process, and so does any claim on it.
             std::mem::forget(old);
         }
         let pool = rayon::ThreadPoolBuilder::new()
@@ -181,16 +183,15 @@ pub fn claim_call_thread() -> Option<CallThreadClaim> {
         *current = Some(CallThread {
             pid,
             pool: Arc::new(pool),
-            busy: Arc::new(AtomicBool::new(false)),
         });
+        CALL_THREAD_BUSY.store(false, Ordering::Release);
     }
     let call = current.as_ref()?;
-    if call.busy.swap(true, Ordering::Acquire) {
+    if CALL_THREAD_BUSY.swap(true, Ordering::Acquire) {
         return None;
     }
     Some(CallThreadClaim {
         pool: Arc::clone(&call.pool),
-        busy: Arc::clone(&call.busy),
     })
 }
 
@@ -307,12 +308,10 @@ pub fn call_threads() -> usize {
 pub fn idle_cpus() -> Option<usize> {
     let online = online_cpus()?;
     let mut runnable = runnable_threads()?;
-    if runnable > 1 {
-        let start = Instant::now();
-        while runnable > 1 && start.elapsed() < SETTLE {
-            std::hint::spin_loop();
-            runnable = runnable.min(runnable_threads()?);
-        }
+    let start = Instant::now();
+    while runnable > 1 && start.elapsed() < SETTLE {
+        std::hint::spin_loop();
+        runnable = runnable.min(runnable_threads()?);
     }
     let since_pool = clock_ns().saturating_sub(LAST_POOL_END.load(Ordering::Relaxed));
     if runnable > 1 && since_pool < POOL_SPIN.as_nanos() as u64 {
