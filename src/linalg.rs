@@ -141,7 +141,7 @@ fn column_major_product<T: Float>(
     }
     match accum {
         Accum::Replace => by_tiles(&acc.view(), c, |d, v| *d = v),
-        Accum::Add => by_tiles(&acc.view(), c, |d, v| *d = *d + v),
+        Accum::Add => by_tiles(&acc.view(), c, |d, v| *d += v),
     }
 }
 
@@ -332,8 +332,7 @@ mod tests {
                         &mut c.view_mut(),
                         par(threads),
                     );
-                    if first.is_some() {
-                        let f = first.as_ref().expect("the one-thread product");
+                    if let Some(f) = &first {
                         assert!(
                             f.iter().zip(&c).all(|(x, y)| {
                                 x.to_f64().unwrap().to_bits() == y.to_f64().unwrap().to_bits()
