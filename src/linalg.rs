@@ -123,12 +123,18 @@ fn column_major_product<T: Float>(
     par: Par,
 ) {
     let (k, n) = b.dim();
+    let threads = match par {
+        Par::Rayon(t) => t.get(),
+        Par::Seq => 1,
+    };
     let mut acc = Array2::<T>::zeros(c.raw_dim().f());
     let mut panel = Array2::<T>::zeros((TRANSPOSED_BLOCK.min(k), n).f());
     for (i, k0) in (0..k).step_by(TRANSPOSED_BLOCK).enumerate() {
         let k1 = (k0 + TRANSPOSED_BLOCK).min(k);
         let mut p = panel.slice_mut(s![..k1 - k0, ..]);
-        by_tiles(&b.slice(s![k0..k1, ..]), &mut p, |d, v| *d = v);
+        by_tiles(threads, b.slice(s![k0..k1, ..]), p.view_mut(), &|d, v| {
+            *d = v
+        });
         let how = if i == 0 { Accum::Replace } else { Accum::Add };
         split_or_faer(
             alpha,
@@ -140,22 +146,36 @@ fn column_major_product<T: Float>(
         );
     }
     match accum {
-        Accum::Replace => by_tiles(&acc.view(), c, |d, v| *d = v),
-        Accum::Add => by_tiles(&acc.view(), c, |d, v| *d += v),
+        Accum::Replace => by_tiles(threads, acc.view(), c.view_mut(), &|d, v| *d = v),
+        Accum::Add => by_tiles(threads, acc.view(), c.view_mut(), &|d, v| *d += v),
     }
 }
 
 /// `f(&mut dst[i, j], src[i, j])` for every element, in square tiles, so that a copy
 /// between a row-major and a column-major matrix reads and writes whole cache lines
-/// (element by element, one side would be read with a stride of a row).
-fn by_tiles<T: Copy>(
-    src: &ArrayView2<'_, T>,
-    dst: &mut ArrayViewMut2<'_, T>,
-    f: impl Fn(&mut T, T),
+/// (element by element, one side would be read with a stride of a row); split by rows
+/// over `threads` threads when large.
+fn by_tiles<T: Copy + Send + Sync>(
+    threads: usize,
+    src: ArrayView2<'_, T>,
+    dst: ArrayViewMut2<'_, T>,
+    f: &(impl Fn(&mut T, T) + Sync),
 ) {
     const TILE: usize = 32;
     assert_eq!(src.dim(), dst.dim(), "copy: shapes");
     let (rows, cols) = src.dim();
+    if threads > 1 && rows >= 2 * TILE && rows * cols >= 1 << 16 {
+        let first = threads / 2;
+        let mid = (rows * first / threads).div_ceil(TILE) * TILE;
+        let (s0, s1) = src.split_at(Axis(0), mid);
+        let (d0, d1) = dst.split_at(Axis(0), mid);
+        rayon::join(
+            || by_tiles(first, s0, d0, f),
+            || by_tiles(threads - first, s1, d1, f),
+        );
+        return;
+    }
+    let mut dst = dst;
     for i0 in (0..rows).step_by(TILE) {
         for j0 in (0..cols).step_by(TILE) {
             for i in i0..(i0 + TILE).min(rows) {
