@@ -644,22 +644,29 @@ mod tests {
 
     #[test]
     fn rounding_is_the_same_at_every_level_and_tiling() {
-        let (m, k, n) = (19, 77, 100);
-        let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 31 + j * 17) as f32).sin());
-        let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 13 + j * 7) as f32).cos());
-        let p = Packed::<f32>::prepare(&b.view(), 2);
-        let _guard = crate::simd::tests_lock();
-        set_level(Some(Level::Scalar)).unwrap();
-        let mut want = Array2::zeros((m, n));
-        p.apply(&a.view(), &mut want.view_mut(), false);
-        for level in [Level::Avx2, Level::Avx512] {
-            if set_level(Some(level)).is_ok() {
-                let mut got = Array2::zeros((m, n));
-                by_tiles(&p, &a, &mut got, false, 5, UNIT_ALIGN);
-                assert_eq!(got, want, "{level:?}");
+        // Incl. a tall product with a long `k` (70 × 600), written and accumulated.
+        for (m, k, n) in [(19, 77, 100), (70, 600, 64), (13, 300, 40)] {
+            let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 31 + j * 17) as f32).sin());
+            let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 13 + j * 7) as f32).cos());
+            let c0 = Array2::from_shape_fn((m, n), |(i, j)| ((i * 3 + j * 5) as f32).sin());
+            let p = Packed::<f32>::prepare(&b.view(), 2);
+            let _guard = crate::simd::tests_lock();
+            for accumulate in [false, true] {
+                set_level(Some(Level::Scalar)).unwrap();
+                let mut want = c0.clone();
+                p.apply(&a.view(), &mut want.view_mut(), accumulate);
+                for level in [Level::Avx2, Level::Avx512] {
+                    if set_level(Some(level)).is_ok() {
+                        for rows_per in [5, m] {
+                            let mut got = c0.clone();
+                            by_tiles(&p, &a, &mut got, accumulate, rows_per, UNIT_ALIGN);
+                            assert_eq!(got, want, "{m}x{k}x{n} {level:?} {rows_per} rows");
+                        }
+                    }
+                }
             }
+            set_level(None).unwrap();
         }
-        set_level(None).unwrap();
     }
 
     #[test]
