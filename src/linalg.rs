@@ -80,13 +80,15 @@ fn split_or_faer<T: Float>(
     }
 }
 
-/// From these columns of `c` and this inner dimension, [`transposed_product`]s go
-/// through a column-major result; from these rows, `b` is copied column-major too (below,
-/// the copy costs about what it saves: a 512 × 1600 × 64 product ran as fast either way,
-/// a 103 × 3200 × 256 readout gradient slower).
+/// From these rows and columns of `c` and this inner dimension, [`transposed_product`]s
+/// go through column-major copies. Below, they cost about what they save, or more: a
+/// 512 × 1600 × 64 product ran as fast either way; a 103 × 3200 × 256 readout gradient
+/// (even with only the result column-major) ran 1.06–1.14x faster on one thread but 0.89x
+/// on two, and the route must not depend on the number of threads (each element's sum
+/// would round differently); `benches/results/gemm-layout-2core.md`.
+const TRANSPOSED_MIN_ROWS: usize = 256;
 const TRANSPOSED_MIN_COLS: usize = 128;
 const TRANSPOSED_MIN_INNER: usize = 256;
-const TRANSPOSED_COPY_MIN_ROWS: usize = 256;
 
 /// The inner dimension is copied in blocks of this many rows of `b`, which bounds the
 /// copy's memory.
@@ -97,14 +99,14 @@ const TRANSPOSED_BLOCK: usize = 2048;
 /// batch). faer runs this layout at 40–70% of its column-major rate on one core (a
 /// 1024 × 3200 × 256 product: about 50 GFLOP/s against 65–80 with `b` and `c`
 /// column-major; 4096 × 6400 × 1024: 30 against 60–70; 103 × 3200 × 256: 35 against 45–50
-/// with `c` column-major), so [`column_major_product`] computes a column-major result.
+/// with `c` column-major), so [`column_major_product`] copies `b` and the result.
 fn transposed_product<T>(
     a: &ArrayView2<'_, T>,
     b: &ArrayView2<'_, T>,
     c: &ArrayViewMut2<'_, T>,
 ) -> bool {
     let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
-    m > 1
+    m >= TRANSPOSED_MIN_ROWS
         && n >= TRANSPOSED_MIN_COLS
         && k >= TRANSPOSED_MIN_INNER
         && a.strides()[0] == 1
@@ -112,11 +114,11 @@ fn transposed_product<T>(
         && c.strides()[1] == 1
 }
 
-/// `c (+)= alpha · a · b` accumulated in a column-major buffer, then added to `c`; with
-/// `b` copied column-major block by block of its rows when `a` has enough rows to pay for
-/// the copy. Each element is summed over the inner dimension in the same order for any
-/// number of threads (the blocks do not depend on them, and the split is by rows), so the
-/// result does not depend on `par`.
+/// `c (+)= alpha · a · b` with `b` copied column-major block by block of its rows and the
+/// product accumulated in a column-major buffer, then added to `c`. Each element is
+/// summed over the inner dimension in the same order for any number of threads (the
+/// blocks do not depend on them, and the split is by rows), so the result does not
+/// depend on `par`.
 fn column_major_product<T: Float>(
     alpha: T,
     a: &ArrayView2<'_, T>,
@@ -131,26 +133,22 @@ fn column_major_product<T: Float>(
         Par::Seq => 1,
     };
     let mut acc = Array2::<T>::zeros(c.raw_dim().f());
-    if a.nrows() < TRANSPOSED_COPY_MIN_ROWS {
-        split_or_faer(alpha, a, b, Accum::Replace, &mut acc.view_mut(), par);
-    } else {
-        let mut panel = Array2::<T>::zeros((TRANSPOSED_BLOCK.min(k), n).f());
-        for (i, k0) in (0..k).step_by(TRANSPOSED_BLOCK).enumerate() {
-            let k1 = (k0 + TRANSPOSED_BLOCK).min(k);
-            let mut p = panel.slice_mut(s![..k1 - k0, ..]);
-            by_tiles(threads, b.slice(s![k0..k1, ..]), p.view_mut(), &|d, v| {
-                *d = v
-            });
-            let how = if i == 0 { Accum::Replace } else { Accum::Add };
-            split_or_faer(
-                alpha,
-                &a.slice(s![.., k0..k1]),
-                &p.view(),
-                how,
-                &mut acc.view_mut(),
-                par,
-            );
-        }
+    let mut panel = Array2::<T>::zeros((TRANSPOSED_BLOCK.min(k), n).f());
+    for (i, k0) in (0..k).step_by(TRANSPOSED_BLOCK).enumerate() {
+        let k1 = (k0 + TRANSPOSED_BLOCK).min(k);
+        let mut p = panel.slice_mut(s![..k1 - k0, ..]);
+        by_tiles(threads, b.slice(s![k0..k1, ..]), p.view_mut(), &|d, v| {
+            *d = v
+        });
+        let how = if i == 0 { Accum::Replace } else { Accum::Add };
+        split_or_faer(
+            alpha,
+            &a.slice(s![.., k0..k1]),
+            &p.view(),
+            how,
+            &mut acc.view_mut(),
+            par,
+        );
     }
     match accum {
         Accum::Replace => by_tiles(threads, acc.view(), c.view_mut(), &|d, v| *d = v),

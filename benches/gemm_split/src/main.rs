@@ -26,7 +26,10 @@ fn by_rows(threads: usize, a: MatRef<'_, f32>, b: MatRef<'_, f32>, c: MatMut<'_,
     let mid = (a.nrows() * first / threads + 24) / 48 * 48;
     let (a0, a1) = a.split_at_row(mid);
     let (c0, c1) = c.split_at_row_mut(mid);
-    rayon::join(|| by_rows(first, a0, b, c0), || by_rows(threads - first, a1, b, c1));
+    rayon::join(
+        || by_rows(first, a0, b, c0),
+        || by_rows(threads - first, a1, b, c1),
+    );
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -35,7 +38,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let threads: usize = std::env::args().nth(1).map_or(2, |s| s.parse().expect("threads"));
+    let threads: usize = std::env::args()
+        .nth(1)
+        .map_or(2, |s| s.parse().expect("threads"));
     // (what, m, k, n, whether `a` is the transpose of a row-major matrix)
     let cases = [
         ("small inference x·W_ihᵀ", 256, 64, 512, false),
@@ -61,7 +66,11 @@ fn main() {
         } else {
             Mat::from_fn(m, k, value)
         };
-        let a = if transposed { stored.transpose() } else { stored.as_ref() };
+        let a = if transposed {
+            stored.transpose()
+        } else {
+            stored.as_ref()
+        };
         let b: Mat<f32> = Mat::from_fn(k, n, value);
         let mut c: Mat<f32> = Mat::zeros(m, n);
         let (mut faer_t, mut rows_t, mut one_t, mut ratio) = (vec![], vec![], vec![], vec![]);
