@@ -64,6 +64,8 @@ pub fn gemm<T: Float>(
     }
 }
 
+/// `c := alpha · a · b (+ c)`: split by rows ([`by_rows`]) when `a` has enough rows for
+/// the threads `par` allows, else faer on them.
 fn split_or_faer<T: Float>(
     alpha: T,
     a: &ArrayView2<'_, T>,

@@ -5,17 +5,7 @@
 //! of each round's best of three calls, and the median of the per-round ratios.
 
 use faer::{Accum, Mat, MatMut, MatRef, Par};
-use std::time::Instant;
-
-fn best_of_three(f: &mut dyn FnMut()) -> f64 {
-    (0..3)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
+use gemm_split::{best_of_three, median};
 
 fn by_rows(threads: usize, a: MatRef<'_, f32>, b: MatRef<'_, f32>, c: MatMut<'_, f32>) {
     if threads < 2 {
@@ -30,11 +20,6 @@ fn by_rows(threads: usize, a: MatRef<'_, f32>, b: MatRef<'_, f32>, c: MatMut<'_,
         || by_rows(first, a0, b, c0),
         || by_rows(threads - first, a1, b, c1),
     );
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

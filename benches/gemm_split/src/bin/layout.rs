@@ -11,22 +11,7 @@
 //! Run: `cargo run --release --manifest-path benches/gemm_split/Cargo.toml --bin layout -- [threads]`
 
 use faer::{Accum, Mat, MatMut, MatRef, Par};
-use std::time::Instant;
-
-fn best_of_three(f: &mut dyn FnMut()) -> f64 {
-    (0..3)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+use gemm_split::{best_of_three, median};
 
 /// A row-major `[rows, cols]` matrix as a faer view.
 fn row_major(v: &[f32], rows: usize, cols: usize) -> MatRef<'_, f32> {
