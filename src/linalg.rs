@@ -183,12 +183,31 @@ fn by_tiles<T: Copy + Send + Sync>(
         return;
     }
     let mut dst = dst;
+    let (ss, ds) = (src.strides(), dst.strides());
+    let (ss, ds) = ([ss[0], ss[1]], [ds[0], ds[1]]);
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    // Within a tile, walk `dst` along its contiguous axis (both tiles stay in L1).
+    let down_columns = ds[0].unsigned_abs() <= ds[1].unsigned_abs();
+    let at = |st: [isize; 2], i: usize, j: usize| i as isize * st[0] + j as isize * st[1];
     for i0 in (0..rows).step_by(TILE) {
+        let i1 = (i0 + TILE).min(rows);
         for j0 in (0..cols).step_by(TILE) {
-            for i in i0..(i0 + TILE).min(rows) {
-                for j in j0..(j0 + TILE).min(cols) {
-                    // SAFETY: `i < rows`, `j < cols`, the shape of both (asserted).
-                    unsafe { f(dst.uget_mut((i, j)), *src.uget((i, j))) };
+            let j1 = (j0 + TILE).min(cols);
+            // SAFETY: `i < rows` and `j < cols`, the shape of both views (asserted), so
+            // each offset addresses an element of its view; `dst` is borrowed mutably.
+            unsafe {
+                if down_columns {
+                    for j in j0..j1 {
+                        for i in i0..i1 {
+                            f(&mut *dp.offset(at(ds, i, j)), *sp.offset(at(ss, i, j)));
+                        }
+                    }
+                } else {
+                    for i in i0..i1 {
+                        for j in j0..j1 {
+                            f(&mut *dp.offset(at(ds, i, j)), *sp.offset(at(ss, i, j)));
+                        }
+                    }
                 }
             }
         }
