@@ -98,7 +98,7 @@ const TRANSPOSED_BLOCK: usize = 2048;
 
 /// Whether `c (+)= a · b` is a weight gradient `dᵀ · x`: `a` the transpose of a row-major
 /// matrix (column-major), `b` and `c` row-major, over a long inner dimension (time ×
-/// batch). faer runs this layout at 40–70% of its column-major rate on one core (a
+/// batch). faer runs this layout at 45–75% of its column-major rate on one core (a
 /// 1024 × 3200 × 256 product: about 50 GFLOP/s against 65–80 with `b` and `c`
 /// column-major; 4096 × 6400 × 1024: 30 against 60–70; 103 × 3200 × 256: 35 against 45–50
 /// with `c` column-major), so [`column_major_product`] copies `b` and the result.
