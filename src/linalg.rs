@@ -182,32 +182,27 @@ fn by_tiles<T: Copy + Send + Sync>(
         );
         return;
     }
-    let mut dst = dst;
+    // Within a tile, walk `dst` along its contiguous axis (both tiles stay in L1): make
+    // that axis the first one, the inner loop's.
+    let (src, mut dst) = if dst.strides()[0].unsigned_abs() <= dst.strides()[1].unsigned_abs() {
+        (src, dst)
+    } else {
+        (src.reversed_axes(), dst.reversed_axes())
+    };
+    let (inner, outer) = src.dim();
     let (ss, ds) = (src.strides(), dst.strides());
     let (ss, ds) = ([ss[0], ss[1]], [ds[0], ds[1]]);
     let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
-    // Within a tile, walk `dst` along its contiguous axis (both tiles stay in L1).
-    let down_columns = ds[0].unsigned_abs() <= ds[1].unsigned_abs();
     let at = |st: [isize; 2], i: usize, j: usize| i as isize * st[0] + j as isize * st[1];
-    for i0 in (0..rows).step_by(TILE) {
-        let i1 = (i0 + TILE).min(rows);
-        for j0 in (0..cols).step_by(TILE) {
-            let j1 = (j0 + TILE).min(cols);
-            // SAFETY: `i < rows` and `j < cols`, the shape of both views (asserted), so
-            // each offset addresses an element of its view; `dst` is borrowed mutably.
-            unsafe {
-                if down_columns {
-                    for j in j0..j1 {
-                        for i in i0..i1 {
-                            f(&mut *dp.offset(at(ds, i, j)), *sp.offset(at(ss, i, j)));
-                        }
-                    }
-                } else {
-                    for i in i0..i1 {
-                        for j in j0..j1 {
-                            f(&mut *dp.offset(at(ds, i, j)), *sp.offset(at(ss, i, j)));
-                        }
-                    }
+    for i0 in (0..inner).step_by(TILE) {
+        let i1 = (i0 + TILE).min(inner);
+        for j0 in (0..outer).step_by(TILE) {
+            for j in j0..(j0 + TILE).min(outer) {
+                for i in i0..i1 {
+                    // SAFETY: `i < inner` and `j < outer`, the shape of both views
+                    // (asserted), so each offset addresses an element of its view; `dst`
+                    // is borrowed mutably.
+                    unsafe { f(&mut *dp.offset(at(ds, i, j)), *sp.offset(at(ss, i, j))) };
                 }
             }
         }
