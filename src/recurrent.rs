@@ -713,34 +713,3 @@ mod tests {
         assert_eq!(got, &want * 2.0);
     }
 }
-
-#[cfg(test)]
-mod scratch_timing {
-    use super::*;
-    use crate::linalg::{gemm, par};
-    use ndarray::Array2;
-
-    #[test]
-    #[ignore]
-    fn time_recurrent_kernel() {
-        for (m, k, n) in [(32usize, 256usize, 1024usize), (16, 128, 512), (64, 1024, 4096), (32, 256, 1024)] {
-            let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 31 + j * 17) as f32).sin());
-            let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 13 + j * 7) as f32).cos());
-            let mut c = Array2::<f32>::zeros((m, n));
-            let p = Packed::<f32>::prepare(&b.view(), 4);
-            let reps = (2_000_000_000 / (2 * m * k * n)).max(3);
-            let mut best_p = f64::INFINITY;
-            let mut best_f = f64::INFINITY;
-            for _ in 0..5 {
-                let t = std::time::Instant::now();
-                for _ in 0..reps { p.apply(&a.view(), &mut c.view_mut(), false); }
-                best_p = best_p.min(t.elapsed().as_secs_f64() / reps as f64);
-                let t = std::time::Instant::now();
-                for _ in 0..reps { gemm(1.0, &a.view(), &b.view(), 0.0, &mut c.view_mut(), par(1)); }
-                best_f = best_f.min(t.elapsed().as_secs_f64() / reps as f64);
-            }
-            let fl = 2.0 * (m * k * n) as f64;
-            println!("{m}x{k}x{n}: packed {:.1} GFLOP/s  faer {:.1} GFLOP/s", fl / best_p / 1e9, fl / best_f / 1e9);
-        }
-    }
-}
