@@ -1,0 +1,123 @@
+use super::*;
+use crate::linalg::{gemm, par};
+use crate::simd::{set_level, Level};
+use ndarray::Array2;
+
+/// `c (+)= a · b` computed by tiles of `rows_per × units_per`, as a team would.
+fn by_tiles<W: RecurrentWeights<f32>>(
+    w: &W,
+    a: &Array2<f32>,
+    c: &mut Array2<f32>,
+    accumulate: bool,
+    rows_per: usize,
+    units_per: usize,
+) {
+    let (m, n) = (a.nrows(), w.dims().1 / w.groups());
+    let (lda, ldc) = (a.ncols(), c.ncols());
+    for r0 in (0..m).step_by(rows_per) {
+        for u0 in (0..n).step_by(units_per) {
+            // SAFETY: whole, contiguous, exclusively borrowed arrays; disjoint tiles.
+            unsafe {
+                w.apply_tile(
+                    a.as_ptr(),
+                    lda,
+                    c.as_mut_ptr(),
+                    ldc,
+                    r0..(r0 + rows_per).min(m),
+                    u0..(u0 + units_per).min(n),
+                    accumulate,
+                )
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_product_is_exact_and_identical_at_every_level_and_tiling() {
+    // Small integers: every product and sum is exact, so any correct order agrees.
+    for (m, k, n, groups) in [
+        (1, 3, 5, 1),
+        (16, 128, 512, 4),
+        (9, 7, 33, 3),
+        (8, 64, 32, 1),
+        (21, 10, 70, 1),
+        (8, 512, 1024, 4),
+        (5, 40, 120, 3),
+    ] {
+        let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 - 5.0);
+        let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 2) % 13) as f32 - 6.0);
+        let mut want = Array2::from_elem((m, n), 1.0f32);
+        gemm(1.0, &a.view(), &b.view(), 1.0, &mut want.view_mut(), par(1));
+        let p = Packed::<f32>::prepare(&b.view(), groups);
+        let _guard = crate::simd::tests_lock();
+        for level in [Level::Scalar, Level::Avx2, Level::Avx512] {
+            if set_level(Some(level)).is_err() {
+                continue;
+            }
+            let mut got = Array2::from_elem((m, n), 1.0f32);
+            p.apply(&a.view(), &mut got.view_mut(), true);
+            assert_eq!(got, want, "{m}x{k}x{n} at {level:?}");
+            for (rows_per, units_per) in [(3, UNIT_ALIGN), (8, 2 * UNIT_ALIGN), (1, n)] {
+                let mut fresh = Array2::from_elem((m, n), 7.0f32);
+                by_tiles(&p, &a, &mut fresh, false, rows_per, units_per);
+                assert_eq!(fresh, &want - 1.0, "tiles {rows_per}x{units_per}");
+            }
+        }
+        set_level(None).unwrap();
+    }
+}
+
+#[test]
+fn rounding_is_the_same_at_every_level_and_tiling() {
+    // Incl. a tall product with a long `k` (70 × 600), written and accumulated.
+    for (m, k, n) in [(19, 77, 100), (70, 600, 64), (13, 300, 40)] {
+        let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 31 + j * 17) as f32).sin());
+        let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 13 + j * 7) as f32).cos());
+        let c0 = Array2::from_shape_fn((m, n), |(i, j)| ((i * 3 + j * 5) as f32).sin());
+        let p = Packed::<f32>::prepare(&b.view(), 2);
+        let _guard = crate::simd::tests_lock();
+        for accumulate in [false, true] {
+            set_level(Some(Level::Scalar)).unwrap();
+            let mut want = c0.clone();
+            p.apply(&a.view(), &mut want.view_mut(), accumulate);
+            for level in [Level::Avx2, Level::Avx512] {
+                if set_level(Some(level)).is_ok() {
+                    for rows_per in [5, m] {
+                        let mut got = c0.clone();
+                        by_tiles(&p, &a, &mut got, accumulate, rows_per, UNIT_ALIGN);
+                        assert_eq!(got, want, "{m}x{k}x{n} {level:?} {rows_per} rows");
+                    }
+                }
+            }
+        }
+        set_level(None).unwrap();
+    }
+}
+
+#[test]
+fn f64_weights_compute_the_same_product_by_tiles() {
+    let (m, k, n) = (7, 33, 96);
+    let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f64 - 5.0);
+    let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 2) % 13) as f64 - 6.0);
+    let want = a.dot(&b);
+    let w = Packed::<f64>::prepare(&b.view(), 3);
+    let mut got = Array2::from_elem((m, n), 9.0);
+    w.apply(&a.view(), &mut got.view_mut(), false);
+    assert_eq!(got, want);
+    let (lda, ldc) = (k, n);
+    for r0 in (0..m).step_by(3) {
+        // SAFETY: contiguous arrays, disjoint row tiles.
+        unsafe {
+            w.apply_tile(
+                a.as_ptr(),
+                lda,
+                got.as_mut_ptr(),
+                ldc,
+                r0..(r0 + 3).min(m),
+                0..32,
+                true,
+            )
+        };
+    }
+    assert_eq!(got, &want * 2.0);
+}
