@@ -3,10 +3,11 @@
 //! route of `bptt`'s `linalg::gemm` for them (products of at least 256 rows): `b` copied
 //! column-major and the result accumulated in a column-major buffer, then added to `c`
 //! (the copies are timed too). For fewer rows (the readout's 103) only the result is
-//! column-major here, a variant `bptt` does not take (it lost on two threads). float32, at the weight-gradient shapes of the LSTM
-//! benchmarks and the character model's readout; the two are timed in alternation, nine
-//! rounds of the best of three calls; the table gives the medians in GFLOP/s and of the
-//! per-round ratios.
+//! column-major here, a variant `bptt` does not take (it lost on two threads).
+//!
+//! float32, at the weight-gradient shapes of the LSTM benchmarks and the character model's
+//! readout; the two are timed in alternation, nine rounds of the best of three calls; the
+//! table gives the medians in GFLOP/s and of the per-round ratios.
 //!
 //! Run: `cargo run --release --manifest-path benches/gemm_split/Cargo.toml --bin layout -- [threads]`
 
