@@ -6,6 +6,8 @@
 //! caller says how many threads it may use, so a GEMM inside a parallel region runs
 //! single-threaded.
 
+use crate::buffer::zeros;
+use crate::error::Result;
 use crate::float::Float;
 use faer::{Accum, MatMut, MatRef, Par};
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis, ShapeBuilder};
@@ -155,6 +157,78 @@ fn column_major_product<T: Float>(
     match accum {
         Accum::Replace => by_tiles(threads, acc.view(), c.view_mut(), &|d, v| *d = v),
         Accum::Add => by_tiles(threads, acc.view(), c.view_mut(), &|d, v| *d += v),
+    }
+}
+
+/// `c += Σᵢ aᵢᵀ·bᵢ` over blocks of rows `(aᵢ, bᵢ)` given one at a time, in order: a
+/// weight gradient `Σ dᵀ·x` over the steps of a sequence, taken block by block as the
+/// steps are done. When `c` is a [`transposed_product`] by its rows and columns, the sum
+/// is kept column-major (each block's `b` copied column-major into a panel, the route of
+/// [`column_major_product`]) until [`finish`](Self::finish) adds it to `c`; else each
+/// block goes through [`gemm`] into `c`. Each element is summed block after block, a
+/// block in the GEMM's own order, so the result depends on the blocks, not on `par`.
+pub struct TransposedSum<T> {
+    /// The column-major sum `[m, n]` and the panel `[rows, n]`, on the copying route.
+    copies: Option<(Array2<T>, Array2<T>)>,
+}
+
+impl<T: Float> TransposedSum<T> {
+    /// For `c [m, n]`, with blocks copied at most `rows` rows at a time.
+    pub fn new(m: usize, n: usize, rows: usize) -> Result<Self> {
+        let copies = m >= TRANSPOSED_MIN_ROWS && n >= TRANSPOSED_MIN_COLS;
+        let column_major =
+            |r: usize, c: usize| zeros::<T, _>((c, r), "the gradients").map(|a| a.reversed_axes());
+        Ok(TransposedSum {
+            copies: if copies {
+                Some((column_major(m, n)?, column_major(rows.max(1), n)?))
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Adds `aᵀ·b` (`a [k, m]`, `b [k, n]`) to the sum (to `c [m, n]` when not copying).
+    pub fn add(
+        &mut self,
+        a: &ArrayView2<'_, T>,
+        b: &ArrayView2<'_, T>,
+        c: &mut ArrayViewMut2<'_, T>,
+        par: Par,
+    ) {
+        assert_eq!(a.nrows(), b.nrows(), "gemm: inner dimensions");
+        let Some((acc, panel)) = &mut self.copies else {
+            gemm(T::one(), &a.t(), b, T::one(), c, par);
+            return;
+        };
+        assert_eq!(acc.dim(), (a.ncols(), b.ncols()), "gemm: output shape");
+        let par = capped(par, a.len() * b.ncols());
+        let threads = match par {
+            Par::Rayon(t) => t.get(),
+            Par::Seq => 1,
+        };
+        let step = panel.nrows();
+        for k0 in (0..a.nrows()).step_by(step) {
+            let k1 = (k0 + step).min(a.nrows());
+            let mut p = panel.slice_mut(s![..k1 - k0, ..]);
+            by_tiles(threads, b.slice(s![k0..k1, ..]), p.view_mut(), &|d, v| {
+                *d = v
+            });
+            split_or_faer(
+                T::one(),
+                &a.slice(s![k0..k1, ..]).t(),
+                &p.view(),
+                Accum::Add,
+                &mut acc.view_mut(),
+                par,
+            );
+        }
+    }
+
+    /// Adds the sum to `c` (a no-op when the blocks went into `c` directly).
+    pub fn finish(self, c: &mut ArrayViewMut2<'_, T>, threads: usize) {
+        if let Some((acc, _)) = self.copies {
+            by_tiles(threads, acc.view(), c.view_mut(), &|d, v| *d += v);
+        }
     }
 }
 
@@ -397,6 +471,55 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn block_sums_are_exact_and_independent_of_threads<T: Float>() {
+        // `Σ aᵢᵀ·bᵢ` over blocks of rows, on both routes (copying: 300 × 130; direct: a
+        // narrow `c` of 40 columns), blocks longer than the panel included.
+        for (m, n) in [(300, 130), (300, 40)] {
+            let blocks = [70, 256, 3, 600];
+            let k: usize = blocks.iter().sum();
+            let at = filled::<T>(k, m, 8);
+            let b = filled::<T>(k, n, 9);
+            let mut first: Option<ndarray::Array2<T>> = None;
+            for threads in [1, 2, 3] {
+                let mut c = Array2::<T>::zeros((m, n));
+                let mut sum = TransposedSum::new(m, n, 256).expect("small");
+                let mut k0 = 0;
+                for rows in blocks {
+                    let r = s![k0..k0 + rows, ..];
+                    sum.add(&at.slice(r), &b.slice(r), &mut c.view_mut(), par(threads));
+                    k0 += rows;
+                }
+                sum.finish(&mut c.view_mut(), threads);
+                if let Some(f) = &first {
+                    let same = f.iter().zip(&c).all(|(x, y)| {
+                        x.to_f64().unwrap().to_bits() == y.to_f64().unwrap().to_bits()
+                    });
+                    assert!(same, "{m}x{k}x{n} on {threads} threads differs from one");
+                    continue;
+                }
+                for ((i, j), &got) in c.indexed_iter() {
+                    let (mut want, mut scale) = (0.0f64, 0.0f64);
+                    for p in 0..k {
+                        let v = at[[p, i]].to_f64().unwrap() * b[[p, j]].to_f64().unwrap();
+                        want += v;
+                        scale += v.abs();
+                    }
+                    let eps = T::epsilon().to_f64().unwrap();
+                    let err = (got.to_f64().unwrap() - want).abs();
+                    let bound = 4.0 * (k as f64).sqrt() * eps * scale;
+                    assert!(err <= bound, "{m}x{k}x{n} [{i}, {j}]: {err} > {bound}");
+                }
+                first = Some(c);
+            }
+        }
+    }
+
+    #[test]
+    fn block_sums_match_the_plain_sum() {
+        block_sums_are_exact_and_independent_of_threads::<f32>();
+        block_sums_are_exact_and_independent_of_threads::<f64>();
     }
 
     #[test]

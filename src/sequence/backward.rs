@@ -12,17 +12,19 @@ use super::forward::{Chunk, Scratch};
 use super::layer::{Direction, LayerInput, StateSlot};
 use super::plan::{chunks, CHUNK_STEPS};
 use super::tape::{DirTape, Steps, StepsView};
+use super::wgrad::{add_column_sums, block_steps, pipelined, DirSums, Progress, WeightSums};
 use crate::buffer::{copy, zeros};
 use crate::cell::{step_backward, CellKind, StepRowGrad};
 use crate::error::Result;
 use crate::float::Float;
-use crate::linalg::{gemm, par};
+use crate::linalg::{gemm, par, TransposedSum};
 use crate::model::LayerGrads;
-use crate::parallel::PARALLEL_SUM_MIN_ELEMS;
 use crate::recurrent::{RecurrentWeights, UNIT_ALIGN};
 use crate::team::{self, Shared, StateTile};
-use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut3, Axis};
+use faer::Par;
+use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut3, Axis};
 use std::ops::Range;
+use std::sync::{Mutex, PoisonError};
 
 /// The gradients one direction accumulates over its chunks, and the per-chunk buffers.
 struct GradBufs<T> {
@@ -31,6 +33,8 @@ struct GradBufs<T> {
     dxp: Array3<T>,
     drec: Array3<T>,
     grads: LayerGrads<T>,
+    /// The weight gradients' sums over the blocks of steps.
+    sums: DirSums<T>,
     /// `dX_l [T, B, I_l]`.
     d_x: Array3<T>,
 }
@@ -69,6 +73,10 @@ impl<T: Float> Direction<'_, '_, T> {
                 b_ih: bias()?,
                 b_hh: bias()?,
                 w_hr: None,
+            },
+            sums: DirSums {
+                w_ih: TransposedSum::new(gh, in_size, block_steps(batch) * batch)?,
+                w_hh: TransposedSum::new(gh, hidden, block_steps(batch) * batch)?,
             },
             d_x: zeros((seq_len, batch, in_size), "dx")?,
         };
@@ -146,7 +154,15 @@ impl<T: Float> Direction<'_, '_, T> {
                 ))
             }
         }
-        Ok((bufs.grads, bufs.d_x))
+        let GradBufs {
+            mut grads,
+            sums,
+            d_x,
+            ..
+        } = bufs;
+        sums.w_ih.finish(&mut grads.w_ih.view_mut(), self.threads);
+        sums.w_hh.finish(&mut grads.w_hh.view_mut(), self.threads);
+        Ok((grads, d_x))
     }
 }
 
@@ -192,39 +208,6 @@ fn rebuild_lstm_h_prev<T: Float>(
     }
 }
 
-/// `acc[j] += Σ_r m[r, j]`, rows summed in order (the same bits for any thread count).
-/// Each thread streams the rows through its own range of columns, whose partial sums stay
-/// in L1 (walking one narrow column block down the rows at a time instead, with a
-/// row-length stride, ran at a tenth of the memory bandwidth).
-fn add_column_sums<T: Float>(acc: &mut Array1<T>, m: &ArrayView2<'_, T>, threads: usize) {
-    use rayon::prelude::*;
-    /// Columns per thread are a multiple of this (whole cache lines).
-    const ALIGN: usize = 16;
-    let m = m.as_standard_layout();
-    let cols = m.ncols();
-    let rows = m.as_slice().expect("standard layout");
-    let acc = acc.as_slice_mut().expect("contiguous");
-    let sum_cols = |j0: usize, a: &mut [T]| {
-        let mut s = vec![T::zero(); a.len()];
-        for row in rows.chunks_exact(cols) {
-            for (s, &v) in s.iter_mut().zip(&row[j0..j0 + a.len()]) {
-                *s += v;
-            }
-        }
-        for (a, s) in a.iter_mut().zip(s) {
-            *a += s;
-        }
-    };
-    if threads < 2 || rows.len() < PARALLEL_SUM_MIN_ELEMS || cols == 0 {
-        sum_cols(0, acc);
-    } else {
-        let per = cols.div_ceil(threads).next_multiple_of(ALIGN);
-        acc.par_chunks_mut(per)
-            .enumerate()
-            .for_each(|(j, a)| sum_cols(j * per, a));
-    }
-}
-
 /// What stays fixed while backward walks the chunks of one direction.
 struct ChunkGrad<'a, 'w, T: Float> {
     d: &'a Direction<'a, 'w, T>,
@@ -236,8 +219,14 @@ struct ChunkGrad<'a, 'w, T: Float> {
 
 impl<T: Float> ChunkGrad<'_, '_, T> {
     /// Backward through the steps `r` (tape `steps` and the chunk's input `x`, local index
-    /// `t − r.start`), then the chunk's share of the weight gradients and its rows of
-    /// `d_x`, as GEMMs.
+    /// `t − r.start`), then the chunk's share of the weight gradients, block by block of
+    /// steps, and its rows of `d_x`.
+    ///
+    /// On two threads the two run at once (see [`pipelined`]): the leader walks the steps
+    /// alone, and the other thread adds each block's weight gradients as soon as the
+    /// block's steps are done, while the leader goes on. Otherwise the step team walks
+    /// the steps and the blocks follow on all threads. The blocks are the same and are
+    /// added in the same order either way, so the result does not depend on the threads.
     fn run(
         &self,
         steps: StepsView<'_, T>,
@@ -251,128 +240,216 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
         let (len, batch) = (r.len(), grad.h.nrows());
         let (hidden, gh, kind) = (cfg.hidden_size, cfg.gate_size(), cfg.kind);
         let split_rec = kind == CellKind::Gru;
+        let in_size = x.shape()[2];
         let blocks = hidden.div_ceil(UNIT_ALIGN);
         // `Σ (∂L/∂h')²` per step, row and block of units, summed below in a fixed order
         // so that `dh_norm` does not depend on the tiling.
         let mut sumsq = vec![T::zero(); len * batch * blocks];
-        let tiles = team::plan(d.threads, batch, hidden, batch * hidden * gh);
-        {
-            let sh = BwdShared {
-                dh: Shared::new(grad.h.as_slice_mut().expect("contiguous")),
-                dc: Shared::new(
-                    grad.c
-                        .as_mut()
-                        .map_or(&mut [][..], |dc| dc.as_slice_mut().expect("contiguous")),
-                ),
-                dxp: Shared::new(bufs.dxp.as_slice_mut().expect("contiguous")),
-                drec: Shared::new(bufs.drec.as_slice_mut().expect("contiguous")),
-                sumsq: Shared::new(&mut sumsq),
+        let per_block = block_steps(batch);
+        let pipelined = pipelined(d.threads, len * batch * gh * (in_size + hidden));
+        let tiles = team::plan(
+            if pipelined { 1 } else { d.threads },
+            batch,
+            hidden,
+            batch * hidden * gh,
+        );
+        let sh = BwdShared {
+            dh: Shared::new(grad.h.as_slice_mut().expect("contiguous")),
+            dc: Shared::new(
+                grad.c
+                    .as_mut()
+                    .map_or(&mut [][..], |dc| dc.as_slice_mut().expect("contiguous")),
+            ),
+            dxp: Shared::new(bufs.dxp.as_slice_mut().expect("contiguous")),
+            drec: Shared::new(bufs.drec.as_slice_mut().expect("contiguous")),
+            sumsq: Shared::new(&mut sumsq),
+        };
+        let rows_of = |i0: usize, i1: usize| {
+            let (l0, l1) = if d.reverse {
+                (i0, i1)
+            } else {
+                (len - i1, len - i0)
             };
-            let cx = BwdCtx {
-                kind,
-                hidden,
-                batch,
-                lengths: d.lengths,
+            l0 * batch..l1 * batch
+        };
+        let x2 = flat(x, len * batch, in_size);
+        let h2 = flat(steps.h_prev, len * batch, hidden);
+        let rec = if split_rec { &sh.drec } else { &sh.dxp };
+        // Block `j` of the processing order into the weight gradients.
+        let block = |w: &mut WeightSums<'_, T>, j: usize, par: Par| {
+            let rows = rows_of(j * per_block, ((j + 1) * per_block).min(len));
+            let at = |buf: &Shared<T>| {
+                // SAFETY: the block's steps are done (the caller's order), so no one writes
+                // these rows of `dxp`/`drec` until the chunk ends.
+                let v = unsafe { buf.read(rows.start * gh..rows.end * gh) };
+                ArrayView2::from_shape((rows.len(), gh), v).expect("sized from the rows")
             };
-            let (sh, cx, steps, d_y) = (&sh, &cx, &steps, &self.d_y);
-            let dy_stride = d_y.shape()[2];
-            let dy_offset = d.dir * hidden;
-            team::run(&tiles, |member| {
-                for i in 0..len {
-                    let local = if d.reverse { i } else { len - 1 - i };
-                    let at = BwdAt {
-                        i,
-                        local,
-                        t: r.start + local,
-                    };
-                    let tape = StepTape {
-                        gates: at_step(&steps.gates, local),
-                        h_prev: if steps.h_prev.is_empty() {
-                            &[]
-                        } else {
-                            at_step(&steps.h_prev, local)
-                        },
-                        c_prev: steps.c_prev.as_ref().map_or(&[][..], |a| at_step(a, local)),
-                        gh_n: steps.gh_n.as_ref().map_or(&[][..], |a| at_step(a, local)),
-                        dy: at_step(d_y, at.t),
-                        dy_stride,
-                        dy_offset,
-                    };
-                    for tile in member.tiles() {
-                        // SAFETY: members write only their tiles of `dh`, `dc`, this
-                        // step's `dxp`/`drec` and `sumsq`; the barrier separates the cell
-                        // updates from the product, which reads the tile's rows of this
-                        // step's `drec` written by the members sharing them.
-                        unsafe { backward_tile(sh, &tape, cx, at, tile) };
+            let (xb, hb) = (
+                x2.slice(s![rows.clone(), ..]),
+                h2.slice(s![rows.clone(), ..]),
+            );
+            w.sums.w_ih.add(&at(&sh.dxp), &xb, &mut w.w_ih, par);
+            w.sums.w_hh.add(&at(rec), &hb, &mut w.w_hh, par);
+        };
+        let n_blocks = len.div_ceil(per_block);
+        let grads = &mut bufs.grads;
+        let work = Mutex::new(WeightSums {
+            next: 0,
+            sums: &mut bufs.sums,
+            w_ih: grads.w_ih.view_mut(),
+            w_hh: grads.w_hh.view_mut(),
+        });
+        // The rest of the chunk, once its steps are done: bias sums and `dX_l`.
+        let mut rest = |threads: usize| {
+            // SAFETY: the steps are done; `dxp`/`drec` are only read from now on.
+            let all = |buf: &Shared<T>| unsafe { buf.read(0..len * batch * gh) };
+            let flat2 = |v| ArrayView2::from_shape((len * batch, gh), v).expect("sized");
+            let (dxp2, drec2) = (flat2(all(&sh.dxp)), flat2(all(rec)));
+            if let (Some(bi), Some(bh)) = (grads.b_ih.as_mut(), grads.b_hh.as_mut()) {
+                add_column_sums(bi, &dxp2, threads);
+                add_column_sums(bh, &drec2, threads);
+            }
+            let mut dx2 = bufs
+                .d_x
+                .slice_mut(s![r.clone(), .., ..])
+                .into_shape_with_order((len * batch, in_size))
+                .expect("contiguous [T, B, I] buffer");
+            gemm(
+                T::one(),
+                &dxp2,
+                &d.w.w_ih,
+                T::zero(),
+                &mut dx2,
+                par(threads),
+            );
+        };
+        let lock = || work.lock().unwrap_or_else(PoisonError::into_inner);
+        if pipelined {
+            let progress = Progress::default();
+            rayon::join(
+                || {
+                    let done = progress.finish_on_drop();
+                    self.steps(&tiles, &sh, &steps, &r, &|i| {
+                        if (i + 1) % per_block == 0 || i + 1 == len {
+                            progress.set(i + 1);
+                        }
+                    });
+                    drop(done);
+                    rest(1);
+                    loop {
+                        let mut w = lock();
+                        let j = w.next;
+                        if j >= n_blocks {
+                            break;
+                        }
+                        block(&mut w, j, Par::Seq);
+                        w.next += 1;
                     }
-                    if !member.sync() {
+                },
+                || loop {
+                    let mut w = lock();
+                    let j = w.next;
+                    if j >= n_blocks || !progress.wait_for(((j + 1) * per_block).min(len)) {
                         return;
                     }
-                    // SAFETY: as above; this step's `drec` is no longer written.
-                    unsafe {
-                        let drec_t = if split_rec {
-                            sh.drec.ptr()
-                        } else {
-                            sh.dxp.ptr()
-                        }
-                        .add(local * batch * gh);
-                        for tile in member.tiles() {
-                            self.w_hh.apply_tile(
-                                drec_t,
-                                gh,
-                                sh.dh.ptr(),
-                                hidden,
-                                tile.rows.clone(),
-                                tile.units.clone(),
-                                true,
-                            );
-                        }
-                    }
-                }
-            });
+                    block(&mut w, j, Par::Seq);
+                    w.next += 1;
+                },
+            );
+        } else {
+            self.steps(&tiles, &sh, &steps, &r, &|_| {});
+            let mut w = lock();
+            for j in 0..n_blocks {
+                block(&mut w, j, par(d.threads));
+            }
+            drop(w);
+            rest(d.threads);
         }
         for (i, per_step) in sumsq.chunks_exact(batch * blocks).enumerate() {
             let local = if d.reverse { i } else { len - 1 - i };
             dh_norm[r.start + local] = per_step.iter().fold(T::zero(), |acc, &v| acc + v).sqrt();
         }
+    }
 
-        let rows = len * batch;
-        let all = par(d.threads);
-        let in_size = x.shape()[2];
-        let dxp2 = flat(bufs.dxp.slice(s![..len, .., ..]), rows, gh);
-        let drec2 = if split_rec {
-            flat(bufs.drec.slice(s![..len, .., ..]), rows, gh)
-        } else {
-            dxp2
+    /// The steps `r` of the chunk, by the team of `tiles`; `done(i)` after step `i` (in
+    /// processing order) when the team is one member.
+    fn steps(
+        &self,
+        tiles: &[StateTile],
+        sh: &BwdShared<T>,
+        steps: &StepsView<'_, T>,
+        r: &Range<usize>,
+        done: &(dyn Fn(usize) + Sync),
+    ) {
+        let d = self.d;
+        let (len, batch) = (r.len(), self.d_y.shape()[1]);
+        let (hidden, gh, kind) = (d.cfg.hidden_size, d.cfg.gate_size(), d.cfg.kind);
+        let split_rec = kind == CellKind::Gru;
+        let cx = BwdCtx {
+            kind,
+            hidden,
+            batch,
+            lengths: d.lengths,
         };
-        let x2 = flat(x, rows, in_size);
-        let grads = &mut bufs.grads;
-        gemm(
-            T::one(),
-            &dxp2.t(),
-            &x2,
-            T::one(),
-            &mut grads.w_ih.view_mut(),
-            all,
-        );
-        gemm(
-            T::one(),
-            &drec2.t(),
-            &flat(steps.h_prev, rows, hidden),
-            T::one(),
-            &mut grads.w_hh.view_mut(),
-            all,
-        );
-        if let (Some(bi), Some(bh)) = (grads.b_ih.as_mut(), grads.b_hh.as_mut()) {
-            add_column_sums(bi, &dxp2, d.threads);
-            add_column_sums(bh, &drec2, d.threads);
-        }
-        let mut dx2 = bufs
-            .d_x
-            .slice_mut(s![r, .., ..])
-            .into_shape_with_order((rows, in_size))
-            .expect("contiguous [T, B, I] buffer");
-        gemm(T::one(), &dxp2, &d.w.w_ih, T::zero(), &mut dx2, all);
+        let (cx, d_y) = (&cx, &self.d_y);
+        let dy_stride = d_y.shape()[2];
+        let dy_offset = d.dir * hidden;
+        team::run(tiles, |member| {
+            for i in 0..len {
+                let local = if d.reverse { i } else { len - 1 - i };
+                let at = BwdAt {
+                    i,
+                    local,
+                    t: r.start + local,
+                };
+                let tape = StepTape {
+                    gates: at_step(&steps.gates, local),
+                    h_prev: if steps.h_prev.is_empty() {
+                        &[]
+                    } else {
+                        at_step(&steps.h_prev, local)
+                    },
+                    c_prev: steps.c_prev.as_ref().map_or(&[][..], |a| at_step(a, local)),
+                    gh_n: steps.gh_n.as_ref().map_or(&[][..], |a| at_step(a, local)),
+                    dy: at_step(d_y, at.t),
+                    dy_stride,
+                    dy_offset,
+                };
+                for tile in member.tiles() {
+                    // SAFETY: members write only their tiles of `dh`, `dc`, this step's
+                    // `dxp`/`drec` and `sumsq`; the barrier separates the cell updates
+                    // from the product, which reads the tile's rows of this step's `drec`
+                    // written by the members sharing them.
+                    unsafe { backward_tile(sh, &tape, cx, at, tile) };
+                }
+                if !member.sync() {
+                    return;
+                }
+                // SAFETY: as above; this step's `drec` is no longer written.
+                unsafe {
+                    let drec_t = if split_rec {
+                        sh.drec.ptr()
+                    } else {
+                        sh.dxp.ptr()
+                    }
+                    .add(local * batch * gh);
+                    for tile in member.tiles() {
+                        self.w_hh.apply_tile(
+                            drec_t,
+                            gh,
+                            sh.dh.ptr(),
+                            hidden,
+                            tile.rows.clone(),
+                            tile.units.clone(),
+                            true,
+                        );
+                    }
+                }
+                if tiles.len() == 1 {
+                    done(i);
+                }
+            }
+        });
     }
 }
 

@@ -26,6 +26,7 @@ mod plan;
 mod proj;
 mod recompute;
 mod tape;
+mod wgrad;
 
 pub use dropout::Dropout;
 pub use plan::budget_range;
