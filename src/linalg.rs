@@ -419,6 +419,32 @@ mod tests {
         }
     }
 
+    /// `c` against `beta·c0 + atᵀ·b` summed in f64, element by element.
+    fn assert_near_plain_sum<T: Float>(
+        c: &Array2<T>,
+        at: &Array2<T>,
+        b: &Array2<T>,
+        beta: T,
+        c0: &Array2<T>,
+    ) {
+        let (k, (m, n)) = (at.nrows(), c.dim());
+        for ((i, j), &got) in c.indexed_iter() {
+            let mut want = beta.to_f64().unwrap() * c0[[i, j]].to_f64().unwrap();
+            let mut scale = want.abs();
+            for p in 0..k {
+                let v = at[[p, i]].to_f64().unwrap() * b[[p, j]].to_f64().unwrap();
+                want += v;
+                scale += v.abs();
+            }
+            let eps = T::epsilon().to_f64().unwrap();
+            let err = (got.to_f64().unwrap() - want).abs();
+            // Rounding of a blocked sum of `k` terms: well within `√k` ulps of the sum of
+            // magnitudes (a wrong element would be off by `scale`).
+            let bound = 4.0 * (k as f64).sqrt() * eps * scale;
+            assert!(err <= bound, "{m}x{k}x{n} [{i}, {j}]: {err} > {bound}");
+        }
+    }
+
     fn transposed_products_are_exact_and_independent_of_threads<T: Float>() {
         // `aᵀ·b` with `a` row-major (as the weight gradients pass it), over an inner
         // dimension of several copy blocks, against a plain sum in f64.
@@ -452,21 +478,7 @@ mod tests {
                         );
                         continue;
                     }
-                    for ((i, j), &got) in c.indexed_iter() {
-                        let mut want = beta.to_f64().unwrap() * c0[[i, j]].to_f64().unwrap();
-                        let mut scale = want.abs();
-                        for p in 0..k {
-                            let v = at[[p, i]].to_f64().unwrap() * b[[p, j]].to_f64().unwrap();
-                            want += v;
-                            scale += v.abs();
-                        }
-                        let eps = T::epsilon().to_f64().unwrap();
-                        let err = (got.to_f64().unwrap() - want).abs();
-                        // Rounding of a blocked sum of `k` terms: well within `√k` ulps of the
-                        // sum of magnitudes (a wrong element would be off by `scale`).
-                        let bound = 4.0 * (k as f64).sqrt() * eps * scale;
-                        assert!(err <= bound, "{m}x{k}x{n} [{i}, {j}]: {err} > {bound}");
-                    }
+                    assert_near_plain_sum(&c, &at, &b, beta, &c0);
                     first = Some(c);
                 }
             }
@@ -499,18 +511,7 @@ mod tests {
                     assert!(same, "{m}x{k}x{n} on {threads} threads differs from one");
                     continue;
                 }
-                for ((i, j), &got) in c.indexed_iter() {
-                    let (mut want, mut scale) = (0.0f64, 0.0f64);
-                    for p in 0..k {
-                        let v = at[[p, i]].to_f64().unwrap() * b[[p, j]].to_f64().unwrap();
-                        want += v;
-                        scale += v.abs();
-                    }
-                    let eps = T::epsilon().to_f64().unwrap();
-                    let err = (got.to_f64().unwrap() - want).abs();
-                    let bound = 4.0 * (k as f64).sqrt() * eps * scale;
-                    assert!(err <= bound, "{m}x{k}x{n} [{i}, {j}]: {err} > {bound}");
-                }
+                assert_near_plain_sum(&c, &at, &b, T::zero(), &c);
                 first = Some(c);
             }
         }
