@@ -251,15 +251,21 @@ impl CallPlan {
             LAST_POOL_END.store(clock_ns(), Ordering::Relaxed);
             return result;
         }
-        struct Reset(bool);
-        impl Drop for Reset {
-            fn drop(&mut self) {
-                ALONE.with(|a| a.set(self.0));
-            }
-        }
-        let _reset = Reset(ALONE.with(|a| a.replace(true)));
-        f()
+        alone(f)
     }
+}
+
+/// Runs `f` on the calling thread as work that may use no other thread
+/// ([`current_threads`] is 1 inside, also on a thread of the pool).
+pub(crate) fn alone<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ALONE.with(|a| a.set(self.0));
+        }
+    }
+    let _reset = Reset(ALONE.with(|a| a.replace(true)));
+    f()
 }
 
 /// The number of threads the work running on this thread may use: 1 inside [`run`] on

@@ -39,10 +39,15 @@ pub fn plan(threads: usize, batch: usize, hidden: usize, work: usize) -> Vec<Sta
 }
 
 /// Tiles for at most `members` members over `batch` rows and `hidden` units (one tile
-/// below two). Units are split in blocks of [`UNIT_ALIGN`] first (each member then reads
-/// a disjoint part of the weights), rows (in blocks of 8 where the batch allows) when
-/// there are fewer unit blocks than members; the split with the smallest largest tile
-/// wins, among equals the one with fewer members, then the one with more rows per member.
+/// below two).
+///
+/// Whole rows first, when every member gets at least [`ROW_BLOCK`] of them: a member that
+/// owns all the units of its rows reads only the state it wrote itself, so the members
+/// run their steps without meeting (see [`Member::end_step`]). Otherwise units are split
+/// in blocks of [`UNIT_ALIGN`] first (each member then reads a disjoint part of the
+/// weights), rows (in blocks of 8 where the batch allows) when there are fewer unit
+/// blocks than members; the split with the smallest largest tile wins, among equals the
+/// one with fewer members, then the one with more rows per member.
 fn split(members: usize, batch: usize, hidden: usize) -> Vec<StateTile> {
     let whole = vec![StateTile {
         rows: 0..batch,
@@ -51,6 +56,16 @@ fn split(members: usize, batch: usize, hidden: usize) -> Vec<StateTile> {
     let threads = members;
     if threads < 2 {
         return whole;
+    }
+    if batch >= ROW_BLOCK * threads {
+        let per_r = batch.div_ceil(threads).div_ceil(ROW_BLOCK) * ROW_BLOCK;
+        return (0..batch)
+            .step_by(per_r)
+            .map(|r0| StateTile {
+                rows: r0..(r0 + per_r).min(batch),
+                units: 0..hidden,
+            })
+            .collect();
     }
     let blocks = hidden.div_ceil(UNIT_ALIGN);
     // (largest tile in rows × unit blocks, members, unit blocks per member, rows per member)
@@ -88,6 +103,9 @@ fn split(members: usize, batch: usize, hidden: usize) -> Vec<StateTile> {
     }
     tiles
 }
+
+/// Rows per member below which a team splits units rather than whole rows (see [`split`]).
+pub(crate) const ROW_BLOCK: usize = 8;
 
 /// How long a member spins at the barrier before it sleeps. Steps that the team is worth
 /// running take a few microseconds to tens of them, so members that are all running meet
@@ -225,6 +243,8 @@ pub struct Member<'a> {
     own: &'a [StateTile],
     all: &'a [StateTile],
     leader: bool,
+    /// Every tile covers the same units (see [`end_step`](Self::end_step)).
+    rows_only: bool,
     barrier: &'a Barrier,
 }
 
@@ -244,6 +264,17 @@ impl Member<'_> {
     pub fn sync(&self) -> bool {
         self.barrier.wait();
         self.leader || !self.barrier.retired.load(Ordering::Acquire)
+    }
+
+    /// The end of one step of a recurrence, whose rows never read each other: waits for
+    /// the other members like [`sync`](Self::sync) when the team splits units, and returns
+    /// at once when every member owns whole rows (all tiles cover the same units), since
+    /// a member's next step then reads only the state it wrote itself.
+    pub fn end_step(&self) -> bool {
+        if self.rows_only {
+            return true;
+        }
+        self.sync()
     }
 }
 
@@ -282,11 +313,13 @@ where
     // One member alone would take about `total / smallest` times the first arrival's
     // work; the team is kept while it takes less than 90% of that.
     let barrier = Barrier::new(1, 0.9 * total / smallest);
+    let rows_only = tiles.iter().all(|t| t.units == tiles[0].units);
     if n < 2 {
         member(&Member {
             own: tiles,
             all: tiles,
             leader: true,
+            rows_only,
             barrier: &barrier,
         });
         return;
@@ -309,6 +342,7 @@ where
                     own: std::slice::from_ref(&tiles[i]),
                     all: tiles,
                     leader: false,
+                    rows_only,
                     barrier,
                 });
             });
@@ -329,6 +363,7 @@ where
             own: &mine,
             all: tiles,
             leader: true,
+            rows_only,
             barrier,
         });
     });
@@ -447,7 +482,13 @@ mod tests {
                 "{threads} {batch} {hidden}: {tiles:?}"
             );
         }
-        // Units first: 16 threads over 1024 units take 64 units each, all rows.
+        // Whole rows while every member gets 8: 2 threads over 16 rows take 8 rows each.
+        let tiles = split(2, 16, 128);
+        assert_eq!(tiles.len(), 2);
+        assert!(tiles
+            .iter()
+            .all(|t| t.rows.len() == 8 && t.units == (0..128)));
+        // Units first below: 16 threads over 1024 units take 64 units each, all rows.
         let tiles = split(16, 64, 1024);
         assert_eq!(tiles.len(), 16);
         assert!(tiles
@@ -492,7 +533,8 @@ mod tests {
 
     #[test]
     fn a_panicking_member_does_not_hang_the_others() {
-        let tiles = split(2, 16, 128);
+        let tiles = split(2, 8, 128);
+        assert!(tiles.iter().any(|t| t.units.start > 0), "{tiles:?}");
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
@@ -526,6 +568,45 @@ mod tests {
             })
         });
         assert_eq!(seen.into_inner(), tiles.len());
+    }
+
+    #[test]
+    fn members_owning_whole_rows_do_not_wait_for_each_other() {
+        // The second member starts its steps only after the leader has finished all of
+        // its own: with whole-row tiles `end_step` must not wait (a barrier would hang,
+        // which the receive's timeout turns into a failure).
+        let tiles = split(2, 16, 128);
+        assert!(tiles.iter().all(|t| t.units == (0..128)));
+        const STEPS: usize = 50;
+        let done: Vec<AtomicUsize> = (0..STEPS).map(|_| AtomicUsize::new(0)).collect();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let rx = Mutex::new(rx);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let here = std::thread::current().id();
+            run(&tiles, |m| {
+                let leader = std::thread::current().id() == here;
+                if !leader {
+                    let rx = rx.lock().unwrap();
+                    rx.recv_timeout(Duration::from_secs(60))
+                        .expect("the leader waited for this member");
+                }
+                for d in &done {
+                    for _ in m.tiles() {
+                        d.fetch_add(1, Ordering::Relaxed);
+                    }
+                    assert!(m.end_step());
+                }
+                if leader {
+                    // Lets the other member go (if it joined; else nobody receives).
+                    let _ = tx.send(());
+                }
+            })
+        });
+        assert!(done.iter().all(|d| d.load(Ordering::Relaxed) == 2));
     }
 
     #[test]

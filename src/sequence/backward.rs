@@ -422,7 +422,7 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
                     // written by the members sharing them.
                     unsafe { backward_tile(sh, &tape, cx, at, tile) };
                 }
-                if !member.sync() {
+                if !member.end_step() {
                     return;
                 }
                 // SAFETY: as above; this step's `drec` is no longer written.

@@ -222,7 +222,7 @@ impl<T: Float> Direction<'_, '_, T> {
                     // reads it.
                     unsafe { forward_tile(sh, cx, at, tile) };
                 }
-                if !member.sync() {
+                if !member.end_step() {
                     return;
                 }
             }

@@ -25,6 +25,7 @@ mod layer;
 mod plan;
 mod proj;
 mod recompute;
+mod rows;
 mod tape;
 mod wgrad;
 
@@ -136,6 +137,12 @@ pub fn forward_with<T: Float>(
         check_state(cfg, batch, st, "state")?;
     }
     check_lengths(lengths, seq_len, batch)?;
+    let threads = crate::parallel::call_threads();
+    if keep == Keep::Nothing {
+        if let Some(groups) = rows::groups(cfg, batch, threads) {
+            return rows::forward(cfg, weights, x, state, lengths, ctl, &groups);
+        }
+    }
     // The caller's x serves as layer 0's input (and is referenced, not copied, by the
     // tape) when it is already time-major and no padding must be hidden.
     let borrow_x = !cfg.batch_first && lengths.is_none() && x.is_standard_layout();
@@ -166,7 +173,6 @@ pub fn forward_with<T: Float>(
         CowArray::from(owned)
     };
     let plan = DirPlan::new(keep, segment);
-    let threads = crate::parallel::call_threads();
     let pass = Pass {
         cfg,
         weights,

@@ -639,3 +639,46 @@ fn a_changed_or_missing_x_is_refused() {
     .unwrap_err();
     assert!(err.to_string().starts_with("x: differs"), "{err}");
 }
+
+#[test]
+fn inference_split_by_rows_gives_the_bits_of_one_thread() {
+    // Batch 40 at hidden 128: on two or more threads inference runs as groups of rows
+    // (see `rows`); its outputs and final state must equal the tape pass's, which does
+    // not split, bitwise, for every cell, layout, lengths and an initial state.
+    for kind in KINDS {
+        for batch_first in [false, true] {
+            let cfg = Config {
+                input_size: 5,
+                hidden_size: 128,
+                ..config(kind, 2, false, true, batch_first)
+            };
+            let lengths: Vec<usize> = (0..40).map(|b| 1 + (b * 7) % 9).collect();
+            let p = Problem::new(cfg, 9, 40, Some(lengths), 17);
+            if crate::parallel::cores() >= 2 {
+                let groups = rows::groups(&cfg, 40, 2).expect("two groups of rows");
+                assert_eq!(groups, vec![0..20, 20..40]);
+            }
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(3)
+                .build()
+                .unwrap();
+            let (out, st, tape) = pool.install(|| p.run(Keep::Nothing));
+            assert!(tape.is_none());
+            let (want_out, want_st, _) = p.run(Keep::Everything);
+            assert_eq!(out, want_out, "{kind:?} batch_first={batch_first}");
+            assert_eq!(st, want_st, "{kind:?} batch_first={batch_first}");
+        }
+    }
+    // Too few rows, or a bidirectional stack: no split.
+    let cfg = Config {
+        hidden_size: 128,
+        ..config(CellKind::Lstm, 1, false, true, false)
+    };
+    assert!(rows::groups(&cfg, 15, 2).is_none());
+    assert!(rows::groups(&cfg, 40, 1).is_none());
+    let bi = Config {
+        bidirectional: true,
+        ..cfg
+    };
+    assert!(rows::groups(&bi, 40, 2).is_none());
+}

@@ -1,0 +1,99 @@
+//! Inference split by batch rows: rows never read each other's state, so a pass that
+//! keeps no tape runs as independent passes over groups of rows, one thread each, with
+//! no meeting per step or per chunk (what a step team pays), and each thread's products
+//! over all the units of its rows.
+//!
+//! Every element goes through the same instructions as in the whole pass (the products
+//! and the cell are computed row by row, the input projection's rows do not depend on
+//! the others), so the results are bitwise those of one thread.
+
+use super::{forward_with, ForwardOptions, ForwardOutput, Keep};
+use crate::buffer::{uninit, Control};
+use crate::error::Result;
+use crate::float::Float;
+use crate::model::{Config, LayerWeights, State, StateView};
+use crate::team::ROW_BLOCK;
+use ndarray::{ArrayView3, Axis, Slice};
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// The row groups of a pass over `batch` rows when `threads` may run it: one per member
+/// the threading policy gives a step of the pass (`parallel::team_members`), each of at
+/// least [`ROW_BLOCK`] rows, as even as the rows allow. `None` (no split) below
+/// two groups, and for a bidirectional stack, whose directions already run on threads of
+/// their own.
+pub(super) fn groups(cfg: &Config, batch: usize, threads: usize) -> Option<Vec<Range<usize>>> {
+    let work = batch * cfg.hidden_size * cfg.gate_size();
+    let n = crate::parallel::team_members(threads, work).min(batch / ROW_BLOCK);
+    if n < 2 || cfg.bidirectional {
+        return None;
+    }
+    let per = batch.div_ceil(n);
+    Some(
+        (0..batch)
+            .step_by(per)
+            .map(|r0| r0..(r0 + per).min(batch))
+            .collect(),
+    )
+}
+
+/// [`forward_with`] without a tape over each of `groups` on a thread of its own, the
+/// outputs and final states put back together in the rows they came from. The arguments
+/// are checked by the caller.
+pub(super) fn forward<T: Float>(
+    cfg: &Config,
+    weights: &[LayerWeights<'_, T>],
+    x: ArrayView3<'_, T>,
+    state: Option<StateView<'_, T>>,
+    lengths: Option<&[usize]>,
+    ctl: &Control,
+    groups: &[Range<usize>],
+) -> Result<ForwardOutput<T>> {
+    let batch_axis = Axis(usize::from(!cfg.batch_first));
+    let rows = |r: &Range<usize>| Slice::from(r.clone());
+    // The whole pass's arrays first: a request too large fails at once, naming its size.
+    let mut out_dim = x.raw_dim();
+    out_dim[2] = cfg.output_size();
+    let batch = x.len_of(batch_axis);
+    let mut out = uninit::<T, _>(out_dim, "out")?;
+    let mut h = uninit::<T, _>(cfg.state_shape(batch), "state")?;
+    let mut c = cfg
+        .kind
+        .has_cell_state()
+        .then(|| uninit::<T, _>(cfg.cell_state_shape(batch), "state"))
+        .transpose()?;
+    let parts = groups
+        .par_iter()
+        .map(|r| {
+            let state = state.as_ref().map(|st| StateView {
+                h: st.h.slice_axis(Axis(1), rows(r)),
+                c: st.c.as_ref().map(|c| c.slice_axis(Axis(1), rows(r))),
+            });
+            let opts = ForwardOptions {
+                lengths: lengths.map(|l| &l[r.clone()]),
+                keep: Keep::Nothing,
+                dropout: None,
+            };
+            let x = x.slice_axis(batch_axis, rows(r));
+            crate::parallel::alone(|| forward_with(cfg, weights, x, state, &opts, ctl))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (r, (o, st, _)) in groups.iter().zip(&parts) {
+        o.assign_to(out.slice_axis_mut(batch_axis, rows(r)));
+        st.h.assign_to(h.slice_axis_mut(Axis(1), rows(r)));
+        if let (Some(c), Some(src)) = (c.as_mut(), st.c.as_ref()) {
+            src.assign_to(c.slice_axis_mut(Axis(1), rows(r)));
+        }
+    }
+    // SAFETY: the groups cover `0..batch` (see [`groups`]), so every element of each
+    // array was written above (each group's arrays have its rows and the other axes of
+    // the whole).
+    let (out, h, c) = unsafe {
+        (
+            out.assume_init(),
+            h.assume_init(),
+            c.map(|c| c.assume_init()),
+        )
+    };
+    Ok((out, State { h, c }, None))
+}
