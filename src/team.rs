@@ -31,24 +31,34 @@ pub struct StateTile {
     pub units: Range<usize>,
 }
 
-/// Tiles for the step team of a step of `work` multiply-adds over `batch` rows and
-/// `hidden` units, when `threads` are allowed: as many members as the threading policy
-/// gives (`parallel::team_members`), split by [`split`].
-pub fn plan(threads: usize, batch: usize, hidden: usize, work: usize) -> Vec<StateTile> {
-    split(crate::parallel::team_members(threads, work), batch, hidden)
+/// Tiles for the step team of a step over `batch` rows and `hidden` units with `gates`
+/// gate rows (`G·H`), when `threads` are allowed: as many members as the threading policy
+/// gives for the step's `batch · hidden · gates` multiply-adds
+/// (`parallel::team_members`), split by [`split`], whole rows first when the recurrent
+/// weights are at most [`ROWS_MAX_WEIGHTS`].
+pub fn plan(threads: usize, batch: usize, hidden: usize, gates: usize) -> Vec<StateTile> {
+    let members = crate::parallel::team_members(threads, batch * hidden * gates);
+    split(members, batch, hidden, hidden * gates <= ROWS_MAX_WEIGHTS)
 }
+
+/// Recurrent weights (elements) up to which a team's members own whole rows, or
+/// inference splits into groups of rows (`sequence::rows`): every member then reads all
+/// of the weights each step, which pays while they stay near its core. Measured on 2
+/// threads against the unit split (its barrier per step included), LSTM float32: H = 128
+/// and 256 (`2^16`, `2^18`) 0.58–0.98 of its time, H = 1024 (`2^22`) 1.09–1.10.
+pub(crate) const ROWS_MAX_WEIGHTS: usize = 1 << 18;
 
 /// Tiles for at most `members` members over `batch` rows and `hidden` units (one tile
 /// below two).
 ///
-/// Whole rows first, when every member gets at least [`ROW_BLOCK`] of them: a member that
+/// Whole rows first, when `rows_first` and every member gets at least [`ROW_BLOCK`] of them: a member that
 /// owns all the units of its rows reads only the state it wrote itself, so the members
 /// run their steps without meeting (see [`Member::end_step`]). Otherwise units are split
 /// in blocks of [`UNIT_ALIGN`] first (each member then reads a disjoint part of the
 /// weights), rows (in blocks of 8 where the batch allows) when there are fewer unit
 /// blocks than members; the split with the smallest largest tile wins, among equals the
 /// one with fewer members, then the one with more rows per member.
-fn split(members: usize, batch: usize, hidden: usize) -> Vec<StateTile> {
+fn split(members: usize, batch: usize, hidden: usize, rows_first: bool) -> Vec<StateTile> {
     let whole = vec![StateTile {
         rows: 0..batch,
         units: 0..hidden,
@@ -57,7 +67,7 @@ fn split(members: usize, batch: usize, hidden: usize) -> Vec<StateTile> {
     if threads < 2 {
         return whole;
     }
-    if batch >= ROW_BLOCK * threads {
+    if rows_first && batch >= ROW_BLOCK * threads {
         let per_r = batch.div_ceil(threads).div_ceil(ROW_BLOCK) * ROW_BLOCK;
         return (0..batch)
             .step_by(per_r)
@@ -451,9 +461,9 @@ mod tests {
 
     #[test]
     fn small_steps_get_one_tile() {
-        assert_eq!(plan(8, 1, 64, 4 * 64 * 64).len(), 1);
-        assert_eq!(split(1, 64, 1024).len(), 1);
-        let tiles = split(8, 16, 128);
+        assert_eq!(plan(8, 1, 64, 4 * 64).len(), 1);
+        assert_eq!(split(1, 64, 1024, true).len(), 1);
+        let tiles = split(8, 16, 128, true);
         assert!(tiles.len() >= 2 && tiles.len() <= 8, "{tiles:?}");
     }
 
@@ -466,7 +476,7 @@ mod tests {
             (3, 40, 96),
             (4, 5, 40),
         ] {
-            let tiles = split(threads, batch, hidden);
+            let tiles = split(threads, batch, hidden, true);
             assert!(tiles.len() <= threads && tiles.len() >= 2, "{tiles:?}");
             let mut seen = vec![0u8; batch * hidden];
             for t in &tiles {
@@ -483,13 +493,18 @@ mod tests {
             );
         }
         // Whole rows while every member gets 8: 2 threads over 16 rows take 8 rows each.
-        let tiles = split(2, 16, 128);
+        let tiles = split(2, 16, 128, true);
         assert_eq!(tiles.len(), 2);
         assert!(tiles
             .iter()
             .all(|t| t.rows.len() == 8 && t.units == (0..128)));
+        // Without `rows_first` (large weights) units first even where rows would do.
+        let tiles = split(2, 64, 1024, false);
+        assert!(tiles
+            .iter()
+            .all(|t| t.rows == (0..64) && t.units.len() == 512));
         // Units first below: 16 threads over 1024 units take 64 units each, all rows.
-        let tiles = split(16, 64, 1024);
+        let tiles = split(16, 64, 1024, true);
         assert_eq!(tiles.len(), 16);
         assert!(tiles
             .iter()
@@ -499,7 +514,7 @@ mod tests {
     #[test]
     fn the_barrier_orders_the_phases_of_every_step() {
         // One row per tile.
-        let tiles = split(4, 4, UNIT_ALIGN);
+        let tiles = split(4, 4, UNIT_ALIGN, true);
         let n = tiles.len();
         assert_eq!(n, 4);
         let mut buf = vec![0usize; n];
@@ -533,7 +548,7 @@ mod tests {
 
     #[test]
     fn a_panicking_member_does_not_hang_the_others() {
-        let tiles = split(2, 8, 128);
+        let tiles = split(2, 8, 128, true);
         assert!(tiles.iter().any(|t| t.units.start > 0), "{tiles:?}");
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
@@ -555,7 +570,7 @@ mod tests {
     #[test]
     fn a_busy_pool_leaves_the_tiles_to_the_leader() {
         // A pool of one thread: nobody can join, the leader runs every tile.
-        let tiles = split(4, 64, 4 * UNIT_ALIGN);
+        let tiles = split(4, 64, 4 * UNIT_ALIGN, true);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
@@ -575,7 +590,7 @@ mod tests {
         // The second member starts its steps only after the leader has finished all of
         // its own: with whole-row tiles `end_step` must not wait (a barrier would hang,
         // which the receive's timeout turns into a failure).
-        let tiles = split(2, 16, 128);
+        let tiles = split(2, 16, 128, true);
         assert!(tiles.iter().all(|t| t.units == (0..128)));
         const STEPS: usize = 50;
         let done: Vec<AtomicUsize> = (0..STEPS).map(|_| AtomicUsize::new(0)).collect();
@@ -613,7 +628,7 @@ mod tests {
     fn a_member_that_keeps_losing_its_core_is_retired_and_every_tile_still_runs_once() {
         // The second member sleeps 2 ms per step (as if another process had its core):
         // the team shrinks to the leader, which then runs both tiles of every step.
-        let tiles = split(2, 16, 2 * UNIT_ALIGN);
+        let tiles = split(2, 16, 2 * UNIT_ALIGN, true);
         assert_eq!(tiles.len(), 2);
         const STEPS: usize = 40;
         let done: Vec<AtomicUsize> = (0..STEPS).map(|_| AtomicUsize::new(0)).collect();

@@ -247,12 +247,7 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
         let mut sumsq = vec![T::zero(); len * batch * blocks];
         let per_block = block_steps(batch);
         let pipelined = pipelined(d.threads, len * batch * gh * (in_size + hidden));
-        let tiles = team::plan(
-            if pipelined { 1 } else { d.threads },
-            batch,
-            hidden,
-            batch * hidden * gh,
-        );
+        let tiles = team::plan(if pipelined { 1 } else { d.threads }, batch, hidden, gh);
         let sh = BwdShared {
             dh: Shared::new(grad.h.as_slice_mut().expect("contiguous")),
             dc: Shared::new(

@@ -174,7 +174,7 @@ impl<T: Float> Direction<'_, '_, T> {
             );
         }
 
-        let tiles = team::plan(self.threads, batch, hidden, batch * hidden * gh);
+        let tiles = team::plan(self.threads, batch, hidden, gh);
         let tape = chunk.tape.as_mut();
         let (h_prev, c_prev, gh_n) = match tape {
             Some(tp) => (tp.h_prev.as_mut(), tp.c_prev.as_mut(), tp.gh_n.as_mut()),

@@ -681,4 +681,10 @@ fn inference_split_by_rows_gives_the_bits_of_one_thread() {
         ..cfg
     };
     assert!(rows::groups(&bi, 40, 2).is_none());
+    // Weights above `ROWS_MAX_WEIGHTS` (4·1024·1024): the step team splits units instead.
+    let large = Config {
+        hidden_size: 1024,
+        ..cfg
+    };
+    assert!(rows::groups(&large, 64, 2).is_none());
 }
