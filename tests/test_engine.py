@@ -64,15 +64,18 @@ def test_results_identical_across_thread_counts(cell, kw, dtype, shape, restore_
 @pytest.mark.parametrize("cell,kw", CELLS + [("LSTM", {"proj_size": 24})])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_inference_identical_across_thread_counts(cell, kw, dtype, batch_first,
+@pytest.mark.parametrize("inp", [16, 600])
+def test_inference_identical_across_thread_counts(cell, kw, dtype, batch_first, inp,
                                                   restore_engine):
     # Batch 40 at hidden 128: inference splits into groups of rows, one thread each
-    # (uneven ones at 3 threads); with lengths, an initial state and two layers.
+    # (14, 14, 12 rows at 3 threads on 3 cores or more); with lengths, an initial state and
+    # two layers. Input 600: the input projection's GEMM over a group's rows blocks its
+    # long sums as the whole's GEMM does.
     rng = np.random.default_rng(4)
     batch = 40
-    model = getattr(bptt, cell)(16, 128, 2, batch_first=batch_first, dtype=dtype, seed=6,
+    model = getattr(bptt, cell)(inp, 128, 2, batch_first=batch_first, dtype=dtype, seed=6,
                                 **kw)
-    shape = (batch, 11, 16) if batch_first else (11, batch, 16)
+    shape = (batch, 11, inp) if batch_first else (11, batch, inp)
     x = rng.standard_normal(shape).astype(dtype)
     lengths = rng.integers(1, 12, size=batch)
     h_size = kw.get("proj_size", 128)
