@@ -585,6 +585,28 @@ mod tests {
         assert_eq!(seen.into_inner(), tiles.len());
     }
 
+    /// Runs a team of `tiles` on a pool of two threads: `member(m, leader, done)` is each
+    /// member's work, which counts the tiles it runs per step in `done` (`steps` of them);
+    /// returns the counts.
+    fn on_two_threads(
+        tiles: &[StateTile],
+        steps: usize,
+        member: impl Fn(&Member<'_>, bool, &[AtomicUsize]) + Sync,
+    ) -> Vec<usize> {
+        let done: Vec<AtomicUsize> = (0..steps).map(|_| AtomicUsize::new(0)).collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let here = std::thread::current().id();
+            run(tiles, |m| {
+                member(m, std::thread::current().id() == here, &done)
+            })
+        });
+        done.into_iter().map(AtomicUsize::into_inner).collect()
+    }
+
     #[test]
     fn members_owning_whole_rows_do_not_wait_for_each_other() {
         // The second member starts its steps only after the leader has finished all of
@@ -592,36 +614,26 @@ mod tests {
         // which the receive's timeout turns into a failure).
         let tiles = split(2, 16, 128, true);
         assert!(tiles.iter().all(|t| t.units == (0..128)));
-        const STEPS: usize = 50;
-        let done: Vec<AtomicUsize> = (0..STEPS).map(|_| AtomicUsize::new(0)).collect();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let rx = Mutex::new(rx);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            let here = std::thread::current().id();
-            run(&tiles, |m| {
-                let leader = std::thread::current().id() == here;
-                if !leader {
-                    let rx = rx.lock().unwrap();
-                    rx.recv_timeout(Duration::from_secs(60))
-                        .expect("the leader waited for this member");
+        let done = on_two_threads(&tiles, 50, |m, leader, done| {
+            if !leader {
+                let rx = rx.lock().unwrap();
+                rx.recv_timeout(Duration::from_secs(60))
+                    .expect("the leader waited for this member");
+            }
+            for d in done {
+                for _ in m.tiles() {
+                    d.fetch_add(1, Ordering::Relaxed);
                 }
-                for d in &done {
-                    for _ in m.tiles() {
-                        d.fetch_add(1, Ordering::Relaxed);
-                    }
-                    assert!(m.end_step());
-                }
-                if leader {
-                    // Lets the other member go (if it joined; else nobody receives).
-                    let _ = tx.send(());
-                }
-            })
+                assert!(m.end_step());
+            }
+            if leader {
+                // Lets the other member go (if it joined; else nobody receives).
+                let _ = tx.send(());
+            }
         });
-        assert!(done.iter().all(|d| d.load(Ordering::Relaxed) == 2));
+        assert!(done.iter().all(|&d| d == 2));
     }
 
     #[test]
@@ -630,33 +642,23 @@ mod tests {
         // the team shrinks to the leader, which then runs both tiles of every step.
         let tiles = split(2, 16, 2 * UNIT_ALIGN, true);
         assert_eq!(tiles.len(), 2);
-        const STEPS: usize = 40;
-        let done: Vec<AtomicUsize> = (0..STEPS).map(|_| AtomicUsize::new(0)).collect();
         let leader_tiles = AtomicUsize::new(0);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            let here = std::thread::current().id();
-            run(&tiles, |m| {
-                let leader = std::thread::current().id() == here;
-                for d in &done {
-                    for _ in m.tiles() {
-                        d.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if leader {
-                        leader_tiles.fetch_max(m.tiles().len(), Ordering::Relaxed);
-                    } else {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    if !m.sync() {
-                        return;
-                    }
+        let done = on_two_threads(&tiles, 40, |m, leader, done| {
+            for d in done {
+                for _ in m.tiles() {
+                    d.fetch_add(1, Ordering::Relaxed);
                 }
-            })
+                if leader {
+                    leader_tiles.fetch_max(m.tiles().len(), Ordering::Relaxed);
+                } else {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                if !m.sync() {
+                    return;
+                }
+            }
         });
-        assert!(done.iter().all(|d| d.load(Ordering::Relaxed) == 2));
+        assert!(done.iter().all(|&d| d == 2));
         assert_eq!(leader_tiles.into_inner(), 2, "the team never shrank");
     }
 }
