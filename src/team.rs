@@ -32,33 +32,63 @@ pub struct StateTile {
 }
 
 /// Tiles for the step team of a step over `batch` rows and `hidden` units with `gates`
-/// gate rows (`G·H`), when `threads` are allowed: as many members as the threading policy
-/// gives for the step's `batch · hidden · gates` multiply-adds
-/// (`parallel::team_members`), split by [`split`], whole rows first when the recurrent
-/// weights are at most [`ROWS_MAX_WEIGHTS`].
+/// gate rows (`G·H`), when `threads` are allowed: whole rows when [`row_groups`] gives
+/// some, else as many members as the threading policy gives for the step's
+/// `batch · hidden · gates` multiply-adds (`parallel::team_members`), split by [`split`].
 pub fn plan(threads: usize, batch: usize, hidden: usize, gates: usize) -> Vec<StateTile> {
+    if let Some(groups) = row_groups(threads, batch, hidden, gates) {
+        return groups
+            .into_iter()
+            .map(|rows| StateTile {
+                rows,
+                units: 0..hidden,
+            })
+            .collect();
+    }
     let members = crate::parallel::team_members(threads, batch * hidden * gates);
-    split(members, batch, hidden, hidden * gates <= ROWS_MAX_WEIGHTS)
+    split(members, batch, hidden)
 }
 
-/// Recurrent weights (elements) up to which a team's members own whole rows, or
-/// inference splits into groups of rows (`sequence::rows`): every member then reads all
-/// of the weights each step, which pays while they stay near its core. Measured on 2
-/// threads against the unit split (its barrier per step included), LSTM float32: H = 128
-/// and 256 (`2^16`, `2^18`) 0.58–0.98 of its time, H = 1024 (`2^22`) 1.09–1.10.
-pub(crate) const ROWS_MAX_WEIGHTS: usize = 1 << 18;
+/// Recurrent weights (elements) up to which a step is split into whole rows: every member
+/// then reads all of the weights each step, which pays while they stay near its core.
+/// Measured on 2 threads against the unit split (its barrier per step included), LSTM
+/// float32: H = 128 and 256 (`2^16`, `2^18`) 0.58–0.98 of its time, H = 1024 (`2^22`)
+/// 1.09–1.10.
+const ROWS_MAX_WEIGHTS: usize = 1 << 18;
+
+/// Groups of whole rows for a step over `batch` rows, `hidden` units and `gates` gate
+/// rows when `threads` are allowed: one per member the threading policy gives the step
+/// (`parallel::team_members`), each of at least [`ROW_BLOCK`] rows, as even as the rows
+/// allow; `None` below two groups and for recurrent weights above [`ROWS_MAX_WEIGHTS`].
+/// A member that owns all the units of its rows reads only the state it wrote itself, so
+/// the members run their steps without meeting (see [`Member::end_step`]); inference
+/// runs such groups as passes of their own (`sequence::rows`).
+pub(crate) fn row_groups(
+    threads: usize,
+    batch: usize,
+    hidden: usize,
+    gates: usize,
+) -> Option<Vec<Range<usize>>> {
+    let members = crate::parallel::team_members(threads, batch * hidden * gates);
+    let n = members.min(batch / ROW_BLOCK);
+    if n < 2 || hidden * gates > ROWS_MAX_WEIGHTS {
+        return None;
+    }
+    let per = batch.div_ceil(n);
+    Some(
+        (0..batch)
+            .step_by(per)
+            .map(|r0| r0..(r0 + per).min(batch))
+            .collect(),
+    )
+}
 
 /// Tiles for at most `members` members over `batch` rows and `hidden` units (one tile
-/// below two).
-///
-/// Whole rows first, when `rows_first` and every member gets at least [`ROW_BLOCK`] of them: a member that
-/// owns all the units of its rows reads only the state it wrote itself, so the members
-/// run their steps without meeting (see [`Member::end_step`]). Otherwise units are split
-/// in blocks of [`UNIT_ALIGN`] first (each member then reads a disjoint part of the
-/// weights), rows (in blocks of 8 where the batch allows) when there are fewer unit
-/// blocks than members; the split with the smallest largest tile wins, among equals the
-/// one with fewer members, then the one with more rows per member.
-fn split(members: usize, batch: usize, hidden: usize, rows_first: bool) -> Vec<StateTile> {
+/// below two): units in blocks of [`UNIT_ALIGN`] first (each member then reads a disjoint
+/// part of the weights), rows (in blocks of 8 where the batch allows) when there are
+/// fewer unit blocks than members; the split with the smallest largest tile wins, among
+/// equals the one with fewer members, then the one with more rows per member.
+fn split(members: usize, batch: usize, hidden: usize) -> Vec<StateTile> {
     let whole = vec![StateTile {
         rows: 0..batch,
         units: 0..hidden,
@@ -66,16 +96,6 @@ fn split(members: usize, batch: usize, hidden: usize, rows_first: bool) -> Vec<S
     let threads = members;
     if threads < 2 {
         return whole;
-    }
-    if rows_first && batch >= ROW_BLOCK * threads {
-        let per_r = batch.div_ceil(threads).div_ceil(ROW_BLOCK) * ROW_BLOCK;
-        return (0..batch)
-            .step_by(per_r)
-            .map(|r0| StateTile {
-                rows: r0..(r0 + per_r).min(batch),
-                units: 0..hidden,
-            })
-            .collect();
     }
     let blocks = hidden.div_ceil(UNIT_ALIGN);
     // (largest tile in rows × unit blocks, members, unit blocks per member, rows per member)
@@ -114,8 +134,8 @@ fn split(members: usize, batch: usize, hidden: usize, rows_first: bool) -> Vec<S
     tiles
 }
 
-/// Rows per member below which a team splits units rather than whole rows (see [`split`]).
-pub(crate) const ROW_BLOCK: usize = 8;
+/// Rows per member below which a step is not split into whole rows (see [`row_groups`]).
+const ROW_BLOCK: usize = 8;
 
 /// How long a member spins at the barrier before it sleeps. Steps that the team is worth
 /// running take a few microseconds to tens of them, so members that are all running meet
@@ -462,8 +482,8 @@ mod tests {
     #[test]
     fn small_steps_get_one_tile() {
         assert_eq!(plan(8, 1, 64, 4 * 64).len(), 1);
-        assert_eq!(split(1, 64, 1024, true).len(), 1);
-        let tiles = split(8, 16, 128, true);
+        assert_eq!(split(1, 64, 1024).len(), 1);
+        let tiles = split(8, 16, 128);
         assert!(tiles.len() >= 2 && tiles.len() <= 8, "{tiles:?}");
     }
 
@@ -476,7 +496,7 @@ mod tests {
             (3, 40, 96),
             (4, 5, 40),
         ] {
-            let tiles = split(threads, batch, hidden, true);
+            let tiles = split(threads, batch, hidden);
             assert!(tiles.len() <= threads && tiles.len() >= 2, "{tiles:?}");
             let mut seen = vec![0u8; batch * hidden];
             for t in &tiles {
@@ -492,19 +512,13 @@ mod tests {
                 "{threads} {batch} {hidden}: {tiles:?}"
             );
         }
-        // Whole rows while every member gets 8: 2 threads over 16 rows take 8 rows each.
-        let tiles = split(2, 16, 128, true);
-        assert_eq!(tiles.len(), 2);
-        assert!(tiles
-            .iter()
-            .all(|t| t.rows.len() == 8 && t.units == (0..128)));
-        // Without `rows_first` (large weights) units first even where rows would do.
-        let tiles = split(2, 64, 1024, false);
+        // Units first: 2 members over 64 rows and 1024 units take 512 units each.
+        let tiles = split(2, 64, 1024);
         assert!(tiles
             .iter()
             .all(|t| t.rows == (0..64) && t.units.len() == 512));
         // Units first below: 16 threads over 1024 units take 64 units each, all rows.
-        let tiles = split(16, 64, 1024, true);
+        let tiles = split(16, 64, 1024);
         assert_eq!(tiles.len(), 16);
         assert!(tiles
             .iter()
@@ -512,9 +526,31 @@ mod tests {
     }
 
     #[test]
+    fn whole_rows_while_every_member_gets_eight_and_the_weights_are_small() {
+        // LSTM hidden 128 (weights 2^16): whole rows; hidden 1024 (2^22): none.
+        assert!(row_groups(2, 64, 1024, 4 * 1024).is_none());
+        assert!(
+            row_groups(2, 15, 128, 4 * 128).is_none(),
+            "fewer than 8 rows each"
+        );
+        assert!(row_groups(1, 64, 128, 4 * 128).is_none());
+        if crate::parallel::cores() < 2 {
+            eprintln!("skipped the split itself: one CPU");
+            return;
+        }
+        assert_eq!(row_groups(2, 40, 128, 4 * 128), Some(vec![0..20, 20..40]));
+        assert_eq!(row_groups(2, 17, 128, 4 * 128), Some(vec![0..9, 9..17]));
+        let tiles = plan(2, 16, 128, 4 * 128);
+        assert_eq!(tiles.len(), 2);
+        assert!(tiles
+            .iter()
+            .all(|t| t.rows.len() == 8 && t.units == (0..128)));
+    }
+
+    #[test]
     fn the_barrier_orders_the_phases_of_every_step() {
         // One row per tile.
-        let tiles = split(4, 4, UNIT_ALIGN, true);
+        let tiles = split(4, 4, UNIT_ALIGN);
         let n = tiles.len();
         assert_eq!(n, 4);
         let mut buf = vec![0usize; n];
@@ -548,7 +584,7 @@ mod tests {
 
     #[test]
     fn a_panicking_member_does_not_hang_the_others() {
-        let tiles = split(2, 8, 128, true);
+        let tiles = split(2, 8, 128);
         assert!(tiles.iter().any(|t| t.units.start > 0), "{tiles:?}");
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
@@ -570,7 +606,7 @@ mod tests {
     #[test]
     fn a_busy_pool_leaves_the_tiles_to_the_leader() {
         // A pool of one thread: nobody can join, the leader runs every tile.
-        let tiles = split(4, 64, 4 * UNIT_ALIGN, true);
+        let tiles = split(4, 64, 4 * UNIT_ALIGN);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
@@ -612,8 +648,13 @@ mod tests {
         // The second member starts its steps only after the leader has finished all of
         // its own: with whole-row tiles `end_step` must not wait (a barrier would hang,
         // which the receive's timeout turns into a failure).
-        let tiles = split(2, 16, 128, true);
-        assert!(tiles.iter().all(|t| t.units == (0..128)));
+        let tiles: Vec<_> = [0..8, 8..16]
+            .into_iter()
+            .map(|rows| StateTile {
+                rows,
+                units: 0..128,
+            })
+            .collect();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let rx = Mutex::new(rx);
         let done = on_two_threads(&tiles, 50, |m, leader, done| {
@@ -640,7 +681,7 @@ mod tests {
     fn a_member_that_keeps_losing_its_core_is_retired_and_every_tile_still_runs_once() {
         // The second member sleeps 2 ms per step (as if another process had its core):
         // the team shrinks to the leader, which then runs both tiles of every step.
-        let tiles = split(2, 16, 2 * UNIT_ALIGN, true);
+        let tiles = split(2, 16, 2 * UNIT_ALIGN);
         assert_eq!(tiles.len(), 2);
         let leader_tiles = AtomicUsize::new(0);
         let done = on_two_threads(&tiles, 40, |m, leader, done| {

@@ -12,31 +12,19 @@ use crate::buffer::{uninit, Control};
 use crate::error::Result;
 use crate::float::Float;
 use crate::model::{Config, LayerWeights, State, StateView};
-use crate::team::{ROWS_MAX_WEIGHTS, ROW_BLOCK};
+use crate::team;
 use ndarray::{ArrayView3, Axis, Slice};
 use rayon::prelude::*;
 use std::ops::Range;
 
-/// The row groups of a pass over `batch` rows when `threads` may run it: one per member
-/// the threading policy gives a step of the pass (`parallel::team_members`), each of at
-/// least [`ROW_BLOCK`] rows, as even as the rows allow. `None` (no split) below two
-/// groups, for recurrent weights above [`ROWS_MAX_WEIGHTS`] (the step team splits their
-/// units instead), and for a bidirectional stack, whose directions already run on
-/// threads of their own.
+/// The row groups of a pass over `batch` rows when `threads` may run it: those of one
+/// step ([`team::row_groups`]), `None` (no split) where a step is not split into whole rows
+/// and for a bidirectional stack, whose directions already run on threads of their own.
 pub(super) fn groups(cfg: &Config, batch: usize, threads: usize) -> Option<Vec<Range<usize>>> {
-    let work = batch * cfg.hidden_size * cfg.gate_size();
-    let n = crate::parallel::team_members(threads, work).min(batch / ROW_BLOCK);
-    let weights = cfg.hidden_size * cfg.gate_size();
-    if n < 2 || cfg.bidirectional || weights > ROWS_MAX_WEIGHTS {
+    if cfg.bidirectional {
         return None;
     }
-    let per = batch.div_ceil(n);
-    Some(
-        (0..batch)
-            .step_by(per)
-            .map(|r0| r0..(r0 + per).min(batch))
-            .collect(),
-    )
+    team::row_groups(threads, batch, cfg.hidden_size, cfg.gate_size())
 }
 
 /// [`forward_with`] without a tape over each of `groups` on a thread of its own, the
