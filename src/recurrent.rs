@@ -9,7 +9,7 @@
 //!
 //! The product is computed by tiles: a range of rows of `a` and `c` and a range of units
 //! `u` within every group (the columns `g·n + u`), so that a thread of the step team
-//! (`team.rs`) computes exactly the gate pre-activations its cell update needs and reads
+//! (`team/`) computes exactly the gate pre-activations its cell update needs and reads
 //! only its own part of `b`, which stays in its core's cache across steps.
 //!
 //! Each group is packed into column panels `[K, NR]`. For `f32` on x86-64 the micro-kernel

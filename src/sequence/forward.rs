@@ -3,7 +3,7 @@
 //! Per chunk of `S` steps from `t0` (`t` ascending forward, descending reverse):
 //! 1. `gates[S·B, G·H] = X_l[S·B, I_l] · W_ihᵀ + b`: one GEMM, `b = b_ih + b_hh` (the GRU
 //!    keeps `b_hn` apart: the reset gate scales it);
-//! 2. per step, by the step team (`team.rs`), each member on its tile of the state:
+//! 2. per step, by the step team (`team/`), each member on its tile of the state:
 //!    `gates[t] += h · W_hhᵀ` (the GRU: `rec = h · W_hhᵀ`), then the fused cell step
 //!    (`cell.rs`) overwrites `gates[t]` with the activated gates and writes `h'` (and `c'`);
 //! 3. `out[t, :, d·H..(d+1)·H] = h'`.
