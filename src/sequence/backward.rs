@@ -414,7 +414,8 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
                     // SAFETY: members write only their tiles of `dh`, `dc`, this step's
                     // `dxp`/`drec` and `sumsq`; the barrier separates the cell updates
                     // from the product, which reads the tile's rows of this step's `drec`
-                    // written by the members sharing them.
+                    // written by the members sharing them (with whole-row tiles, the
+                    // member itself: `Member::end_step` then does not wait).
                     unsafe { backward_tile(sh, &tape, cx, at, tile) };
                 }
                 if !member.end_step() {

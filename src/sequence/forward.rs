@@ -216,10 +216,11 @@ impl<T: Float> Direction<'_, '_, T> {
                     t: chunk.t0 + local,
                 };
                 for tile in member.tiles() {
-                    // SAFETY: every member reads all of `h[i % 2]` and writes only its tile
-                    // of `h[1 − i % 2]` and of the per-step buffers; the barrier at the end
-                    // of the step separates the step that writes a buffer from the one that
-                    // reads it.
+                    // SAFETY: every member reads the rows of `h[i % 2]` of its tiles and
+                    // writes only its tile of `h[1 − i % 2]` and of the per-step buffers;
+                    // the barrier at the end of the step (none needed when every member
+                    // owns whole rows, see `Member::end_step`) separates the step that
+                    // writes a buffer from the one that reads it.
                     unsafe { forward_tile(sh, cx, at, tile) };
                 }
                 if !member.end_step() {

@@ -4,10 +4,13 @@
 //! rows is about 1M multiply-adds, some microseconds), so handing each step's work to a
 //! thread pool costs as much as it saves. The team instead splits the *state*: each
 //! member owns a tile (a range of batch rows × a range of hidden units, see [`plan`]) for
-//! the whole segment, computes the recurrent product and the cell update of that tile at
-//! every step, and meets the others at a spinning [`Barrier`] once per step, because the
-//! next step reads the whole state. A member reads only its own columns of the recurrent
-//! weights, which stay in its core's cache from step to step.
+//! the whole segment and computes the recurrent product and the cell update of that tile
+//! at every step. Where the recurrent weights are small, tiles are whole rows
+//! ([`row_groups`]): a member's next step then reads only the state it wrote, and the
+//! members never meet. Otherwise a tile is a range of hidden units, each member reads only
+//! its own columns of the recurrent weights (which stay in its core's cache from step to
+//! step), and the members meet at a spinning [`Barrier`] once per step, because the next
+//! step reads the whole state.
 //!
 //! Members are threads of the rayon pool (already running, one per core); a member that
 //! the pool cannot start in time has its tiles taken over by the leader (see [`run`]), so
