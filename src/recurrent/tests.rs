@@ -43,6 +43,8 @@ fn packed_product_is_exact_and_identical_at_every_level_and_tiling() {
         (21, 10, 70, 1),
         (8, 512, 1024, 4),
         (5, 40, 120, 3),
+        (13, 1500, 64, 2),
+        (7, 2100, 32, 1),
     ] {
         let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 - 5.0);
         let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 2) % 13) as f32 - 6.0);
