@@ -66,6 +66,27 @@ pub fn gemm<T: Float>(
     }
 }
 
+/// `c := a · b` in row blocks of at least [`SPLIT_MIN_ROWS`] (at most `pieces`), each a
+/// task that any idle thread of the pool may take: for a product issued while the pool's
+/// other threads are still busy, which join in as they finish. Bitwise the same as
+/// [`gemm`] (the blocks' rows are independent; see [`by_rows`]); `a` and `b` row-major
+/// products only (not the [`transposed_product`] route).
+pub fn gemm_in_row_blocks<T: Float>(
+    a: &ArrayView2<'_, T>,
+    b: &ArrayView2<'_, T>,
+    c: &mut ArrayViewMut2<'_, T>,
+    pieces: usize,
+) {
+    assert_eq!(a.ncols(), b.nrows(), "gemm: inner dimensions");
+    assert_eq!(c.dim(), (a.nrows(), b.ncols()), "gemm: output shape");
+    assert!(
+        !transposed_product(a, b, c),
+        "gemm_in_row_blocks: transposed product"
+    );
+    let pieces = pieces.min(a.nrows() / SPLIT_MIN_ROWS).max(1);
+    by_rows(pieces, T::one(), a.view(), b, Accum::Replace, c.view_mut());
+}
+
 /// `c := alpha · a · b (+ c)`: split by rows ([`by_rows`]) when `a` has enough rows for
 /// the threads `par` allows, else faer on them.
 fn split_or_faer<T: Float>(
@@ -413,6 +434,18 @@ mod tests {
                             g.to_f64().unwrap().to_bits() == w.to_f64().unwrap().to_bits()
                         });
                         assert!(same, "{m}x{k}x{n} on {threads} threads differs from one");
+                    }
+                    if accum == Accum::Replace && b.strides()[1] == 1 {
+                        for pieces in [2, 3, 8] {
+                            let mut got = c0.clone();
+                            gemm_in_row_blocks(&a.view(), &b, &mut got.view_mut(), pieces);
+                            assert!(
+                                got.iter().zip(&want).all(|(g, w)| {
+                                    g.to_f64().unwrap().to_bits() == w.to_f64().unwrap().to_bits()
+                                }),
+                                "{m}x{k}x{n} in {pieces} row blocks differs from one"
+                            );
+                        }
                     }
                 }
             }

@@ -37,13 +37,16 @@ def restore_engine():
 # (input, hidden, layers, bidirectional, batch): big enough that the GEMMs, the directions
 # and the step team (tiles of rows and of hidden units) actually split across threads, and
 # that on two threads backward adds the weight gradients of several blocks of steps on one
-# thread while the other walks the steps.
-SHAPES = [(48, 96, 2, True, 64), (16, 448, 1, False, 3), (32, 128, 1, False, 40)]
+# thread while the other walks the steps (and, with 96 rows, takes up blocks of the input
+# gradient's rows once it is done).
+SHAPES = [(48, 96, 2, True, 64), (16, 448, 1, False, 3), (32, 128, 1, False, 40),
+          (32, 128, 1, False, 96)]
 
 
 @pytest.mark.parametrize("cell,kw", CELLS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", SHAPES, ids=["bi-rows", "uni-units", "uni-blocks"])
+@pytest.mark.parametrize("shape", SHAPES,
+                         ids=["bi-rows", "uni-units", "uni-blocks", "uni-row-blocks"])
 def test_results_identical_across_thread_counts(cell, kw, dtype, shape, restore_engine):
     rng = np.random.default_rng(1)
     inp, hidden, layers, bi, batch = shape

@@ -19,7 +19,7 @@ use crate::buffer::{copy, zeros};
 use crate::cell::{step_backward, CellKind, StepRowGrad};
 use crate::error::Result;
 use crate::float::Float;
-use crate::linalg::{gemm, par, TransposedSum};
+use crate::linalg::{gemm, gemm_in_row_blocks, par, TransposedSum};
 use crate::model::LayerGrads;
 use crate::recurrent::{RecurrentWeights, UNIT_ALIGN};
 use crate::team::{self, Shared, StateTile};
@@ -297,8 +297,10 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
             w_ih: grads.w_ih.view_mut(),
             w_hh: grads.w_hh.view_mut(),
         });
-        // The rest of the chunk, once its steps are done: bias sums and `dX_l`.
-        let mut rest = |threads: usize| {
+        // The rest of the chunk, once its steps are done: bias sums and `dX_l`; on two
+        // threads (`pieces > 1`) called while the other thread may still be adding
+        // blocks, `dX_l` in row blocks it takes up once it is done.
+        let mut rest = |threads: usize, pieces: usize| {
             // SAFETY: the steps are done; `dxp`/`drec` are only read from now on.
             let all = |buf: &Shared<T>| unsafe { buf.read(0..len * batch * gh) };
             let flat2 = |v| ArrayView2::from_shape((len * batch, gh), v).expect("sized");
@@ -312,14 +314,18 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
                 .slice_mut(s![r.clone(), .., ..])
                 .into_shape_with_order((len * batch, in_size))
                 .expect("contiguous [T, B, I] buffer");
-            gemm(
-                T::one(),
-                &dxp2,
-                &d.w.w_ih,
-                T::zero(),
-                &mut dx2,
-                par(threads),
-            );
+            if pieces > 1 {
+                gemm_in_row_blocks(&dxp2, &d.w.w_ih, &mut dx2, pieces);
+            } else {
+                gemm(
+                    T::one(),
+                    &dxp2,
+                    &d.w.w_ih,
+                    T::zero(),
+                    &mut dx2,
+                    par(threads),
+                );
+            }
         };
         let lock = || work.lock().unwrap_or_else(PoisonError::into_inner);
         if pipelined {
@@ -333,7 +339,7 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
                         }
                     });
                     drop(done);
-                    rest(1);
+                    rest(1, 8);
                     loop {
                         let mut w = lock();
                         let j = w.next;
@@ -361,7 +367,7 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
                 block(&mut w, j, par(d.threads));
             }
             drop(w);
-            rest(d.threads);
+            rest(d.threads, 1);
         }
         for (i, per_step) in sumsq.chunks_exact(batch * blocks).enumerate() {
             let local = if d.reverse { i } else { len - 1 - i };
