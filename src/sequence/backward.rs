@@ -12,9 +12,7 @@ use super::forward::{Chunk, Scratch};
 use super::layer::{Direction, LayerInput, StateSlot};
 use super::plan::{chunks, CHUNK_STEPS};
 use super::tape::{DirTape, Steps, StepsView};
-use super::wgrad::{
-    add_column_sums, block_steps, grad_bytes, pipelined, DirSums, Progress, WeightSums,
-};
+use super::wgrad::{add_column_sums, block_steps, pipelined, DirSums, Progress, WeightSums};
 use crate::buffer::{copy, zeros};
 use crate::cell::{step_backward, CellKind, StepRowGrad};
 use crate::error::Result;
@@ -60,7 +58,7 @@ impl<T: Float> Direction<'_, '_, T> {
         let (seq_len, batch, in_size) = input.dim();
         let (hidden, gh) = (cfg.hidden_size, cfg.gate_size());
         let chunk_len = segment.unwrap_or(CHUNK_STEPS).min(seq_len);
-        let block_rows = block_steps(batch, grad_bytes::<T>(gh, in_size + hidden)) * batch;
+        let block_rows = block_steps::<T>(batch, gh, in_size + hidden) * batch;
         let dxp: Array3<T> = zeros((chunk_len, batch, gh), "the gate gradients")?;
         let split_rec = cfg.kind == CellKind::Gru;
         let bias = || cfg.bias.then(|| zeros(gh, "the gradients")).transpose();
@@ -248,7 +246,7 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
         // `Σ (∂L/∂h')²` per step, row and block of units, summed below in a fixed order
         // so that `dh_norm` does not depend on the tiling.
         let mut sumsq = vec![T::zero(); len * batch * blocks];
-        let per_block = block_steps(batch, grad_bytes::<T>(gh, in_size + hidden));
+        let per_block = block_steps::<T>(batch, gh, in_size + hidden);
         let pipelined = pipelined(d.threads, len * batch * gh * (in_size + hidden));
         let tiles = team::plan(if pipelined { 1 } else { d.threads }, batch, hidden, gh);
         let sh = BwdShared {

@@ -18,31 +18,34 @@ use ndarray::{Array1, ArrayView2, ArrayViewMut2};
 use std::sync::{Condvar, Mutex, PoisonError};
 
 /// Rows of a block of the weight gradients (the GEMMs' inner dimension) for gradients of
-/// `grad_bytes`: each block reads and writes all of them, which costs little while they
-/// stay in a core's L2, and on two threads the smaller the blocks the sooner the helper
-/// starts and the less is left to add after the last step. Backward on two threads, against
-/// blocks of 256 rows (same run): LSTM hidden 128 over 16 rows (384 KiB of gradients)
-/// 0.90 of the time with 64 rows, 0.92 with 128; hidden 256 over 32 rows (2 MiB) 0.98 with
-/// 128; hidden 1024 (24 MiB) the same with 128, while 64 cost 8% on one thread there.
-fn block_rows(grad_bytes: usize) -> usize {
-    if grad_bytes <= 512 << 10 {
+/// `elems` elements of `elem_bytes`: each block reads and writes all of them, which costs
+/// little while they stay in a core's L2, and on two threads the smaller the blocks the
+/// sooner the helper starts and the less is left to add after the last step; but a block
+/// of fewer than 2^22 multiply-adds pays the GEMMs' fixed cost per call. Backward on two
+/// threads, against blocks of 256 rows (same run): LSTM hidden 128 over 16 rows (384 KiB
+/// of gradients) 0.90 of the time with 64 rows, 0.92 with 128; hidden 256 over 32 rows
+/// (1–2 MiB) 0.95–0.98 with 128 (1.00–1.02 on one thread); hidden 1024 (24 MiB) the same
+/// with 128, while 64 cost 8% on one thread there; hidden 64 over 1 row 1% slower in two
+/// blocks of 64 than in one.
+fn block_rows(elems: usize, elem_bytes: usize) -> usize {
+    let bytes = elems * elem_bytes;
+    let by_cache = if bytes <= 512 << 10 {
         64
-    } else if grad_bytes <= 4 << 20 {
+    } else if bytes <= 4 << 20 {
         128
     } else {
         256
-    }
+    };
+    let by_work = (1usize << 22).div_ceil(elems.max(1)).next_power_of_two();
+    by_cache.max(by_work.min(256))
 }
 
-/// Steps per block of the weight gradients for `batch` rows per step and gradients of
-/// `grad_bytes` ([`block_rows`]); blocks of whole steps.
-pub(super) fn block_steps(batch: usize, grad_bytes: usize) -> usize {
-    block_rows(grad_bytes).div_ceil(batch.max(1))
-}
-
-/// Bytes of a direction's `W_ih` and `W_hh` gradients: `gates · (inputs + hidden)`.
-pub(super) fn grad_bytes<T>(gates: usize, inputs_and_hidden: usize) -> usize {
-    gates * inputs_and_hidden * std::mem::size_of::<T>()
+/// Steps per block of the weight gradients for `batch` rows per step, `gates` gate rows
+/// and `inputs_and_hidden` columns of `W_ih` and `W_hh` together ([`block_rows`]); blocks
+/// of whole steps.
+pub(super) fn block_steps<T>(batch: usize, gates: usize, inputs_and_hidden: usize) -> usize {
+    let rows = block_rows(gates * inputs_and_hidden, std::mem::size_of::<T>());
+    rows.div_ceil(batch.max(1))
 }
 
 /// Whether a chunk's steps and weight gradients run at once on two threads, for
