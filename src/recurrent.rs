@@ -146,12 +146,22 @@ impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
             for p in 0..np {
                 let at = (g * np + p) * k * NR;
                 let panel = &mut panels[at..at + k * NR];
-                // Column by column: a column of `b` is a row of the weights it is the
-                // transpose of, contiguous, so reading it is a stream.
-                for j in 0..NR.min(n - p * NR) {
-                    let column = b.column(g * n + p * NR + j);
-                    for (dst, &v) in panel[j..].iter_mut().step_by(NR).zip(&column) {
-                        *dst = v;
+                let (c0, cols) = (g * n + p * NR, NR.min(n - p * NR));
+                // Read `b` as a stream: row by row where its rows are contiguous
+                // (backward's `W_hh`: a panel row is one copy; 0.2 ns per element against
+                // 1–2 column by column), else column by column (forward's `W_hhᵀ`,
+                // whose columns are rows of `W_hh`).
+                if b.strides()[1] == 1 {
+                    for (dst, src) in panel.chunks_exact_mut(NR).zip(b.rows()) {
+                        let src = src.to_slice().expect("unit stride");
+                        dst[..cols].copy_from_slice(&src[c0..c0 + cols]);
+                    }
+                } else {
+                    for j in 0..cols {
+                        let column = b.column(c0 + j);
+                        for (dst, &v) in panel[j..].iter_mut().step_by(NR).zip(&column) {
+                            *dst = v;
+                        }
                     }
                 }
             }

@@ -51,6 +51,13 @@ fn packed_product_is_exact_and_identical_at_every_level_and_tiling() {
         let mut want = Array2::from_elem((m, n), 1.0f32);
         gemm(1.0, &a.view(), &b.view(), 1.0, &mut want.view_mut(), par(1));
         let p = Packed::<f32>::prepare(&b.view(), groups);
+        // The same panels from `b` stored column by column (forward's `W_hhᵀ`).
+        let b_columns = b.t().to_owned();
+        let pc = Packed::<f32>::prepare(&b_columns.t(), groups);
+        assert_eq!(
+            p.panels, pc.panels,
+            "{m}x{k}x{n}: packing by rows and by columns"
+        );
         let _guard = crate::simd::tests_lock();
         for level in [Level::Scalar, Level::Avx2, Level::Avx512] {
             if set_level(Some(level)).is_err() {
