@@ -25,8 +25,8 @@ use std::sync::{Condvar, Mutex, PoisonError};
 /// threads, against blocks of 256 rows (same run): LSTM hidden 128 over 16 rows (384 KiB
 /// of gradients) 0.90 of the time with 64 rows, 0.92 with 128; hidden 256 over 32 rows
 /// (1–2 MiB) 0.95–0.98 with 128 (1.00–1.02 on one thread); hidden 1024 (24 MiB) the same
-/// with 128, while 64 cost 8% on one thread there; hidden 64 over 1 row 1% slower in two
-/// blocks of 64 than in one.
+/// with 128, while 64 cost 8% on one thread there. Small gradients (a vanilla RNN's; an
+/// LSTM's of hidden 64) keep blocks of 256 rows by the floor on the work.
 fn block_rows(elems: usize, elem_bytes: usize) -> usize {
     let bytes = elems * elem_bytes;
     let by_cache = if bytes <= 512 << 10 {
