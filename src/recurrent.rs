@@ -524,7 +524,9 @@ mod x86 {
                 let (base, extra) = (t.m / blocks, t.m % blocks);
                 // A long `k` in ranges of K_BLOCK, the sums carried between them in `part`
                 // (exactly: the same chain per element), so that the range's rows of the
-                // panel stay in L1 while every block of rows reads them.
+                // panel stay in L1 while every block of rows reads them. `part` is
+                // allocated only then, once per panel: next to the panel's `m · k · NR`
+                // (k > 1024) multiply-adds its cost does not show.
                 let mut part = Vec::new();
                 if t.k > 2 * K_BLOCK && blocks > 1 {
                     part = vec![0.0f32; t.m * NR];

@@ -337,6 +337,7 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
                         }
                     });
                     drop(done);
+                    // `dX_l` in at most 8 row blocks of at least 256 rows.
                     rest(1, 8);
                     loop {
                         let mut w = lock();
