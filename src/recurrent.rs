@@ -527,11 +527,13 @@ mod x86 {
                 // panel stay in L1 while every block of rows reads them. `part` is
                 // allocated only then, once per panel: next to the panel's `m · k · NR`
                 // (k > 1024) multiply-adds its cost does not show.
-                let mut part = Vec::new();
-                if t.k > 2 * K_BLOCK && blocks > 1 {
-                    part = vec![0.0f32; t.m * NR];
-                }
-                let k_step = if part.is_empty() { t.k.max(1) } else { K_BLOCK };
+                let split = t.k > 2 * K_BLOCK && blocks > 1;
+                let mut part = if split {
+                    vec![0.0f32; t.m * NR]
+                } else {
+                    Vec::new()
+                };
+                let k_step = if split { K_BLOCK } else { t.k.max(1) };
                 let mut k0 = 0;
                 loop {
                     let ks = k0..(k0 + k_step).min(t.k);
