@@ -12,7 +12,8 @@
 //! (`team/`) computes exactly the gate pre-activations its cell update needs and reads
 //! only its own part of `b`, which stays in its core's cache across steps.
 //!
-//! Each group is packed into column panels `[K, NR]`. For `f32` on x86-64 the micro-kernel
+//! Each group is packed into column panels of NR = 32 columns, each stored as two halves
+//! `[K, 16]` one after the other (see [`SUB`]) unless products have at most two rows. For `f32` on x86-64 the micro-kernel
 //! holds an `MR × NR` block of `c` in registers (AVX-512: 8 × 32 in 16 registers; AVX2:
 //! 6 × 16 in 12, half a panel at a time) and runs `acc = fma(a[r, k], b[k, :], acc)` over
 //! `k` in order; the portable kernel (`f64`, the baseline level, other targets) does the same with
@@ -30,8 +31,9 @@ pub const UNIT_ALIGN: usize = NR;
 
 /// Weights prepared for repeated products `c (+)= a · b`.
 pub trait RecurrentWeights<T>: Send + Sync + Sized {
-    /// Prepares `b [K, N]` (any strides) whose columns are `groups` blocks.
-    fn prepare(b: &ArrayView2<'_, T>, groups: usize) -> Self;
+    /// Prepares `b [K, N]` (any strides) whose columns are `groups` blocks, for products
+    /// with `a` of at most `rows` rows (the batch; any number stays correct).
+    fn prepare(b: &ArrayView2<'_, T>, groups: usize, rows: usize) -> Self;
 
     /// For the rows `rows` and, in every group `g`, the columns `g·n + u` for `u` in
     /// `units`: `c[r, g·n + u] (+)= Σ_k a[r, k] · b[k, g·n + u]` (`accumulate` chooses).
@@ -90,14 +92,31 @@ pub trait RecurrentWeights<T>: Send + Sync + Sized {
 /// Columns per packed panel.
 const NR: usize = 32;
 
+/// Columns per half of a panel: for products of more than two rows, a panel `[K, NR]` is
+/// stored as its two halves `[K, SUB]`, one after the other, so that a kernel reading half
+/// a panel (AVX2's 6 × 16 blocks) reads it as one contiguous stream instead of every other
+/// cache line. On one core (AVX2, same run, `product_rate` in the tests): 32 × 256 × 1024
+/// 85 → 91 GFLOP/s, 32 × 1024 × 256 92 → 98, 64 × 1024 × 4096 82 → 96; 16 × 128 × 512
+/// unchanged. One or two rows read whole panel rows, and keep them whole.
+const SUB: usize = 16;
+
+/// Where element `[kk, j]` of a panel with `k` rows lies when stored in parts of `sub`
+/// columns (NR: whole rows).
+#[inline(always)]
+fn offset(sub: usize, k: usize, kk: usize, j: usize) -> usize {
+    (j / sub) * k * sub + kk * sub + j % sub
+}
+
 /// `b [K, N]` packed: each group's `n` columns into `ceil(n / NR)` panels `[K, NR]`
-/// (zero-padded).
+/// (zero-padded), each stored in parts of `sub` columns (see [`SUB`]).
 #[derive(Debug, Clone)]
 pub struct Packed<T> {
     k: usize,
     /// Columns per group.
     n: usize,
     groups: usize,
+    /// Columns per stored part of a panel: [`SUB`] or NR.
+    sub: usize,
     panels: Vec<T>,
 }
 
@@ -136,11 +155,12 @@ impl<T> Packed<T> {
 }
 
 impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
-    fn prepare(b: &ArrayView2<'_, T>, groups: usize) -> Self {
+    fn prepare(b: &ArrayView2<'_, T>, groups: usize, rows: usize) -> Self {
         let (k, total) = b.dim();
         assert_eq!(total % groups, 0, "recurrent weights: columns per group");
         let n = total / groups;
         let np = n.div_ceil(NR);
+        let sub = if rows <= 2 { NR } else { SUB };
         let mut panels = vec![T::zero(); groups * np * k * NR];
         for g in 0..groups {
             for p in 0..np {
@@ -148,18 +168,23 @@ impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
                 let panel = &mut panels[at..at + k * NR];
                 let (c0, cols) = (g * n + p * NR, NR.min(n - p * NR));
                 // Read `b` as a stream: row by row where its rows are contiguous
-                // (backward's `W_hh`: a panel row is one copy; 0.2 ns per element against
-                // 1–2 column by column), else column by column (forward's `W_hhᵀ`,
-                // whose columns are rows of `W_hh`).
+                // (backward's `W_hh`: a half panel's row is one copy; 0.2 ns per element
+                // against 1–2 column by column), else column by column (forward's
+                // `W_hhᵀ`, whose columns are rows of `W_hh`).
                 if b.strides()[1] == 1 {
-                    for (dst, src) in panel.chunks_exact_mut(NR).zip(b.rows()) {
+                    for (kk, src) in b.rows().into_iter().enumerate() {
                         let src = src.to_slice().expect("unit stride");
-                        dst[..cols].copy_from_slice(&src[c0..c0 + cols]);
+                        for j in (0..cols).step_by(sub) {
+                            let len = sub.min(cols - j);
+                            let dst = offset(sub, k, kk, j);
+                            panel[dst..dst + len].copy_from_slice(&src[c0 + j..c0 + j + len]);
+                        }
                     }
                 } else {
                     for j in 0..cols {
                         let column = b.column(c0 + j);
-                        for (dst, &v) in panel[j..].iter_mut().step_by(NR).zip(&column) {
+                        let dst = panel[offset(sub, k, 0, j)..].iter_mut().step_by(sub);
+                        for (dst, &v) in dst.zip(&column) {
                             *dst = v;
                         }
                     }
@@ -170,6 +195,7 @@ impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
             k,
             n,
             groups,
+            sub,
             panels,
         }
     }
@@ -204,6 +230,7 @@ impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
                 ldc,
                 cols: NR.min(units.end - p * NR),
                 accumulate,
+                sub: self.sub,
             };
             (t, &self.panels[at..at + self.k * NR])
         };
@@ -243,6 +270,8 @@ pub struct PanelTile<T> {
     ldc: usize,
     cols: usize,
     accumulate: bool,
+    /// Columns per stored part of the panel (see [`offset`]).
+    sub: usize,
 }
 
 /// Rows per block of the portable kernel.
@@ -252,6 +281,7 @@ dispatch!(fn portable_block<T: Float>(
     a: [&[T]; MR_PORTABLE],
     rows: usize,
     w: &[T],
+    sub: usize,
 ) -> [[T; NR]; MR_PORTABLE] = portable_block_kernel);
 
 /// `acc[r] = Σ_k a[r][k] · w[k, :]` for the first `rows` of up to four rows, with
@@ -262,15 +292,17 @@ fn portable_block_kernel<T: Float>(
     a: [&[T]; MR_PORTABLE],
     rows: usize,
     w: &[T],
+    sub: usize,
 ) -> [[T; NR]; MR_PORTABLE] {
     let k = a[0].len();
     let mut acc = [[T::zero(); NR]; MR_PORTABLE];
-    for kk in 0..k {
-        let wr: &[T; NR] = w[kk * NR..(kk + 1) * NR].try_into().expect("one panel row");
-        for (acc_r, a_r) in acc.iter_mut().zip(&a).take(rows) {
-            let av = a_r[kk];
-            for (s, &wv) in acc_r.iter_mut().zip(wr) {
-                *s = av.mul_add(wv, *s);
+    for (h, part) in w[..k * NR].chunks_exact(k * sub).enumerate() {
+        for (kk, wr) in part.chunks_exact(sub).enumerate() {
+            for (acc_r, a_r) in acc.iter_mut().zip(&a).take(rows) {
+                let av = a_r[kk];
+                for (s, &wv) in acc_r[h * sub..(h + 1) * sub].iter_mut().zip(wr) {
+                    *s = av.mul_add(wv, *s);
+                }
             }
         }
     }
@@ -290,7 +322,7 @@ unsafe fn portable_rows<T: Float>(t: PanelTile<T>, w: &[T], r0: usize) {
         let a: [&[T]; MR_PORTABLE] = std::array::from_fn(|q| unsafe {
             std::slice::from_raw_parts(t.a.add((r + q.min(rows - 1)) * t.lda), t.k)
         });
-        let acc = portable_block(a, rows, w);
+        let acc = portable_block(a, rows, w, t.sub);
         for (q, acc_r) in acc.iter().enumerate().take(rows) {
             // SAFETY: row `r + q` of the tile of `c` is ours.
             unsafe { store(&acc_r[..t.cols], t.c.add((r + q) * t.ldc), t.accumulate) };
@@ -301,7 +333,7 @@ unsafe fn portable_rows<T: Float>(t: PanelTile<T>, w: &[T], r0: usize) {
 
 impl PanelKernel for f64 {
     unsafe fn panel(_level: crate::simd::Level, t: PanelTile<f64>, w: &[f64]) {
-        assert!(w.len() >= t.k * NR && t.cols <= NR);
+        assert!(w.len() >= t.k * NR && t.cols <= NR && NR.is_multiple_of(t.sub));
         // SAFETY: the caller's contract.
         unsafe { portable_rows(t, w, 0) }
     }
@@ -309,7 +341,7 @@ impl PanelKernel for f64 {
 
 impl PanelKernel for f32 {
     unsafe fn panel(level: crate::simd::Level, t: PanelTile<f32>, w: &[f32]) {
-        assert!(w.len() >= t.k * NR && t.cols <= NR);
+        assert!(w.len() >= t.k * NR && t.cols <= NR && t.sub.is_multiple_of(16));
         #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut r = 0;
         #[cfg(target_arch = "x86_64")]
@@ -347,10 +379,17 @@ impl PanelKernel for f32 {
             && t1.m == 1
         {
             assert!(w0.len() >= t0.k * NR && w1.len() >= t1.k * NR && t0.k == t1.k);
+            assert_eq!(t0.sub, t1.sub);
+            let (a, k, w, c, acc) = (t0.a, t0.k, [w0, w1], [t0.c, t1.c], t0.accumulate);
             // SAFETY: AVX2 and FMA are present at both vector levels; the tiles are the
-            // caller's, one row of `k` in `a` and NR columns of `c` each.
+            // caller's, one row of `k` in `a` and NR columns of `c` each, stored in parts
+            // of `sub` columns.
             return unsafe {
-                x86::one_row_two_panels(t0.a, t0.k, w0, w1, t0.c, t1.c, t0.accumulate)
+                if t0.sub == NR {
+                    x86::one_row_two_panels::<NR>(a, k, w, c, acc)
+                } else {
+                    x86::one_row_two_panels::<SUB>(a, k, w, c, acc)
+                }
             };
         }
         // SAFETY: the caller's contract, for each tile.
@@ -374,7 +413,7 @@ unsafe fn store<T: Float>(acc: &[T], dst: *mut T, accumulate: bool) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{store, PanelTile, NR};
+    use super::{offset, store, PanelTile, NR, SUB};
     use std::arch::x86_64::*;
     use std::ptr::null_mut;
 
@@ -392,7 +431,7 @@ mod x86 {
     /// spills); `acc = fma(a[r, k], w[k, j], acc)` over `k` in order, as the baseline path
     /// does. Returns the number of rows done (all).
     macro_rules! panel_rows {
-        ($rows:ident, $block:ident, $feat:literal, $vec:ty, $lanes:expr, $v:expr, $mr:expr,
+        ($rows:ident, $rows_by:ident, $block:ident, $feat:literal, $vec:ty, $lanes:expr, $v:expr, $mr:expr,
          $zero:ident, $load:ident, $set1:ident, $fmadd:ident, $add:ident, $storeu:ident) => {
             /// One block of `R` rows from row `r0`, columns `j0..j0 + V · lanes` of the
             /// panel (of which the first `t.cols − j0` are the tile's), over the range `ks`
@@ -403,7 +442,7 @@ mod x86 {
             /// The tile's contract (`panel_product`), `r0 + R <= t.m` and `j0 < t.cols`;
             /// `part` valid for `m` rows of NR, exclusively, where `ks` is not all of `k`.
             #[target_feature(enable = $feat)]
-            unsafe fn $block<const R: usize, const V: usize>(
+            unsafe fn $block<const R: usize, const V: usize, const S: usize>(
                 t: PanelTile<f32>,
                 r0: usize,
                 j0: usize,
@@ -412,7 +451,7 @@ mod x86 {
                 part: *mut f32,
             ) {
                 let cols_v = V * $lanes;
-                assert!(w.len() >= t.k * NR && j0 + cols_v <= NR && ks.end <= t.k);
+                assert!(w.len() >= t.k * NR && j0 + cols_v <= NR && ks.end <= t.k && t.sub == S);
                 let (first, last) = (ks.start == 0, ks.end == t.k);
                 // SAFETY: rows `r0..r0 + R` of `a` hold `k` readable elements each.
                 let a_rows: [&[f32]; R] = std::array::from_fn(|r| unsafe {
@@ -444,10 +483,14 @@ mod x86 {
                         }
                     }
                 }
+                // Where each vector's columns start in the panel's storage (row 0).
+                let base: [usize; V] = std::array::from_fn(|q| offset(S, t.k, 0, j0 + q * $lanes));
                 for kk in ks {
-                    // SAFETY: `kk * NR + j0 + cols_v <= k * NR <= w.len()` (asserted above).
-                    let wv: [$vec; V] = std::array::from_fn(|q| unsafe {
-                        $load(w.as_ptr().add(kk * NR + j0 + q * $lanes))
+                    let wv: [$vec; V] = std::array::from_fn(|q| {
+                        // SAFETY: `kk < k` and `j0 + q · lanes + lanes <= NR`, so the
+                        // vector lies in the panel's `k · NR <= w.len()` elements (asserted
+                        // above); `lanes` divides `S`, so it never straddles two parts.
+                        unsafe { $load(w.as_ptr().add(base[q] + kk * S)) }
                     });
                     for (acc_r, a_row) in acc.iter_mut().zip(&a_rows) {
                         // SAFETY: `kk < k = a_row.len()`.
@@ -504,6 +547,23 @@ mod x86 {
             /// The tile's contract (`panel_product`) and the CPU features `$feat`.
             #[target_feature(enable = $feat)]
             pub(super) unsafe fn $rows(t: PanelTile<f32>, w: &[f32]) -> usize {
+                // SAFETY: the caller's contract; `sub` is NR or SUB (`Packed::prepare`),
+                // the panel's layout compiled into each instance.
+                unsafe {
+                    if t.sub == NR {
+                        $rows_by::<NR>(t, w)
+                    } else {
+                        $rows_by::<SUB>(t, w)
+                    }
+                }
+            }
+
+            /// [`$rows`] for panels stored in parts of `S` columns.
+            ///
+            /// # Safety
+            /// As [`$rows`], and `t.sub == S`.
+            #[target_feature(enable = $feat)]
+            unsafe fn $rows_by<const S: usize>(t: PanelTile<f32>, w: &[f32]) -> usize {
                 const COLS: usize = $v * $lanes;
                 if t.m <= 2 {
                     // One or two rows: the whole panel at once, so that enough independent
@@ -511,8 +571,8 @@ mod x86 {
                     // SAFETY: rows `0..m`; the panel's first column is the tile's.
                     unsafe {
                         match t.m {
-                            1 => $block::<1, { NR / $lanes }>(t, 0, 0, w, 0..t.k, null_mut()),
-                            2 => $block::<2, { NR / $lanes }>(t, 0, 0, w, 0..t.k, null_mut()),
+                            1 => $block::<1, { NR / $lanes }, S>(t, 0, 0, w, 0..t.k, null_mut()),
+                            2 => $block::<2, { NR / $lanes }, S>(t, 0, 0, w, 0..t.k, null_mut()),
                             _ => {}
                         }
                     }
@@ -549,12 +609,12 @@ mod x86 {
                             // holds `m` rows of NR where `k` is split.
                             unsafe {
                                 match rows {
-                                    3 => $block::<3, { $v }>(t, r0, j0, w, ks, p),
-                                    4 => $block::<4, { $v }>(t, r0, j0, w, ks, p),
-                                    5 => $block::<5, { $v }>(t, r0, j0, w, ks, p),
-                                    6 => $block::<6, { $v }>(t, r0, j0, w, ks, p),
-                                    7 => $block::<7, { $v }>(t, r0, j0, w, ks, p),
-                                    _ => $block::<{ $mr }, { $v }>(t, r0, j0, w, ks, p),
+                                    3 => $block::<3, { $v }, S>(t, r0, j0, w, ks, p),
+                                    4 => $block::<4, { $v }, S>(t, r0, j0, w, ks, p),
+                                    5 => $block::<5, { $v }, S>(t, r0, j0, w, ks, p),
+                                    6 => $block::<6, { $v }, S>(t, r0, j0, w, ks, p),
+                                    7 => $block::<7, { $v }, S>(t, r0, j0, w, ks, p),
+                                    _ => $block::<{ $mr }, { $v }, S>(t, r0, j0, w, ks, p),
                                 }
                             }
                             r0 += rows;
@@ -576,32 +636,34 @@ mod x86 {
     /// `acc = fma(a[k], w[k, j], acc)` over `k` in order as everywhere else.
     ///
     /// # Safety
-    /// AVX2 and FMA; `a` readable for `k` elements; `c0`, `c1` writable for NR elements
-    /// each, exclusively; `w0`, `w1` hold `k · NR` elements (asserted by the caller).
+    /// AVX2 and FMA; `a` readable for `k` elements; `c[0]`, `c[1]` writable for NR
+    /// elements each, exclusively; `w[0]`, `w[1]` panels of `k` rows stored in parts of
+    /// `S` columns (see `offset`).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn one_row_two_panels(
+    pub(super) unsafe fn one_row_two_panels<const S: usize>(
         a: *const f32,
         k: usize,
-        w0: &[f32],
-        w1: &[f32],
-        c0: *mut f32,
-        c1: *mut f32,
+        w: [&[f32]; 2],
+        c: [*mut f32; 2],
         accumulate: bool,
     ) {
-        assert!(w0.len() >= k * NR && w1.len() >= k * NR);
+        assert!(w[0].len() >= k * NR && w[1].len() >= k * NR && S.is_multiple_of(8));
         let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+        let base: [usize; 4] = std::array::from_fn(|q| offset(S, k, 0, q * 8));
         for kk in 0..k {
             // SAFETY: `kk < k`, `a` readable for `k` elements.
             let av = _mm256_set1_ps(unsafe { *a.add(kk) });
-            for (acc_p, w) in acc.iter_mut().zip([w0, w1]) {
+            for (acc_p, w) in acc.iter_mut().zip(w) {
                 for (q, s) in acc_p.iter_mut().enumerate() {
-                    // SAFETY: `kk · NR + q · 8 + 8 <= k · NR <= w.len()`.
-                    let wq = unsafe { _mm256_loadu_ps(w.as_ptr().add(kk * NR + q * 8)) };
+                    let at = base[q] + kk * S;
+                    // SAFETY: `kk < k`, `q · 8 + 8 <= NR` and 8 divides `S`: within the
+                    // panel's `k · NR`.
+                    let wq = unsafe { _mm256_loadu_ps(w.as_ptr().add(at)) };
                     *s = _mm256_fmadd_ps(av, wq, *s);
                 }
             }
         }
-        for (acc_p, c) in acc.iter().zip([c0, c1]) {
+        for (acc_p, c) in acc.iter().zip(c) {
             for (q, &v) in acc_p.iter().enumerate() {
                 // SAFETY: `c` writable for NR = 4 · 8 elements.
                 unsafe {
@@ -621,6 +683,7 @@ mod x86 {
     // AVX2: 6 rows × 2 ymm = half a panel (12 of 16 registers hold `c`, 2 `w`, 1 `a`).
     panel_rows!(
         rows_avx512,
+        rows_by_avx512,
         block_avx512,
         "avx512f",
         __m512,
@@ -636,6 +699,7 @@ mod x86 {
     );
     panel_rows!(
         rows_avx2,
+        rows_by_avx2,
         block_avx2,
         "avx2,fma",
         __m256,

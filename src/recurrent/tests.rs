@@ -50,29 +50,34 @@ fn packed_product_is_exact_and_identical_at_every_level_and_tiling() {
         let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 2) % 13) as f32 - 6.0);
         let mut want = Array2::from_elem((m, n), 1.0f32);
         gemm(1.0, &a.view(), &b.view(), 1.0, &mut want.view_mut(), par(1));
-        let p = Packed::<f32>::prepare(&b.view(), groups);
-        // The same panels from `b` stored column by column (forward's `W_hhᵀ`).
-        let b_columns = b.t().to_owned();
-        let pc = Packed::<f32>::prepare(&b_columns.t(), groups);
-        assert_eq!(
-            p.panels, pc.panels,
-            "{m}x{k}x{n}: packing by rows and by columns"
-        );
-        let _guard = crate::simd::tests_lock();
-        for level in [Level::Scalar, Level::Avx2, Level::Avx512] {
-            if set_level(Some(level)).is_err() {
-                continue;
+        // Panels by halves (for many rows) and whole (for one or two), each layout used
+        // with any number of rows.
+        for rows in [m.max(3), 1] {
+            let p = Packed::<f32>::prepare(&b.view(), groups, rows);
+            assert_eq!(p.sub, if rows > 2 { SUB } else { NR });
+            // The same panels from `b` stored column by column (forward's `W_hhᵀ`).
+            let b_columns = b.t().to_owned();
+            let pc = Packed::<f32>::prepare(&b_columns.t(), groups, rows);
+            assert_eq!(
+                p.panels, pc.panels,
+                "{m}x{k}x{n}: packing by rows and by columns"
+            );
+            let _guard = crate::simd::tests_lock();
+            for level in [Level::Scalar, Level::Avx2, Level::Avx512] {
+                if set_level(Some(level)).is_err() {
+                    continue;
+                }
+                let mut got = Array2::from_elem((m, n), 1.0f32);
+                p.apply(&a.view(), &mut got.view_mut(), true);
+                assert_eq!(got, want, "{m}x{k}x{n} at {level:?}, {} columns", p.sub);
+                for (rows_per, units_per) in [(3, UNIT_ALIGN), (8, 2 * UNIT_ALIGN), (1, n)] {
+                    let mut fresh = Array2::from_elem((m, n), 7.0f32);
+                    by_tiles(&p, &a, &mut fresh, false, rows_per, units_per);
+                    assert_eq!(fresh, &want - 1.0, "tiles {rows_per}x{units_per}");
+                }
             }
-            let mut got = Array2::from_elem((m, n), 1.0f32);
-            p.apply(&a.view(), &mut got.view_mut(), true);
-            assert_eq!(got, want, "{m}x{k}x{n} at {level:?}");
-            for (rows_per, units_per) in [(3, UNIT_ALIGN), (8, 2 * UNIT_ALIGN), (1, n)] {
-                let mut fresh = Array2::from_elem((m, n), 7.0f32);
-                by_tiles(&p, &a, &mut fresh, false, rows_per, units_per);
-                assert_eq!(fresh, &want - 1.0, "tiles {rows_per}x{units_per}");
-            }
+            set_level(None).unwrap();
         }
-        set_level(None).unwrap();
     }
 }
 
@@ -83,18 +88,23 @@ fn rounding_is_the_same_at_every_level_and_tiling() {
         let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 31 + j * 17) as f32).sin());
         let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 13 + j * 7) as f32).cos());
         let c0 = Array2::from_shape_fn((m, n), |(i, j)| ((i * 3 + j * 5) as f32).sin());
-        let p = Packed::<f32>::prepare(&b.view(), 2);
         let _guard = crate::simd::tests_lock();
         for accumulate in [false, true] {
             set_level(Some(Level::Scalar)).unwrap();
+            let whole = Packed::<f32>::prepare(&b.view(), 2, 1);
             let mut want = c0.clone();
-            p.apply(&a.view(), &mut want.view_mut(), accumulate);
+            whole.apply(&a.view(), &mut want.view_mut(), accumulate);
             for level in [Level::Avx2, Level::Avx512] {
                 if set_level(Some(level)).is_ok() {
-                    for rows_per in [5, m] {
+                    for (rows_per, layout) in [(1, 1), (2, 1), (5, m), (m, m), (1, m)] {
+                        let p = Packed::<f32>::prepare(&b.view(), 2, layout);
                         let mut got = c0.clone();
                         by_tiles(&p, &a, &mut got, accumulate, rows_per, UNIT_ALIGN);
-                        assert_eq!(got, want, "{m}x{k}x{n} {level:?} {rows_per} rows");
+                        assert_eq!(
+                            got, want,
+                            "{m}x{k}x{n} {level:?} {rows_per} rows, {} columns",
+                            p.sub
+                        );
                     }
                 }
             }
@@ -109,7 +119,7 @@ fn f64_weights_compute_the_same_product_by_tiles() {
     let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f64 - 5.0);
     let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 2) % 13) as f64 - 6.0);
     let want = a.dot(&b);
-    let w = Packed::<f64>::prepare(&b.view(), 3);
+    let w = Packed::<f64>::prepare(&b.view(), 3, m);
     let mut got = Array2::from_elem((m, n), 9.0);
     w.apply(&a.view(), &mut got.view_mut(), false);
     assert_eq!(got, want);
@@ -129,4 +139,40 @@ fn f64_weights_compute_the_same_product_by_tiles() {
         };
     }
     assert_eq!(got, &want * 2.0);
+}
+
+/// The product's rate on one core, for measuring kernels and layouts (not a check):
+/// `PRODUCT_SHAPES="m,k,n;…" cargo test --release --lib product_rate -- --ignored --nocapture`
+/// (by default the per-step products of the LSTM benchmarks' shapes).
+#[test]
+#[ignore]
+fn product_rate() {
+    let shapes = std::env::var("PRODUCT_SHAPES")
+        .unwrap_or_else(|_| "1,64,256;16,128,512;32,256,1024;32,1024,256;64,1024,4096".into());
+    for shape in shapes.split(';') {
+        let v: Vec<usize> = shape
+            .split(',')
+            .map(|x| x.parse().expect("m,k,n"))
+            .collect();
+        let (m, k, n) = (v[0], v[1], v[2]);
+        // Forward's `W_hhᵀ` (four gate groups, read by columns) or backward's `W_hh`.
+        let groups = if n == 4 * k { 4 } else { 1 };
+        let b = Array2::from_shape_fn((n, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 * 0.01);
+        let w = Packed::<f32>::prepare(&b.t(), groups, m);
+        let a = Array2::from_shape_fn((m, k), |(i, j)| ((i + j) % 5) as f32 * 0.1);
+        let mut c = Array2::<f32>::zeros((m, n));
+        let flops = 2.0 * (m * k * n) as f64;
+        let reps = ((4e9 / flops) as usize).max(3);
+        let mut rates: Vec<f64> = (0..5)
+            .map(|_| {
+                let t0 = std::time::Instant::now();
+                for _ in 0..reps {
+                    w.apply(&a.view(), &mut c.view_mut(), true);
+                }
+                flops * reps as f64 / t0.elapsed().as_secs_f64() / 1e9
+            })
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        println!("{m} x {k} x {n}: {:.1} GFLOP/s (median of 5)", rates[2]);
+    }
 }

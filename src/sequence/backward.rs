@@ -81,7 +81,7 @@ impl<T: Float> Direction<'_, '_, T> {
             },
             d_x: zeros((seq_len, batch, in_size), "dx")?,
         };
-        let w_hh = self.backward_weights();
+        let w_hh = self.backward_weights(batch);
         let ctx = ChunkGrad {
             d: self,
             w_hh: &w_hh,
@@ -118,7 +118,7 @@ impl<T: Float> Direction<'_, '_, T> {
                 }
             }
             DirTape::Checkpoints { h: ck_h, c: ck_c } => {
-                let fw = self.forward_weights();
+                let fw = self.forward_weights(batch);
                 let mut steps = Steps::new(cfg, chunk_len, batch, true)?;
                 let mut scratch = Scratch::new(self, batch)?;
                 for (i, r) in order.into_iter().enumerate().rev() {

@@ -79,7 +79,7 @@ impl<T: Float> Direction<'_, '_, T> {
         }
         let cfg = self.cfg;
         let (seq_len, batch, _) = input.dim();
-        let fw = self.forward_weights();
+        let fw = self.forward_weights(batch);
         let chunk_len = plan.chunk_len::<T>(cfg, seq_len, batch);
         let ranges = chunks(seq_len, chunk_len, self.reverse);
         let drop_h = drops_h_prev(cfg, self.lengths.is_some());

@@ -43,16 +43,16 @@ impl<'a, 'w, T: Float> Direction<'a, 'w, T> {
     }
 
     /// The weights forward needs, prepared once per pass.
-    pub(super) fn forward_weights(&self) -> ForwardWeights<T> {
+    pub(super) fn forward_weights(&self, batch: usize) -> ForwardWeights<T> {
         ForwardWeights {
             bias: Bias::new(self.cfg, self.w),
-            w_hh_t: T::Recurrent::prepare(&self.w.w_hh.t(), self.cfg.kind.gates()),
+            w_hh_t: T::Recurrent::prepare(&self.w.w_hh.t(), self.cfg.kind.gates(), batch),
         }
     }
 
     /// `W_hh [G·H, H]` prepared for backward's per-step `dh += drec · W_hh`.
-    pub(super) fn backward_weights(&self) -> T::Recurrent {
-        T::Recurrent::prepare(&self.w.w_hh, 1)
+    pub(super) fn backward_weights(&self, batch: usize) -> T::Recurrent {
+        T::Recurrent::prepare(&self.w.w_hh, 1, batch)
     }
 }
 

@@ -109,7 +109,7 @@ impl<T: Float> Direction<'_, '_, T> {
             let buf = steps.view_mut(0..len);
             self.forward_projected_chunk(input, t0, buf, Some(out), state, &mut next);
         } else {
-            let fw = self.forward_weights();
+            let fw = self.forward_weights(batch);
             let mut gates: Array3<T> = zeros((len, batch, self.cfg.gate_size()), "the gates")?;
             let mut scratch = Scratch::new(self, batch)?;
             let chunk = Chunk {
