@@ -24,6 +24,7 @@ use crate::team::{self, Shared, StateTile};
 use faer::Par;
 use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut3, Axis};
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// The gradients one direction accumulates over its chunks, and the per-chunk buffers.
@@ -328,6 +329,7 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
         let lock = || work.lock().unwrap_or_else(PoisonError::into_inner);
         if pipelined {
             let progress = Progress::default();
+            let leader_free = AtomicBool::new(false);
             rayon::join(
                 || {
                     let done = progress.finish_on_drop();
@@ -339,15 +341,8 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
                     drop(done);
                     // `dX_l` in at most 8 row blocks of at least 256 rows.
                     rest(1, 8);
-                    loop {
-                        let mut w = lock();
-                        let j = w.next;
-                        if j >= n_blocks {
-                            break;
-                        }
-                        block(&mut w, j, Par::Seq);
-                        w.next += 1;
-                    }
+                    // From here this thread waits in `join`, taking up the split blocks.
+                    leader_free.store(true, Ordering::Release);
                 },
                 || loop {
                     let mut w = lock();
@@ -355,7 +350,10 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
                     if j >= n_blocks || !progress.wait_for(((j + 1) * per_block).min(len)) {
                         return;
                     }
-                    block(&mut w, j, Par::Seq);
+                    // The blocks left once the leader is free, split over both threads
+                    // (by rows of the gradients: the same bits as on one).
+                    let free = leader_free.load(Ordering::Acquire);
+                    block(&mut w, j, if free { par(2) } else { Par::Seq });
                     w.next += 1;
                 },
             );
