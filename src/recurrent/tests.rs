@@ -114,6 +114,25 @@ fn rounding_is_the_same_at_every_level_and_tiling() {
 }
 
 #[test]
+fn row_blocks_give_the_bits_of_one_product() {
+    let (m, k, n) = (300, 200, 40);
+    let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 31 + j * 17) as f32).sin());
+    let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 13 + j * 7) as f32).cos());
+    let w = Packed::<f32>::prepare(&b.view(), 1, m);
+    let mut want = Array2::zeros((m, n));
+    w.apply(&a.view(), &mut want.view_mut(), false);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for (pieces, min_rows) in [(1, 1), (2, 100), (5, 7), (8, 64), (64, 1)] {
+        let mut got = Array2::from_elem((m, n), f32::NAN);
+        pool.install(|| w.apply_in_row_blocks(a.view(), got.view_mut(), false, pieces, min_rows));
+        assert_eq!(got, want, "{pieces} pieces of at least {min_rows} rows");
+    }
+}
+
+#[test]
 fn f64_weights_compute_the_same_product_by_tiles() {
     let (m, k, n) = (7, 33, 96);
     let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f64 - 5.0);
@@ -174,5 +193,61 @@ fn product_rate() {
             .collect();
         rates.sort_by(f64::total_cmp);
         println!("{m} x {k} x {n}: {:.1} GFLOP/s (median of 5)", rates[2]);
+    }
+}
+
+/// The packed kernel against the GEMM on a tall product (backward's `dX = dxp · W_ih`),
+/// for the route `sequence::backward` chooses (not a check):
+/// `DX_SHAPES="m,k,n;…" cargo test --release --lib dx_product_rate -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn dx_product_rate() {
+    fn rates<T: Float>(m: usize, k: usize, n: usize) -> (f64, f64) {
+        let a = Array2::from_shape_fn((m, k), |(i, j)| T::from((i + j) % 5).unwrap());
+        let b = Array2::from_shape_fn((k, n), |(i, j)| T::from((i * 7 + j * 3) % 11).unwrap());
+        let mut c = Array2::<T>::zeros((m, n));
+        let flops = 2.0 * (m * k * n) as f64;
+        let reps = ((1e9 / flops) as usize).max(3);
+        let mut time = |f: &mut dyn FnMut(&mut Array2<T>)| {
+            let mut r: Vec<f64> = (0..5)
+                .map(|_| {
+                    let t0 = std::time::Instant::now();
+                    for _ in 0..reps {
+                        f(&mut c);
+                    }
+                    flops * reps as f64 / t0.elapsed().as_secs_f64() / 1e9
+                })
+                .collect();
+            r.sort_by(f64::total_cmp);
+            r[2]
+        };
+        let w = <T::Recurrent as RecurrentWeights<T>>::prepare(&b.view(), 1, m);
+        let gemm_rate = time(&mut |c| {
+            gemm(
+                T::one(),
+                &a.view(),
+                &b.view(),
+                T::zero(),
+                &mut c.view_mut(),
+                par(1),
+            )
+        });
+        let packed_rate = time(&mut |c| w.apply(&a.view(), &mut c.view_mut(), false));
+        (gemm_rate, packed_rate)
+    }
+    let shapes = std::env::var("DX_SHAPES").unwrap_or_else(|_| {
+        "2048,1024,32;2048,1024,128;2048,1024,256;1024,512,64;4096,1024,512;4096,4096,64".into()
+    });
+    for shape in shapes.split(';') {
+        let v: Vec<usize> = shape
+            .split(',')
+            .map(|x| x.parse().expect("m,k,n"))
+            .collect();
+        let (m, k, n) = (v[0], v[1], v[2]);
+        let (g32, p32) = rates::<f32>(m, k, n);
+        let (g64, p64) = rates::<f64>(m, k, n);
+        println!(
+            "{m} x {k} x {n} (GFLOP/s, GEMM / packed): f32 {g32:.1} / {p32:.1}, f64 {g64:.1} / {p64:.1}"
+        );
     }
 }

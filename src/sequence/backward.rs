@@ -83,9 +83,12 @@ impl<T: Float> Direction<'_, '_, T> {
             d_x: zeros((seq_len, batch, in_size), "dx")?,
         };
         let w_hh = self.backward_weights(batch);
+        let w_ih = packed_dx::<T>(gh, in_size)
+            .then(|| T::Recurrent::prepare(&self.w.w_ih, 1, chunk_len * batch));
         let ctx = ChunkGrad {
             d: self,
             w_hh: &w_hh,
+            w_ih: w_ih.as_ref(),
             d_y,
         };
         let order = chunks(seq_len, chunk_len, self.reverse);
@@ -211,10 +214,27 @@ fn rebuild_lstm_h_prev<T: Float>(
 }
 
 /// What stays fixed while backward walks the chunks of one direction.
+/// Whether `dX_l = dxp · W_ih` (`dxp [S·B, gates]`, `W_ih [gates, inputs]`) goes through the
+/// per-step product's packed kernel (`recurrent.rs`) rather than the GEMM: it reads each
+/// row of `dxp` once per 16 columns of the result, which pays while those are few and the
+/// rows short. One core, AVX2, two runs (GFLOP/s, GEMM → packed; `dx_product_rate` in
+/// `recurrent/tests.rs`): 2048 × 1024 × 32 (the char model's LSTM) 74–76 → 91–95,
+/// 2048 × 1024 × 256 79–91 → 88–94, 1024 × 512 × 64 92–97 → 91–94; with 4096 gates
+/// 75–85 → 56–81. Backward alone, two threads, against the GEMM (same run): char model's
+/// LSTM 0.96 of the time, hidden 256 over 32 rows 0.95, hidden 128 over 16 rows 1.00.
+/// Only for a type whose kernel is vectorised ([`Float::RECURRENT_VECTOR`]); the route
+/// depends on the shapes and the type alone, never on the threads.
+fn packed_dx<T: Float>(gates: usize, inputs: usize) -> bool {
+    T::RECURRENT_VECTOR && gates <= 1024 && inputs <= 256
+}
+
 struct ChunkGrad<'a, 'w, T: Float> {
     d: &'a Direction<'a, 'w, T>,
     /// `W_hh [G·H, H]` prepared for the per-step `dh += drec · W_hh`.
     w_hh: &'a T::Recurrent,
+    /// `W_ih [G·H, I_l]` prepared for `dX_l = dxp · W_ih`, where that kernel is the faster
+    /// ([`packed_dx`]).
+    w_ih: Option<&'a T::Recurrent>,
     /// `∂L/∂out_l [T, B, D·H]`.
     d_y: ArrayView3<'a, T>,
 }
@@ -313,7 +333,10 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
                 .slice_mut(s![r.clone(), .., ..])
                 .into_shape_with_order((len * batch, in_size))
                 .expect("contiguous [T, B, I] buffer");
-            if pieces > 1 {
+            if let Some(w_ih) = self.w_ih {
+                // The same bits however the rows are split.
+                w_ih.apply_in_row_blocks(dxp2, dx2, false, pieces.max(threads), 256);
+            } else if pieces > 1 {
                 gemm_in_row_blocks(&dxp2, &d.w.w_ih, &mut dx2, pieces);
             } else {
                 gemm(
