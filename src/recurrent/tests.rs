@@ -246,8 +246,7 @@ fn dx_product_rate() {
         let (m, k, n) = (v[0], v[1], v[2]);
         let (g32, p32) = rates::<f32>(m, k, n);
         let (g64, p64) = rates::<f64>(m, k, n);
-        println!(
-            "{m} x {k} x {n} (GFLOP/s, GEMM / packed): f32 {g32:.1} / {p32:.1}, f64 {g64:.1} / {p64:.1}"
-        );
+        let rates = format!("f32 {g32:.1} / {p32:.1}, f64 {g64:.1} / {p64:.1}");
+        println!("{m} x {k} x {n} (GFLOP/s, GEMM / packed): {rates}");
     }
 }

@@ -1,0 +1,303 @@
+//! The x86-64 micro-kernels of the packed product (AVX2 + FMA, AVX-512F).
+
+use super::{offset, store, PanelTile, NR, SUB};
+use std::arch::x86_64::*;
+use std::ptr::null_mut;
+
+/// Values of `k` per range when a panel's `k` is longer than two of them (see
+/// `panel_rows!`). On one core (AVX2, same run): backward's product for LSTM hidden
+/// 1024 (`k` = 4096, 64 rows) 70 GFLOP/s whole, 86 in ranges of 512, and the whole
+/// backward 4% faster on one thread, 8% on two; with `k` = 1024 (forward's at hidden
+/// 1024, backward's at 256) splitting changed nothing beyond noise in the calls.
+const K_BLOCK: usize = 512;
+
+/// Defines `$rows(tile, w) -> usize`: all rows, each panel in strips of `V · lanes`
+/// columns (the whole panel with AVX-512, two halves with AVX2), each strip in blocks of
+/// at most `$mr` rows and near-equal height (an `$mr × V` block of vectors of `c` in
+/// registers leaves room for the `V` vectors of `w` and the broadcast of `a`, so nothing
+/// spills); `acc = fma(a[r, k], w[k, j], acc)` over `k` in order, as the baseline path
+/// does. Returns the number of rows done (all).
+macro_rules! panel_rows {
+    ($rows:ident, $rows_by:ident, $block:ident, $feat:literal, $vec:ty, $lanes:expr,
+     $v:expr, $mr:expr, $zero:ident, $load:ident, $set1:ident, $fmadd:ident, $add:ident,
+     $storeu:ident) => {
+        /// One block of `R` rows from row `r0`, columns `j0..j0 + V · lanes` of the
+        /// panel (of which the first `t.cols − j0` are the tile's), over the range `ks`
+        /// of `k`: its sums start from `part` unless `ks` starts at 0, and go to `part`
+        /// unless it ends at `k` (then to `c`).
+        ///
+        /// # Safety
+        /// The tile's contract (`panel_product`), `r0 + R <= t.m` and `j0 < t.cols`;
+        /// `part` valid for `m` rows of NR, exclusively, where `ks` is not all of `k`.
+        #[target_feature(enable = $feat)]
+        unsafe fn $block<const R: usize, const V: usize, const S: usize>(
+            t: PanelTile<f32>,
+            r0: usize,
+            j0: usize,
+            w: &[f32],
+            ks: std::ops::Range<usize>,
+            part: *mut f32,
+        ) {
+            let cols_v = V * $lanes;
+            assert!(w.len() >= t.k * NR && j0 + cols_v <= NR && ks.end <= t.k && t.sub == S);
+            let (first, last) = (ks.start == 0, ks.end == t.k);
+            // SAFETY: rows `r0..r0 + R` of `a` hold `k` readable elements each.
+            let a_rows: [&[f32]; R] = std::array::from_fn(|r| unsafe {
+                std::slice::from_raw_parts(t.a.add((r0 + r) * t.lda), t.k)
+            });
+            if last && t.accumulate && j0 + cols_v <= t.cols {
+                // The rows of `c` this block adds to are read only after the whole
+                // `k` loop: ask for them now, so that a destination that has left the
+                // cache (a step's slab of the input projection) arrives meanwhile.
+                for r in 0..R {
+                    for q in 0..V {
+                        // SAFETY: prefetching never faults; the address is in the
+                        // tile's row `r0 + r` of `c`.
+                        unsafe {
+                            _mm_prefetch::<_MM_HINT_T0>(
+                                t.c.add((r0 + r) * t.ldc + j0 + q * $lanes).cast(),
+                            )
+                        };
+                    }
+                }
+            }
+            let mut acc = [[$zero(); V]; R];
+            if !first {
+                // The sums so far over the earlier ranges of `k`, stored exactly.
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    for (q, s) in acc_r.iter_mut().enumerate() {
+                        // SAFETY: `part` holds `m` rows of NR (the caller's).
+                        *s = unsafe { $load(part.add((r0 + r) * NR + j0 + q * $lanes)) };
+                    }
+                }
+            }
+            // Where each vector's columns start in the panel's storage (row 0).
+            let base: [usize; V] = std::array::from_fn(|q| offset(S, t.k, 0, j0 + q * $lanes));
+            for kk in ks {
+                let wv: [$vec; V] = std::array::from_fn(|q| {
+                    // SAFETY: `kk < k` and `j0 + q · lanes + lanes <= NR`, so the
+                    // vector lies in the panel's `k · NR <= w.len()` elements (asserted
+                    // above); `lanes` divides `S`, so it never straddles two parts.
+                    unsafe { $load(w.as_ptr().add(base[q] + kk * S)) }
+                });
+                for (acc_r, a_row) in acc.iter_mut().zip(&a_rows) {
+                    // SAFETY: `kk < k = a_row.len()`.
+                    let av = $set1(unsafe { *a_row.get_unchecked(kk) });
+                    for (s, &wq) in acc_r.iter_mut().zip(&wv) {
+                        *s = $fmadd(av, wq, *s);
+                    }
+                }
+            }
+            if !last {
+                for (r, acc_r) in acc.iter().enumerate() {
+                    for (q, &v) in acc_r.iter().enumerate() {
+                        // SAFETY: as above.
+                        unsafe { $storeu(part.add((r0 + r) * NR + j0 + q * $lanes), v) };
+                    }
+                }
+                return;
+            }
+            if j0 + cols_v <= t.cols {
+                // Whole vectors of the tile: add and store straight from the registers.
+                for (r, acc_r) in acc.iter().enumerate() {
+                    // SAFETY: row `r0 + r` of the tile of `c` holds `t.cols` columns, ours.
+                    let row = unsafe { t.c.add((r0 + r) * t.ldc + j0) };
+                    for (q, &v) in acc_r.iter().enumerate() {
+                        // SAFETY: as above; `j0 + q · lanes + lanes <= t.cols`.
+                        unsafe {
+                            let dst = row.add(q * $lanes);
+                            let v = if t.accumulate { $add($load(dst), v) } else { v };
+                            $storeu(dst, v);
+                        }
+                    }
+                }
+                return;
+            }
+            let mut buf = [0.0f32; NR];
+            for (r, acc_r) in acc.iter().enumerate() {
+                for (q, &v) in acc_r.iter().enumerate() {
+                    // SAFETY: `buf` holds NR >= V · lanes floats.
+                    unsafe { $storeu(buf.as_mut_ptr().add(q * $lanes), v) };
+                }
+                // SAFETY: row `r0 + r` of the tile of `c` is ours, columns
+                // `j0..t.cols` of it.
+                unsafe {
+                    store(
+                        &buf[..t.cols - j0],
+                        t.c.add((r0 + r) * t.ldc + j0),
+                        t.accumulate,
+                    )
+                };
+            }
+        }
+
+        /// # Safety
+        /// The tile's contract (`panel_product`) and the CPU features `$feat`.
+        #[target_feature(enable = $feat)]
+        pub(super) unsafe fn $rows(t: PanelTile<f32>, w: &[f32]) -> usize {
+            // SAFETY: the caller's contract; `sub` is NR or SUB (`Packed::prepare`),
+            // the panel's layout compiled into each instance.
+            unsafe {
+                if t.sub == NR {
+                    $rows_by::<NR>(t, w)
+                } else {
+                    $rows_by::<SUB>(t, w)
+                }
+            }
+        }
+
+        /// [`$rows`] for panels stored in parts of `S` columns.
+        ///
+        /// # Safety
+        /// As [`$rows`], and `t.sub == S`.
+        #[target_feature(enable = $feat)]
+        unsafe fn $rows_by<const S: usize>(t: PanelTile<f32>, w: &[f32]) -> usize {
+            const COLS: usize = $v * $lanes;
+            if t.m <= 2 {
+                // One or two rows: the whole panel at once, so that enough independent
+                // accumulators hide the latency of the fused multiply-add.
+                // SAFETY: rows `0..m`; the panel's first column is the tile's.
+                unsafe {
+                    match t.m {
+                        1 => $block::<1, { NR / $lanes }, S>(t, 0, 0, w, 0..t.k, null_mut()),
+                        2 => $block::<2, { NR / $lanes }, S>(t, 0, 0, w, 0..t.k, null_mut()),
+                        _ => {}
+                    }
+                }
+                return t.m;
+            }
+            // Blocks of near-equal height (16 rows: 6, 5, 5), so that no block is left
+            // with too few accumulators to keep the FMA units busy.
+            let blocks = t.m.div_ceil($mr);
+            let (base, extra) = (t.m / blocks, t.m % blocks);
+            // A long `k` in ranges of K_BLOCK, the sums carried between them in `part`
+            // (exactly: the same chain per element), so that the range's rows of the
+            // panel stay in L1 while every block of rows reads them. `part` is
+            // allocated only then, once per panel: next to the panel's `m · k · NR`
+            // (k > 1024) multiply-adds its cost does not show.
+            let split = t.k > 2 * K_BLOCK && blocks > 1;
+            let mut part = if split {
+                vec![0.0f32; t.m * NR]
+            } else {
+                Vec::new()
+            };
+            let k_step = if split { K_BLOCK } else { t.k.max(1) };
+            let mut k0 = 0;
+            loop {
+                let ks = k0..(k0 + k_step).min(t.k);
+                let mut j0 = 0;
+                while j0 < t.cols {
+                    let mut r0 = 0;
+                    for b in 0..blocks {
+                        // `3 <= rows <= $mr`: `rows >= m / blocks > $mr / 2` when
+                        // `blocks > 1`.
+                        let rows = base + usize::from(b < extra);
+                        let (ks, p) = (ks.clone(), part.as_mut_ptr());
+                        // SAFETY: the blocks cover `0..m` once; `j0 < cols`; `part`
+                        // holds `m` rows of NR where `k` is split.
+                        unsafe {
+                            match rows {
+                                3 => $block::<3, { $v }, S>(t, r0, j0, w, ks, p),
+                                4 => $block::<4, { $v }, S>(t, r0, j0, w, ks, p),
+                                5 => $block::<5, { $v }, S>(t, r0, j0, w, ks, p),
+                                6 => $block::<6, { $v }, S>(t, r0, j0, w, ks, p),
+                                7 => $block::<7, { $v }, S>(t, r0, j0, w, ks, p),
+                                _ => $block::<{ $mr }, { $v }, S>(t, r0, j0, w, ks, p),
+                            }
+                        }
+                        r0 += rows;
+                    }
+                    j0 += COLS;
+                }
+                k0 += k_step;
+                if k0 >= t.k {
+                    break;
+                }
+            }
+            t.m
+        }
+    };
+}
+
+/// One row of `a` times two whole panels: 8 ymm accumulators (a single row's 4 per
+/// panel leave the FMA units waiting on their latency), each element the same chain
+/// `acc = fma(a[k], w[k, j], acc)` over `k` in order as everywhere else.
+///
+/// # Safety
+/// AVX2 and FMA; `a` readable for `k` elements; `c[0]`, `c[1]` writable for NR
+/// elements each, exclusively; `w[0]`, `w[1]` panels of `k` rows stored in parts of
+/// `S` columns (see `offset`).
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn one_row_two_panels<const S: usize>(
+    a: *const f32,
+    k: usize,
+    w: [&[f32]; 2],
+    c: [*mut f32; 2],
+    accumulate: bool,
+) {
+    assert!(w[0].len() >= k * NR && w[1].len() >= k * NR && S.is_multiple_of(8));
+    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+    let base: [usize; 4] = std::array::from_fn(|q| offset(S, k, 0, q * 8));
+    for kk in 0..k {
+        // SAFETY: `kk < k`, `a` readable for `k` elements.
+        let av = _mm256_set1_ps(unsafe { *a.add(kk) });
+        for (acc_p, w) in acc.iter_mut().zip(w) {
+            for (q, s) in acc_p.iter_mut().enumerate() {
+                let at = base[q] + kk * S;
+                // SAFETY: `kk < k`, `q · 8 + 8 <= NR` and 8 divides `S`: within the
+                // panel's `k · NR`.
+                let wq = unsafe { _mm256_loadu_ps(w.as_ptr().add(at)) };
+                *s = _mm256_fmadd_ps(av, wq, *s);
+            }
+        }
+    }
+    for (acc_p, c) in acc.iter().zip(c) {
+        for (q, &v) in acc_p.iter().enumerate() {
+            // SAFETY: `c` writable for NR = 4 · 8 elements.
+            unsafe {
+                let dst = c.add(q * 8);
+                let v = if accumulate {
+                    _mm256_add_ps(_mm256_loadu_ps(dst), v)
+                } else {
+                    v
+                };
+                _mm256_storeu_ps(dst, v);
+            }
+        }
+    }
+}
+
+// AVX-512: 8 rows × 2 zmm = the whole 32-column panel (16 of 32 registers hold `c`);
+// AVX2: 6 rows × 2 ymm = half a panel (12 of 16 registers hold `c`, 2 `w`, 1 `a`).
+panel_rows!(
+    rows_avx512,
+    rows_by_avx512,
+    block_avx512,
+    "avx512f",
+    __m512,
+    16,
+    2,
+    8,
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_add_ps,
+    _mm512_storeu_ps
+);
+panel_rows!(
+    rows_avx2,
+    rows_by_avx2,
+    block_avx2,
+    "avx2,fma",
+    __m256,
+    8,
+    2,
+    6,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_add_ps,
+    _mm256_storeu_ps
+);
