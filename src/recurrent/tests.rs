@@ -160,20 +160,45 @@ fn f64_weights_compute_the_same_product_by_tiles() {
     assert_eq!(got, &want * 2.0);
 }
 
+/// `m,k,n;…` from the environment variable `var`, else from `default`.
+fn shapes_from(var: &str, default: &str) -> Vec<(usize, usize, usize)> {
+    let spec = std::env::var(var).unwrap_or_else(|_| default.to_string());
+    spec.split(';')
+        .map(|shape| {
+            let v: Vec<usize> = shape
+                .split(',')
+                .map(|x| x.parse().expect("m,k,n"))
+                .collect();
+            (v[0], v[1], v[2])
+        })
+        .collect()
+}
+
+/// The median over 5 rounds of `f`'s rate in GFLOP/s, each round about `total` flops of
+/// `flops` each.
+fn median_rate(flops: f64, total: f64, f: &mut dyn FnMut()) -> f64 {
+    let reps = ((total / flops) as usize).max(3);
+    let mut rates: Vec<f64> = (0..5)
+        .map(|_| {
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            flops * reps as f64 / t0.elapsed().as_secs_f64() / 1e9
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates[2]
+}
+
 /// The product's rate on one core, for measuring kernels and layouts (not a check):
 /// `PRODUCT_SHAPES="m,k,n;…" cargo test --release --lib product_rate -- --ignored --nocapture`
 /// (by default the per-step products of the LSTM benchmarks' shapes).
 #[test]
 #[ignore]
 fn product_rate() {
-    let shapes = std::env::var("PRODUCT_SHAPES")
-        .unwrap_or_else(|_| "1,64,256;16,128,512;32,256,1024;32,1024,256;64,1024,4096".into());
-    for shape in shapes.split(';') {
-        let v: Vec<usize> = shape
-            .split(',')
-            .map(|x| x.parse().expect("m,k,n"))
-            .collect();
-        let (m, k, n) = (v[0], v[1], v[2]);
+    let default = "1,64,256;16,128,512;32,256,1024;32,1024,256;64,1024,4096";
+    for (m, k, n) in shapes_from("PRODUCT_SHAPES", default) {
         // Forward's `W_hhᵀ` (four gate groups, read by columns) or backward's `W_hh`.
         let groups = if n == 4 * k { 4 } else { 1 };
         let b = Array2::from_shape_fn((n, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 * 0.01);
@@ -181,18 +206,10 @@ fn product_rate() {
         let a = Array2::from_shape_fn((m, k), |(i, j)| ((i + j) % 5) as f32 * 0.1);
         let mut c = Array2::<f32>::zeros((m, n));
         let flops = 2.0 * (m * k * n) as f64;
-        let reps = ((4e9 / flops) as usize).max(3);
-        let mut rates: Vec<f64> = (0..5)
-            .map(|_| {
-                let t0 = std::time::Instant::now();
-                for _ in 0..reps {
-                    w.apply(&a.view(), &mut c.view_mut(), true);
-                }
-                flops * reps as f64 / t0.elapsed().as_secs_f64() / 1e9
-            })
-            .collect();
-        rates.sort_by(f64::total_cmp);
-        println!("{m} x {k} x {n}: {:.1} GFLOP/s (median of 5)", rates[2]);
+        let rate = median_rate(flops, 4e9, &mut || {
+            w.apply(&a.view(), &mut c.view_mut(), true)
+        });
+        println!("{m} x {k} x {n}: {rate:.1} GFLOP/s (median of 5)");
     }
 }
 
@@ -207,43 +224,16 @@ fn dx_product_rate() {
         let b = Array2::from_shape_fn((k, n), |(i, j)| T::from((i * 7 + j * 3) % 11).unwrap());
         let mut c = Array2::<T>::zeros((m, n));
         let flops = 2.0 * (m * k * n) as f64;
-        let reps = ((1e9 / flops) as usize).max(3);
-        let mut time = |f: &mut dyn FnMut(&mut Array2<T>)| {
-            let mut r: Vec<f64> = (0..5)
-                .map(|_| {
-                    let t0 = std::time::Instant::now();
-                    for _ in 0..reps {
-                        f(&mut c);
-                    }
-                    flops * reps as f64 / t0.elapsed().as_secs_f64() / 1e9
-                })
-                .collect();
-            r.sort_by(f64::total_cmp);
-            r[2]
-        };
         let w = <T::Recurrent as RecurrentWeights<T>>::prepare(&b.view(), 1, m);
-        let gemm_rate = time(&mut |c| {
-            gemm(
-                T::one(),
-                &a.view(),
-                &b.view(),
-                T::zero(),
-                &mut c.view_mut(),
-                par(1),
-            )
+        let (av, bv) = (a.view(), b.view());
+        let gemm_rate = median_rate(flops, 1e9, &mut || {
+            gemm(T::one(), &av, &bv, T::zero(), &mut c.view_mut(), par(1))
         });
-        let packed_rate = time(&mut |c| w.apply(&a.view(), &mut c.view_mut(), false));
+        let packed_rate = median_rate(flops, 1e9, &mut || w.apply(&av, &mut c.view_mut(), false));
         (gemm_rate, packed_rate)
     }
-    let shapes = std::env::var("DX_SHAPES").unwrap_or_else(|_| {
-        "2048,1024,32;2048,1024,128;2048,1024,256;1024,512,64;4096,1024,512;4096,4096,64".into()
-    });
-    for shape in shapes.split(';') {
-        let v: Vec<usize> = shape
-            .split(',')
-            .map(|x| x.parse().expect("m,k,n"))
-            .collect();
-        let (m, k, n) = (v[0], v[1], v[2]);
+    let default = "2048,1024,32;2048,1024,128;2048,1024,256;1024,512,64;4096,1024,512;4096,4096,64";
+    for (m, k, n) in shapes_from("DX_SHAPES", default) {
         let (g32, p32) = rates::<f32>(m, k, n);
         let (g64, p64) = rates::<f64>(m, k, n);
         let rates = format!("f32 {g32:.1} / {p32:.1}, f64 {g64:.1} / {p64:.1}");
