@@ -213,21 +213,22 @@ fn rebuild_lstm_h_prev<T: Float>(
     }
 }
 
-/// What stays fixed while backward walks the chunks of one direction.
 /// Whether `dX_l = dxp · W_ih` (`dxp [S·B, gates]`, `W_ih [gates, inputs]`) goes through the
 /// per-step product's packed kernel (`recurrent.rs`) rather than the GEMM: it reads each
 /// row of `dxp` once per 16 columns of the result, which pays while those are few and the
 /// rows short. One core, AVX2, two runs (GFLOP/s, GEMM → packed; `dx_product_rate` in
 /// `recurrent/tests.rs`): 2048 × 1024 × 32 (the char model's LSTM) 74–76 → 91–95,
 /// 2048 × 1024 × 256 79–91 → 88–94, 1024 × 512 × 64 92–97 → 91–94; with 4096 gates
-/// 75–85 → 56–81. Backward alone, two threads, against the GEMM (same run): char model's
-/// LSTM 0.96 of the time, hidden 256 over 32 rows 0.95, hidden 128 over 16 rows 1.00.
-/// Only for a type whose kernel is vectorised ([`Float::RECURRENT_VECTOR`]); the route
-/// depends on the shapes and the type alone, never on the threads.
+/// 75–85 → 56–81. Backward alone on two threads against the GEMM route (in-process,
+/// alternating blocks): the char model's LSTM 0.98 of the time, hidden 256 over 32 rows
+/// 0.95, hidden 128 over 16 rows 1.00. Only for a type whose kernel is vectorised
+/// ([`Float::RECURRENT_VECTOR`]); the route depends on the shapes and the type alone,
+/// never on the threads.
 fn packed_dx<T: Float>(gates: usize, inputs: usize) -> bool {
     T::RECURRENT_VECTOR && gates <= 1024 && inputs <= 256
 }
 
+/// What stays fixed while backward walks the chunks of one direction.
 struct ChunkGrad<'a, 'w, T: Float> {
     d: &'a Direction<'a, 'w, T>,
     /// `W_hh [G·H, H]` prepared for the per-step `dh += drec · W_hh`.
