@@ -328,19 +328,34 @@ fn by_rows<T: Float>(
     accum: Accum,
     c: ArrayViewMut2<'_, T>,
 ) {
-    if threads < 2 {
-        faer_gemm(alpha, &a, b, accum, &mut { c }, Par::Seq);
+    in_row_blocks(threads, SPLIT_ALIGN, a, c, &|a, mut c| {
+        faer_gemm(alpha, &a, b, accum, &mut c, Par::Seq)
+    });
+}
+
+/// `leaf` on `pieces` blocks of the rows of `a` and `c` (at most one per row), split in
+/// halves recursively by `rayon::join`, so that any idle thread of the pool takes one; the
+/// blocks start at multiples of `align` where the rows allow.
+pub(crate) fn in_row_blocks<T: Send + Sync>(
+    pieces: usize,
+    align: usize,
+    a: ArrayView2<'_, T>,
+    c: ArrayViewMut2<'_, T>,
+    leaf: &(dyn Fn(ArrayView2<'_, T>, ArrayViewMut2<'_, T>) + Sync),
+) {
+    let m = a.nrows();
+    if pieces < 2 || m < 2 {
+        leaf(a, c);
         return;
     }
-    let first = threads / 2;
-    let m = a.nrows();
-    let mid = (m * first / threads + SPLIT_ALIGN / 2) / SPLIT_ALIGN * SPLIT_ALIGN;
+    let first = pieces / 2;
+    let mid = (m * first / pieces + align / 2) / align * align;
     let mid = mid.clamp(1, m - 1);
     let (a0, a1) = a.split_at(Axis(0), mid);
     let (c0, c1) = c.split_at(Axis(0), mid);
     rayon::join(
-        || by_rows(first, alpha, a0, b, accum, c0),
-        || by_rows(threads - first, alpha, a1, b, accum, c1),
+        || in_row_blocks(first, align, a0, c0, leaf),
+        || in_row_blocks(pieces - first, align, a1, c1, leaf),
     );
 }
 

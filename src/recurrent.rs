@@ -89,27 +89,17 @@ pub trait RecurrentWeights<T>: Send + Sync + Sized {
     fn apply_in_row_blocks(
         &self,
         a: ArrayView2<'_, T>,
-        mut c: ArrayViewMut2<'_, T>,
+        c: ArrayViewMut2<'_, T>,
         accumulate: bool,
         pieces: usize,
         min_rows: usize,
     ) where
         T: Send + Sync,
     {
-        let m = a.nrows();
-        let pieces = pieces.min(m / min_rows.max(1)).max(1);
-        if pieces < 2 {
-            self.apply(&a, &mut c, accumulate);
-            return;
-        }
-        let first = pieces / 2;
-        let mid = m * first / pieces;
-        let (a0, a1) = a.split_at(ndarray::Axis(0), mid);
-        let (c0, c1) = c.split_at(ndarray::Axis(0), mid);
-        rayon::join(
-            || self.apply_in_row_blocks(a0, c0, accumulate, first, min_rows),
-            || self.apply_in_row_blocks(a1, c1, accumulate, pieces - first, min_rows),
-        );
+        let pieces = pieces.min(a.nrows() / min_rows.max(1));
+        crate::linalg::in_row_blocks(pieces, 1, a, c, &|a, mut c| {
+            self.apply(&a, &mut c, accumulate)
+        });
     }
 
     /// `(K, N)`.
