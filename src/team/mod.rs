@@ -39,7 +39,14 @@ pub struct StateTile {
 /// some, else as many members as the threading policy gives for the step's
 /// `batch · hidden · gates` multiply-adds (`parallel::team_members`), split by [`split`].
 pub fn plan(threads: usize, batch: usize, hidden: usize, gates: usize) -> Vec<StateTile> {
-    if let Some(groups) = row_groups(threads, batch, hidden, gates) {
+    let members = crate::parallel::team_members(threads, batch * hidden * gates);
+    tiles_for(members, batch, hidden, gates)
+}
+
+/// [`plan`] for a team of at most `members` members (the threading policy's answer kept
+/// apart, so the tiling itself is a pure function of the shape).
+fn tiles_for(members: usize, batch: usize, hidden: usize, gates: usize) -> Vec<StateTile> {
+    if let Some(groups) = groups_of_rows(members, batch, hidden, gates) {
         return groups
             .into_iter()
             .map(|rows| StateTile {
@@ -48,7 +55,6 @@ pub fn plan(threads: usize, batch: usize, hidden: usize, gates: usize) -> Vec<St
             })
             .collect();
     }
-    let members = crate::parallel::team_members(threads, batch * hidden * gates);
     split(members, batch, hidden)
 }
 
@@ -73,6 +79,16 @@ pub(crate) fn row_groups(
     gates: usize,
 ) -> Option<Vec<Range<usize>>> {
     let members = crate::parallel::team_members(threads, batch * hidden * gates);
+    groups_of_rows(members, batch, hidden, gates)
+}
+
+/// [`row_groups`] for a team of at most `members` members.
+fn groups_of_rows(
+    members: usize,
+    batch: usize,
+    hidden: usize,
+    gates: usize,
+) -> Option<Vec<Range<usize>>> {
     let n = members.min(batch / ROW_BLOCK);
     if n < 2 || hidden * gates > ROWS_MAX_WEIGHTS {
         return None;

@@ -49,24 +49,36 @@ fn tiles_cover_the_state_once() {
 
 #[test]
 fn whole_rows_while_every_member_gets_eight_and_the_weights_are_small() {
+    // The tiling for a given team size: what the threading policy answers (the machine's
+    // cores, a process-wide back-off that other tests may set) is kept out of it.
     // LSTM hidden 128 (weights 2^16): whole rows; hidden 1024 (2^22): none.
-    assert!(row_groups(2, 64, 1024, 4 * 1024).is_none());
+    assert!(groups_of_rows(2, 64, 1024, 4 * 1024).is_none());
     assert!(
-        row_groups(2, 15, 128, 4 * 128).is_none(),
+        groups_of_rows(2, 15, 128, 4 * 128).is_none(),
         "fewer than 8 rows each"
     );
-    assert!(row_groups(1, 64, 128, 4 * 128).is_none());
-    if crate::parallel::cores() < 2 {
-        eprintln!("skipped the split itself: one CPU");
-        return;
-    }
-    assert_eq!(row_groups(2, 40, 128, 4 * 128), Some(vec![0..20, 20..40]));
-    assert_eq!(row_groups(2, 17, 128, 4 * 128), Some(vec![0..9, 9..17]));
-    let tiles = plan(2, 16, 128, 4 * 128);
+    assert!(groups_of_rows(1, 64, 128, 4 * 128).is_none());
+    assert!(row_groups(1, 64, 128, 4 * 128).is_none(), "one thread");
+    assert_eq!(
+        groups_of_rows(2, 40, 128, 4 * 128),
+        Some(vec![0..20, 20..40])
+    );
+    assert_eq!(groups_of_rows(2, 17, 128, 4 * 128), Some(vec![0..9, 9..17]));
+    assert_eq!(
+        groups_of_rows(3, 40, 128, 4 * 128),
+        Some(vec![0..14, 14..28, 28..40])
+    );
+    let tiles = tiles_for(2, 16, 128, 4 * 128);
     assert_eq!(tiles.len(), 2);
     assert!(tiles
         .iter()
         .all(|t| t.rows.len() == 8 && t.units == (0..128)));
+    // Above the weights' bound the same team splits units instead.
+    let tiles = tiles_for(2, 16, 1024, 4 * 1024);
+    assert_eq!(tiles.len(), 2);
+    assert!(tiles
+        .iter()
+        .all(|t| t.rows == (0..16) && t.units.len() == 512));
 }
 
 #[test]
