@@ -123,7 +123,7 @@ impl<T: Float> Direction<'_, '_, T> {
             }
             DirTape::Checkpoints { h: ck_h, c: ck_c } => {
                 let fw = self.forward_weights(batch);
-                let mut steps = Steps::new(cfg, chunk_len, batch, true)?;
+                let mut steps = Steps::new(cfg, chunk_len, batch, true, None)?;
                 let mut scratch = Scratch::new(self, batch)?;
                 for (i, r) in order.into_iter().enumerate().rev() {
                     self.ctl.check()?;
@@ -138,6 +138,7 @@ impl<T: Float> Direction<'_, '_, T> {
                         input: x.view(),
                         t0: r.start,
                         gates,
+                        biased: false,
                         tape: Some(states),
                         out: None,
                     };
@@ -326,8 +327,12 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
             let flat2 = |v| ArrayView2::from_shape((len * batch, gh), v).expect("sized");
             let (dxp2, drec2) = (flat2(all(&sh.dxp)), flat2(all(rec)));
             if let (Some(bi), Some(bh)) = (grads.b_ih.as_mut(), grads.b_hh.as_mut()) {
-                add_column_sums(bi, &dxp2, threads);
-                add_column_sums(bh, &drec2, threads);
+                if split_rec {
+                    add_column_sums(&mut [bi], &dxp2, threads);
+                    add_column_sums(&mut [bh], &drec2, threads);
+                } else {
+                    add_column_sums(&mut [bi, bh], &dxp2, threads);
+                }
             }
             let mut dx2 = bufs
                 .d_x

@@ -32,6 +32,9 @@ pub(super) struct Chunk<'a, T> {
     pub(super) t0: usize,
     /// `[S, B, G·H]`: receives the projection, then the activated gates.
     pub(super) gates: ArrayViewMut3<'a, T>,
+    /// Whether `gates` already hold the folded bias in every row (zeros without one): a
+    /// full tape's are allocated so, which spares a pass over them.
+    pub(super) biased: bool,
     /// Where the tape keeps the per-step states, if it does.
     pub(super) tape: Option<StatesMut<'a, T>>,
     /// `[S, B, H]`: this direction's block of the outputs, if wanted; every element is
@@ -84,7 +87,10 @@ impl<T: Float> Direction<'_, '_, T> {
         let ranges = chunks(seq_len, chunk_len, self.reverse);
         let drop_h = drops_h_prev(cfg, self.lengths.is_some());
         let mut full = matches!(plan, DirPlan::Full)
-            .then(|| Steps::new(cfg, seq_len, batch, !drop_h))
+            .then(|| {
+                let bias = fw.bias.folded.as_ref().and_then(|b| b.as_slice());
+                Steps::new(cfg, seq_len, batch, !drop_h, bias)
+            })
             .transpose()?;
         let h0 = (full.is_some() && drop_h)
             .then(|| copy(&state.h, "the tape"))
@@ -110,6 +116,7 @@ impl<T: Float> Direction<'_, '_, T> {
             if let (Some(ck), Some(c)) = (ck_c.as_mut(), state.c.as_ref()) {
                 ck.index_axis_mut(Axis(0), i).assign(c);
             }
+            let biased = full.is_some();
             let (gates, tape) = match full.as_mut() {
                 Some(steps) => {
                     let (gates, states) = steps.view_mut(r.clone());
@@ -121,6 +128,7 @@ impl<T: Float> Direction<'_, '_, T> {
                 input: input.slice(s![r.clone(), .., ..]),
                 t0: r.start,
                 gates,
+                biased,
                 tape,
                 out: Some(out.slice_mut(s![r.clone(), .., ..])),
             };
@@ -157,6 +165,7 @@ impl<T: Float> Direction<'_, '_, T> {
                 .into_shape_with_order((len * batch, gh))
                 .expect("gate buffer is contiguous");
             match fw.bias.folded.as_ref().and_then(|b| b.as_slice()) {
+                _ if chunk.biased => {}
                 Some(b) => g2
                     .as_slice_mut()
                     .expect("gate buffer is contiguous")

@@ -116,6 +116,7 @@ impl<T: Float> Direction<'_, '_, T> {
                 input,
                 t0,
                 gates: gates.view_mut(),
+                biased: false,
                 tape: None,
                 out: Some(out),
             };

@@ -8,7 +8,7 @@
 //! of every segment of `k` steps (checkpoints); backward recomputes one segment at a time.
 
 use super::proj::ProjSteps;
-use crate::buffer::zeros;
+use crate::buffer::{repeated_rows, zeros};
 use crate::cell::CellKind;
 use crate::error::Result;
 use crate::float::Float;
@@ -79,11 +79,23 @@ pub(super) struct Steps<T> {
 }
 
 impl<T: Float> Steps<T> {
-    pub(super) fn new(cfg: &Config, len: usize, batch: usize, with_h_prev: bool) -> Result<Self> {
+    /// Steps for `len` steps over `batch` rows; the gates start as `bias` in every row
+    /// when given (what the forward pass would first write there), else zeros.
+    pub(super) fn new(
+        cfg: &Config,
+        len: usize,
+        batch: usize,
+        with_h_prev: bool,
+        bias: Option<&[T]>,
+    ) -> Result<Self> {
         let h = (len, batch, cfg.hidden_size);
         let states = |keep: bool| keep.then(|| zeros(h, "the tape")).transpose();
+        let gates = (len, batch, cfg.gate_size());
         Ok(Steps {
-            gates: zeros((len, batch, cfg.gate_size()), "the tape")?,
+            gates: match bias {
+                Some(b) => repeated_rows(gates, b, "the tape")?,
+                None => zeros(gates, "the tape")?,
+            },
             h_prev: states(with_h_prev)?,
             c_prev: states(cfg.kind == CellKind::Lstm)?,
             gh_n: states(cfg.kind == CellKind::Gru)?,
@@ -205,26 +217,30 @@ impl<T: Float> Tape<T> {
 /// changed since forward (a check, not a cryptographic hash).
 pub fn digest<T: Float>(x: &ArrayView3<'_, T>) -> u64 {
     const LANES: usize = 8;
-    let mix = |h: u64, v: &T| {
-        let bits = v.to_f64().map_or(0, f64::to_bits);
-        (h ^ bits)
-            .wrapping_mul(0x0000_0100_0000_01b3)
-            .rotate_left(17)
+    const WORD: usize = std::mem::size_of::<u64>();
+    let mix = |h: u64, w: u64| (h ^ w).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(17);
+    let word = |b: &[u8]| {
+        let mut w = [0u8; WORD];
+        w[..b.len()].copy_from_slice(b);
+        u64::from_le_bytes(w)
     };
     let seed = 0xcbf2_9ce4_8422_2325u64;
-    // Eight independent chains over interleaved elements (in logical order), then
-    // combined: every element counts, without one long dependency chain.
     let x = x.as_standard_layout();
     let s = x.as_slice().expect("standard layout");
+    // SAFETY: `T` is `f32` or `f64` (plain bits, no padding), so the elements' memory is
+    // `size_of_val(s)` initialised bytes; reading it as bytes needs no alignment.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) };
+    // Eight independent chains over interleaved 64-bit words of the elements' bits (two
+    // float32 or one float64 each, in logical order), then combined: every bit counts,
+    // without one long dependency chain.
     let mut lanes: [u64; LANES] = std::array::from_fn(|k| seed.wrapping_add(k as u64));
-    let mut chunks = s.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (l, v) in lanes.iter_mut().zip(c) {
-            *l = mix(*l, v);
+    let mut blocks = bytes.chunks_exact(LANES * WORD);
+    for block in &mut blocks {
+        for (l, w) in lanes.iter_mut().zip(block.chunks_exact(WORD)) {
+            *l = mix(*l, word(w));
         }
     }
-    let tail = chunks.remainder().iter().fold(seed, mix);
-    lanes.iter().fold(tail, |h, &l| {
-        (h ^ l).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(17)
-    })
+    let tail = blocks.remainder().chunks(WORD).map(word).fold(seed, mix);
+    lanes.iter().fold(tail, |h, &l| mix(h, l))
 }

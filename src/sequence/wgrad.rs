@@ -115,12 +115,13 @@ pub(super) struct DirSums<T> {
     pub(super) w_hh: TransposedSum<T>,
 }
 
-/// `acc[j] += Σ_r m[r, j]`, rows summed in order (the same bits for any thread count).
-/// Each thread streams the rows through its own range of columns, whose partial sums stay
-/// in L1 (walking one narrow column block down the rows at a time instead, with a
-/// row-length stride, ran at a tenth of the memory bandwidth).
+/// `acc[j] += Σ_r m[r, j]` for each accumulator in `accs` (the sums taken once: LSTM and
+/// RNN add the same gate gradients to both biases), rows summed in order (the same bits
+/// for any thread count). Each thread streams the rows through its own range of columns,
+/// whose partial sums stay in L1 (walking one narrow column block down the rows at a time
+/// instead, with a row-length stride, ran at a tenth of the memory bandwidth).
 pub(super) fn add_column_sums<T: Float>(
-    acc: &mut Array1<T>,
+    accs: &mut [&mut Array1<T>],
     m: &ArrayView2<'_, T>,
     threads: usize,
 ) {
@@ -130,24 +131,26 @@ pub(super) fn add_column_sums<T: Float>(
     let m = m.as_standard_layout();
     let cols = m.ncols();
     let rows = m.as_slice().expect("standard layout");
-    let acc = acc.as_slice_mut().expect("contiguous");
-    let sum_cols = |j0: usize, a: &mut [T]| {
-        let mut s = vec![T::zero(); a.len()];
+    let sum_cols = |j0: usize, s: &mut [T]| {
+        let j1 = j0 + s.len();
         for row in rows.chunks_exact(cols) {
-            for (s, &v) in s.iter_mut().zip(&row[j0..j0 + a.len()]) {
+            for (s, &v) in s.iter_mut().zip(&row[j0..j1]) {
                 *s += v;
             }
         }
-        for (a, s) in a.iter_mut().zip(s) {
-            *a += s;
-        }
     };
+    let mut sums = vec![T::zero(); cols];
     if threads < 2 || rows.len() < PARALLEL_SUM_MIN_ELEMS || cols == 0 {
-        sum_cols(0, acc);
+        sum_cols(0, &mut sums);
     } else {
         let per = cols.div_ceil(threads).next_multiple_of(ALIGN);
-        acc.par_chunks_mut(per)
+        sums.par_chunks_mut(per)
             .enumerate()
-            .for_each(|(j, a)| sum_cols(j * per, a));
+            .for_each(|(j, s)| sum_cols(j * per, s));
+    }
+    for acc in accs {
+        for (a, &s) in acc.iter_mut().zip(&sums) {
+            *a += s;
+        }
     }
 }
