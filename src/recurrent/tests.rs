@@ -191,7 +191,8 @@ fn median_rate(flops: f64, total: f64, f: &mut dyn FnMut()) -> f64 {
     rates[2]
 }
 
-/// The product's rate on one core, for measuring kernels and layouts (not a check):
+/// The product's rate on one core, and its weights' packing, for measuring kernels and
+/// layouts (not a check):
 /// `PRODUCT_SHAPES="m,k,n;…" cargo test --release --lib product_rate -- --ignored --nocapture`
 /// (by default the per-step products of the LSTM benchmarks' shapes).
 #[test]
@@ -209,7 +210,11 @@ fn product_rate() {
         let rate = median_rate(flops, 4e9, &mut || {
             w.apply(&a.view(), &mut c.view_mut(), true)
         });
-        println!("{m} x {k} x {n}: {rate:.1} GFLOP/s (median of 5)");
+        let elements = (k * n) as f64;
+        let packing = median_rate(elements, 1e8, &mut || {
+            std::hint::black_box(Packed::<f32>::prepare(&b.t(), groups, m));
+        });
+        println!("{m} x {k} x {n}: {rate:.1} GFLOP/s, packing {packing:.2} G elements/s");
     }
 }
 
