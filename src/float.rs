@@ -27,10 +27,10 @@ pub trait Float:
     /// How the per-step recurrent product is computed for this type (`recurrent.rs`).
     type Recurrent: crate::recurrent::RecurrentWeights<Self>;
 
-    /// Whether [`Float::Recurrent`] has vector kernels (f32 at the AVX2 and AVX-512
-    /// levels) that outrun the GEMM on some products other than the per-step one; `f64`'s
-    /// portable kernel runs at a quarter of the GEMM's rate there (2048 × 1024 × 32: 12
-    /// against 46 GFLOP/s on one core).
+    /// Whether [`Float::Recurrent`]'s vector kernels outrun the GEMM on some products
+    /// other than the per-step one (f32 at the AVX2 and AVX-512 levels); `f64`'s AVX2
+    /// kernel stays below the GEMM's rate there (2048 × 1024 × 32: 33 against 40 GFLOP/s
+    /// on one core, `dx_product_rate`).
     const RECURRENT_VECTOR: bool;
 
     /// Logistic sigmoid `1 / (1 + exp(-x))`; saturates to 0 and 1, NaN stays NaN.

@@ -14,12 +14,12 @@
 //!
 //! Each group is packed into column panels `[K, NR]` of NR = 32 columns, each stored as its
 //! two halves `[K, 16]` one after the other (see [`SUB`]) unless the products have at most
-//! two rows. For `f32` on x86-64 the micro-kernel holds an `MR × NR` block of `c` in
-//! registers (AVX-512: 8 × 32 in 16 registers; AVX2: 6 × 16 in 12, half a panel at a time)
-//! and runs `acc = fma(a[r, k], b[k, :], acc)` over `k` in order; the portable kernel
-//! (`f64`, the baseline level, other targets) does the same with `mul_add`, compiled per
-//! instruction set, so every level gives the same bits, and so does every tiling and
-//! layout (each element is the same chain of operations).
+//! two rows. On x86-64 the micro-kernel holds an `MR × NR` block of `c` in registers
+//! (`f32` with AVX-512: 8 × 32 in 16 registers; with AVX2: 6 × 16 in 12, half a panel at a
+//! time; `f64` with AVX2: 6 × 8 in 12) and runs `acc = fma(a[r, k], b[k, :], acc)` over
+//! `k` in order; the portable kernel (the baseline level, other targets) does the same
+//! with `mul_add`, compiled per instruction set, so every level gives the same bits, and
+//! so does every tiling and layout (each element is the same chain of operations).
 
 use crate::float::Float;
 use crate::simd::dispatch;
@@ -352,10 +352,22 @@ unsafe fn portable_rows<T: Float>(t: PanelTile<T>, w: &[T], r0: usize) {
 }
 
 impl PanelKernel for f64 {
-    unsafe fn panel(_level: crate::simd::Level, t: PanelTile<f64>, w: &[f64]) {
-        assert!(w.len() >= t.k * NR && t.cols <= NR && NR.is_multiple_of(t.sub));
+    unsafe fn panel(level: crate::simd::Level, t: PanelTile<f64>, w: &[f64]) {
+        assert!(w.len() >= t.k * NR && t.cols <= NR && t.sub.is_multiple_of(16));
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        let mut r = 0;
+        #[cfg(target_arch = "x86_64")]
+        if level != crate::simd::Level::Scalar {
+            // SAFETY: both vector levels have AVX2 and FMA (`level()` reports them only
+            // then); the tile's contract is passed on.
+            r = unsafe { x86::rows_avx2_f64(t, w) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = level;
+        // Rows left (all of them at the baseline level): the same fused multiply-adds in
+        // the same order.
         // SAFETY: the caller's contract.
-        unsafe { portable_rows(t, w, 0) }
+        unsafe { portable_rows(t, w, r) }
     }
 }
 

@@ -4,10 +4,10 @@ use crate::simd::{set_level, Level};
 use ndarray::Array2;
 
 /// `c (+)= a · b` computed by tiles of `rows_per × units_per`, as a team would.
-fn by_tiles<W: RecurrentWeights<f32>>(
+fn by_tiles<T: Float, W: RecurrentWeights<T>>(
     w: &W,
-    a: &Array2<f32>,
-    c: &mut Array2<f32>,
+    a: &Array2<T>,
+    c: &mut Array2<T>,
     accumulate: bool,
     rows_per: usize,
     units_per: usize,
@@ -83,27 +83,36 @@ fn packed_product_is_exact_and_identical_at_every_level_and_tiling() {
 
 #[test]
 fn rounding_is_the_same_at_every_level_and_tiling() {
+    rounding_is_the_same::<f32>();
+    rounding_is_the_same::<f64>();
+}
+
+/// Products of rounded values at each vector level against the baseline's, bitwise: one
+/// and two rows (whole panels, or strips of them), blocks of rows, tails of columns.
+fn rounding_is_the_same<T: Float>() {
     // Incl. a tall product with a long `k` (70 × 600), written and accumulated.
     for (m, k, n) in [(19, 77, 100), (70, 600, 64), (13, 300, 40)] {
-        let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 31 + j * 17) as f32).sin());
-        let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 13 + j * 7) as f32).cos());
-        let c0 = Array2::from_shape_fn((m, n), |(i, j)| ((i * 3 + j * 5) as f32).sin());
+        let f = |v: f64| T::from(v).expect("a float");
+        let a = Array2::from_shape_fn((m, k), |(i, j)| f(((i * 31 + j * 17) as f64).sin()));
+        let b = Array2::from_shape_fn((k, n), |(i, j)| f(((i * 13 + j * 7) as f64).cos()));
+        let c0 = Array2::from_shape_fn((m, n), |(i, j)| f(((i * 3 + j * 5) as f64).sin()));
         let _guard = crate::simd::tests_lock();
         for accumulate in [false, true] {
             set_level(Some(Level::Scalar)).unwrap();
-            let whole = Packed::<f32>::prepare(&b.view(), 2, 1);
+            let whole = T::Recurrent::prepare(&b.view(), 2, 1);
             let mut want = c0.clone();
             whole.apply(&a.view(), &mut want.view_mut(), accumulate);
             for level in [Level::Avx2, Level::Avx512] {
                 if set_level(Some(level)).is_ok() {
                     for (rows_per, layout) in [(1, 1), (2, 1), (5, m), (m, m), (1, m)] {
-                        let p = Packed::<f32>::prepare(&b.view(), 2, layout);
+                        let p = T::Recurrent::prepare(&b.view(), 2, layout);
                         let mut got = c0.clone();
                         by_tiles(&p, &a, &mut got, accumulate, rows_per, UNIT_ALIGN);
                         assert_eq!(
-                            got, want,
-                            "{m}x{k}x{n} {level:?} {rows_per} rows, {} columns",
-                            p.sub
+                            got,
+                            want,
+                            "{} {m}x{k}x{n} {level:?} {rows_per} rows, layout {layout}",
+                            T::NAME
                         );
                     }
                 }

@@ -11,16 +11,17 @@ use std::ptr::null_mut;
 /// 1024, backward's at 256) splitting changed nothing beyond noise in the calls.
 const K_BLOCK: usize = 512;
 
-/// Defines `$rows(tile, w) -> usize`: all rows, each panel in strips of `V · lanes`
-/// columns (the whole panel with AVX-512, two halves with AVX2), each strip in blocks of
-/// at most `$mr` rows and near-equal height (an `$mr × V` block of vectors of `c` in
-/// registers leaves room for the `V` vectors of `w` and the broadcast of `a`, so nothing
-/// spills); `acc = fma(a[r, k], w[k, j], acc)` over `k` in order, as the baseline path
-/// does. Returns the number of rows done (all).
+/// Defines `$rows(tile, w) -> usize` for elements `$t`: all rows, each panel in strips of
+/// `V · lanes` columns (float32: the whole panel with AVX-512, two halves with AVX2;
+/// float64 with AVX2: quarters), each strip in blocks of at most `$mr` rows and near-equal
+/// height (an `$mr × V` block of vectors of `c` in registers leaves room for the `V`
+/// vectors of `w` and the broadcast of `a`, so nothing spills); one or two rows in strips
+/// of `$v_few` vectors. `acc = fma(a[r, k], w[k, j], acc)` over `k` in order, as the
+/// baseline path does. Returns the number of rows done (all).
 macro_rules! panel_rows {
-    ($rows:ident, $rows_by:ident, $block:ident, $feat:literal, $vec:ty, $lanes:expr,
-     $v:expr, $mr:expr, $zero:ident, $load:ident, $set1:ident, $fmadd:ident, $add:ident,
-     $storeu:ident) => {
+    ($rows:ident, $rows_by:ident, $block:ident, $feat:literal, $t:ty, $vec:ty, $lanes:expr,
+     $v:expr, $mr:expr, $v_few:expr, $zero:ident, $load:ident, $set1:ident, $fmadd:ident,
+     $add:ident, $storeu:ident) => {
         /// One block of `R` rows from row `r0`, columns `j0..j0 + V · lanes` of the
         /// panel (of which the first `t.cols − j0` are the tile's), over the range `ks`
         /// of `k`: its sums start from `part` unless `ks` starts at 0, and go to `part`
@@ -31,18 +32,18 @@ macro_rules! panel_rows {
         /// `part` valid for `m` rows of NR, exclusively, where `ks` is not all of `k`.
         #[target_feature(enable = $feat)]
         unsafe fn $block<const R: usize, const V: usize, const S: usize>(
-            t: PanelTile<f32>,
+            t: PanelTile<$t>,
             r0: usize,
             j0: usize,
-            w: &[f32],
+            w: &[$t],
             ks: std::ops::Range<usize>,
-            part: *mut f32,
+            part: *mut $t,
         ) {
             let cols_v = V * $lanes;
             assert!(w.len() >= t.k * NR && j0 + cols_v <= NR && ks.end <= t.k && t.sub == S);
             let (first, last) = (ks.start == 0, ks.end == t.k);
             // SAFETY: rows `r0..r0 + R` of `a` hold `k` readable elements each.
-            let a_rows: [&[f32]; R] = std::array::from_fn(|r| unsafe {
+            let a_rows: [&[$t]; R] = std::array::from_fn(|r| unsafe {
                 std::slice::from_raw_parts(t.a.add((r0 + r) * t.lda), t.k)
             });
             if last && t.accumulate && j0 + cols_v <= t.cols {
@@ -113,7 +114,7 @@ macro_rules! panel_rows {
                 }
                 return;
             }
-            let mut buf = [0.0f32; NR];
+            let mut buf: [$t; NR] = [0.0; NR];
             for (r, acc_r) in acc.iter().enumerate() {
                 for (q, &v) in acc_r.iter().enumerate() {
                     // SAFETY: `buf` holds NR >= V · lanes floats.
@@ -134,7 +135,7 @@ macro_rules! panel_rows {
         /// # Safety
         /// The tile's contract (`panel_product`) and the CPU features `$feat`.
         #[target_feature(enable = $feat)]
-        pub(super) unsafe fn $rows(t: PanelTile<f32>, w: &[f32]) -> usize {
+        pub(super) unsafe fn $rows(t: PanelTile<$t>, w: &[$t]) -> usize {
             // SAFETY: the caller's contract; `sub` is NR or SUB (`Packed::prepare`),
             // the panel's layout compiled into each instance.
             unsafe {
@@ -151,18 +152,23 @@ macro_rules! panel_rows {
         /// # Safety
         /// As [`$rows`], and `t.sub == S`.
         #[target_feature(enable = $feat)]
-        unsafe fn $rows_by<const S: usize>(t: PanelTile<f32>, w: &[f32]) -> usize {
+        unsafe fn $rows_by<const S: usize>(t: PanelTile<$t>, w: &[$t]) -> usize {
             const COLS: usize = $v * $lanes;
             if t.m <= 2 {
-                // One or two rows: the whole panel at once, so that enough independent
-                // accumulators hide the latency of the fused multiply-add.
-                // SAFETY: rows `0..m`; the panel's first column is the tile's.
-                unsafe {
-                    match t.m {
-                        1 => $block::<1, { NR / $lanes }, S>(t, 0, 0, w, 0..t.k, null_mut()),
-                        2 => $block::<2, { NR / $lanes }, S>(t, 0, 0, w, 0..t.k, null_mut()),
-                        _ => {}
+                // One or two rows: strips of `$v_few` vectors (float32: the whole
+                // panel), so that enough independent accumulators hide the latency of
+                // the fused multiply-add without running out of registers.
+                let mut j0 = 0;
+                while j0 < t.cols {
+                    // SAFETY: rows `0..m`; `j0 < cols`.
+                    unsafe {
+                        match t.m {
+                            1 => $block::<1, { $v_few }, S>(t, 0, j0, w, 0..t.k, null_mut()),
+                            2 => $block::<2, { $v_few }, S>(t, 0, j0, w, 0..t.k, null_mut()),
+                            _ => {}
+                        }
                     }
+                    j0 += $v_few * $lanes;
                 }
                 return t.m;
             }
@@ -177,7 +183,7 @@ macro_rules! panel_rows {
             // (k > 1024) multiply-adds its cost does not show.
             let split = t.k > 2 * K_BLOCK && blocks > 1;
             let mut part = if split {
-                vec![0.0f32; t.m * NR]
+                vec![0.0 as $t; t.m * NR]
             } else {
                 Vec::new()
             };
@@ -274,10 +280,12 @@ panel_rows!(
     rows_by_avx512,
     block_avx512,
     "avx512f",
+    f32,
     __m512,
     16,
     2,
     8,
+    2,
     _mm512_setzero_ps,
     _mm512_loadu_ps,
     _mm512_set1_ps,
@@ -290,14 +298,36 @@ panel_rows!(
     rows_by_avx2,
     block_avx2,
     "avx2,fma",
+    f32,
     __m256,
     8,
     2,
     6,
+    4,
     _mm256_setzero_ps,
     _mm256_loadu_ps,
     _mm256_set1_ps,
     _mm256_fmadd_ps,
     _mm256_add_ps,
     _mm256_storeu_ps
+);
+// float64, AVX2 (also at the AVX-512 level): 6 rows × 2 ymm of 4 doubles, strips of 8
+// columns (12 registers hold `c`, as for float32); one or two rows in strips of 16.
+panel_rows!(
+    rows_avx2_f64,
+    rows_by_avx2_f64,
+    block_avx2_f64,
+    "avx2,fma",
+    f64,
+    __m256d,
+    4,
+    2,
+    6,
+    4,
+    _mm256_setzero_pd,
+    _mm256_loadu_pd,
+    _mm256_set1_pd,
+    _mm256_fmadd_pd,
+    _mm256_add_pd,
+    _mm256_storeu_pd
 );
