@@ -6,13 +6,16 @@ Usage::
 
     python benches/peers.py [--runs 7] [--large-runs 3] [--shapes tiny,small,medium,large,long]
                             [--threads 1,2] [--cells LSTM,GRU,RNN] [--busy-shapes ...]
-                            [--block-s 0.25] [--rest-s 0.1] [--json out.json] > out.md
+                            [--block-s 0.25] [--rest-s 0.1] [--dtype float32]
+                            [--json out.json] > out.md
 
 Needs a release build of bptt (``maturin build --release``; a dev-profile build is several
 times slower) and, optionally, ``torch`` and ``onnxruntime`` + ``onnx`` (each peer that is
 not importable is skipped with a note). Run it on an otherwise idle machine.
 
-What it measures (float32, one layer, shapes and FLOP model of ``shapes.py``):
+What it measures (float32 unless ``--dtype float64``, one layer, shapes and FLOP model of
+``shapes.py``; ONNX Runtime and the busy-core case run float32 only, and are skipped with
+``--dtype float64``):
 
 - Peers: for every thread count, shape, cell and mode (inference ``m(x)``; training
   ``m.forward`` + full ``m.backward``), bptt and ``torch.nn.{LSTM,GRU,RNN}`` with the same
@@ -67,6 +70,8 @@ def import_optional(name: str):
 def torch_model(torch, cell: str, model):
     """``torch.nn.<cell>`` with the weights of the bptt model."""
     peer = getattr(torch.nn, cell)(model.input_size, model.hidden_size)
+    if model.dtype == np.float64:
+        peer = peer.double()
     with torch.no_grad():
         for k, v in model.state_dict().items():
             getattr(peer, k).copy_(torch.from_numpy(v))
@@ -162,20 +167,20 @@ def numpy_gemm() -> None:
 
 
 # ------------------------------------------------------------------------------ cases
-def inputs(shape: str):
+def inputs(shape: str, dtype=np.float32):
     t, b, i, h = SHAPES[shape]
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((t, b, i)).astype(np.float32)
-    return x, np.ones((t, b, h), np.float32)
+    x = rng.standard_normal((t, b, i)).astype(dtype)
+    return x, np.ones((t, b, h), dtype)
 
 
 def peer_cases(args, torch, onnx, ort, threads: int, log) -> list[dict]:
     rows = []
     for shape in args.shapes:
-        x, d_out = inputs(shape)
+        x, d_out = inputs(shape, args.dtype)
         _, _, i, h = SHAPES[shape]
         for cell in args.cells:
-            model = getattr(bptt, cell)(i, h, dtype=np.float32, seed=0)
+            model = getattr(bptt, cell)(i, h, dtype=args.dtype, seed=0)
             out_ref, state_ref = model(x)
             peer = torch_model(torch, cell, model) if torch is not None else None
             if peer is not None:
@@ -185,7 +190,7 @@ def peer_cases(args, torch, onnx, ort, threads: int, log) -> list[dict]:
                 with torch.no_grad():
                     check_close(f"torch {cell} {shape}", peer(xt)[0].numpy(), out_ref)
             sess = None
-            if cell == "LSTM" and ort is not None:
+            if cell == "LSTM" and ort is not None and args.dtype == np.float32:
                 sess = onnx_lstm_session(onnx, ort, model, x.shape, threads)
                 y, y_h, y_c = sess.run(None, {"X": x})
                 ort_diff = max(check_close(f"ort {shape} Y", y[:, 0], out_ref),
@@ -373,8 +378,12 @@ def main() -> None:
                     help="shapes of the busy-core case (empty: skip it)")
     ap.add_argument("--block-s", type=float, default=0.25, help="seconds per timed block")
     ap.add_argument("--rest-s", type=float, default=0.1, help="rest after each block")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    args.dtype = np.dtype(args.dtype).type
+    if args.dtype == np.float64:
+        args.busy_shapes = ""
     args.shapes = [s for s in args.shapes.split(",") if s]
     args.cells = [c.upper() for c in args.cells.split(",") if c]
     args.busy_shapes = [s for s in args.busy_shapes.split(",") if s]
@@ -407,7 +416,7 @@ def main() -> None:
         "machine": f"{cpu_model()}, {platform.machine()}, {os.cpu_count()} CPUs",
         "load average at start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
         "options": f"runs {args.runs} (large {args.large_runs}), block {args.block_s} s, "
-                   f"rest {args.rest_s} s",
+                   f"rest {args.rest_s} s, {np.dtype(args.dtype).name}",
     }
     if notes:
         meta["notes"] = "; ".join(notes)
