@@ -28,8 +28,11 @@ pub(crate) fn zeroed_vec<T: Float>(n: usize, what: &str) -> Result<Vec<T>> {
     if n == 0 {
         return Ok(Vec::new());
     }
-    if parallel(n) {
-        return written(n, 1, what, |part| part.fill(MaybeUninit::new(T::zero())));
+    let threads = threads_for(n);
+    if threads > 1 {
+        return written(n, 1, threads, what, |part| {
+            part.fill(MaybeUninit::new(T::zero()))
+        });
     }
     let layout = std::alloc::Layout::array::<T>(n).map_err(|_| too_big())?;
     // SAFETY: `layout` has a non-zero size (n > 0 and T is f32 or f64).
@@ -70,25 +73,30 @@ pub(crate) fn zeros<T: Float, D: Dimension>(
     Ok(Array::from_shape_vec(dim.into_shape_with_order(), v).expect("sized from the shape"))
 }
 
-/// Whether a buffer of `n` elements is written on more than one thread: from
-/// [`PARALLEL_ZEROS_MIN`] elements, when the call has them.
-fn parallel(n: usize) -> bool {
-    n >= PARALLEL_ZEROS_MIN && crate::parallel::call_threads() > 1
+/// The threads a buffer of `n` elements is written on: the call's from
+/// [`PARALLEL_ZEROS_MIN`] elements, else one.
+fn threads_for(n: usize) -> usize {
+    if n >= PARALLEL_ZEROS_MIN {
+        crate::parallel::call_threads()
+    } else {
+        1
+    }
 }
 
-/// `n` elements, each written by `write` (given parts of whole `unit`s, in parallel on the
-/// call's threads where [`parallel`]), or [`Error::Memory`] naming `what`.
+/// `n` elements, each written by `write` (given parts of whole `unit`s, in parallel over
+/// `threads` threads of the current pool when more than one), or [`Error::Memory`] naming
+/// `what`.
 fn written<T: Float>(
     n: usize,
     unit: usize,
+    threads: usize,
     what: &str,
     write: impl Fn(&mut [MaybeUninit<T>]) + Sync,
 ) -> Result<Vec<T>> {
     use rayon::prelude::*;
     let mut v = reserved::<T>(n, what)?;
     let spare = &mut v.spare_capacity_mut()[..n];
-    if parallel(n) {
-        let threads = crate::parallel::call_threads();
+    if threads > 1 {
         let per = (n / unit).div_ceil(threads).max(1) * unit;
         spare.par_chunks_mut(per).for_each(&write);
     } else {
@@ -124,7 +132,7 @@ pub(crate) fn repeated_rows<T: Float, D: Dimension>(
         "repeated_rows: row length"
     );
     let n = elements(dim.slice(), what, std::mem::size_of::<T>())?;
-    let v = written(n, row.len().max(1), what, |part| {
+    let v = written(n, row.len().max(1), threads_for(n), what, |part| {
         if row.is_empty() {
             return;
         }
