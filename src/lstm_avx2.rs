@@ -467,4 +467,91 @@ mod tests {
             assert_eq!(dh[j], 0.0);
         }
     }
+
+    /// The cell kernels' time per unit on one core, for measuring them (not a check):
+    /// `cargo test --release --lib -- --exact lstm_avx2::tests::cell_rate --ignored --nocapture`
+    /// (a batch of 16 rows of 128 units, the small benchmark shape's step).
+    #[test]
+    #[ignore]
+    fn cell_rate() {
+        if !have_avx2() {
+            return;
+        }
+        let (rows, n) = (16, 128);
+        let v = |s: f32| {
+            (0..rows * n)
+                .map(|j| (j as f32 * 0.37 + s).sin() * 3.0)
+                .collect::<Vec<_>>()
+        };
+        let gates = [v(0.1), v(0.7), v(1.3), v(2.9)];
+        let (c0, dh0) = (v(4.1), v(5.3));
+        let median = |f: &mut dyn FnMut()| {
+            let mut per_unit: Vec<f64> = (0..7)
+                .map(|_| {
+                    let reps = 2000;
+                    let t0 = std::time::Instant::now();
+                    for _ in 0..reps {
+                        f();
+                    }
+                    t0.elapsed().as_secs_f64() * 1e9 / (reps * rows * n) as f64
+                })
+                .collect();
+            per_unit.sort_by(f64::total_cmp);
+            per_unit[3]
+        };
+        let [mut i, mut f, mut g, mut o] = gates.clone();
+        let (mut c, mut h) = (c0.clone(), vec![0.0f32; rows * n]);
+        let forward = median(&mut || {
+            i.copy_from_slice(&gates[0]);
+            f.copy_from_slice(&gates[1]);
+            g.copy_from_slice(&gates[2]);
+            o.copy_from_slice(&gates[3]);
+            c.copy_from_slice(&c0);
+            for r in (0..rows * n).step_by(n) {
+                let row = r..r + n;
+                // SAFETY: AVX2 and FMA were detected above.
+                unsafe {
+                    lstm_forward(
+                        &mut i[row.clone()],
+                        &mut f[row.clone()],
+                        &mut g[row.clone()],
+                        &mut o[row.clone()],
+                        &mut c[row.clone()],
+                        &mut h[row],
+                    )
+                };
+            }
+        });
+        let (mut dh, mut dc) = (dh0.clone(), dh0.clone());
+        let mut d = [
+            vec![0.0f32; rows * n],
+            vec![0.0; rows * n],
+            vec![0.0; rows * n],
+            vec![0.0; rows * n],
+        ];
+        let backward = median(&mut || {
+            dh.copy_from_slice(&dh0);
+            let [di, df, dg, d_o] = d.each_mut();
+            for r in (0..rows * n).step_by(n) {
+                let row = r..r + n;
+                // SAFETY: as above.
+                unsafe {
+                    lstm_backward(
+                        &i[row.clone()],
+                        &f[row.clone()],
+                        &g[row.clone()],
+                        &o[row.clone()],
+                        &c0[row.clone()],
+                        &mut dh[row.clone()],
+                        &mut dc[row.clone()],
+                        &mut di[row.clone()],
+                        &mut df[row.clone()],
+                        &mut dg[row.clone()],
+                        &mut d_o[row],
+                    )
+                };
+            }
+        });
+        println!("LSTM cell, ns per unit (copies of the inputs included): forward {forward:.2}, backward {backward:.2}");
+    }
 }

@@ -112,6 +112,10 @@ pub trait RecurrentWeights<T>: Send + Sync + Sized {
 /// Columns per packed panel.
 const NR: usize = 32;
 
+/// The side of the square blocks [`PanelKernel::transpose_block`] moves (a divisor of
+/// [`SUB`]).
+pub const TRANSPOSE: usize = 8;
+
 /// Columns per half of a panel: for products of more than two rows, a panel `[K, NR]` is
 /// stored as its two halves `[K, SUB]`, one after the other, so that a kernel reading half
 /// a panel (AVX2's 6 × 16 blocks) reads it as one contiguous stream instead of every other
@@ -146,6 +150,27 @@ pub trait PanelKernel: Float {
     /// `t.a` readable for `m` rows of `k`, `t.c` writable for `m` rows of `cols`,
     /// exclusively; `w.len() >= k · NR`.
     unsafe fn panel(level: crate::simd::Level, t: PanelTile<Self>, w: &[Self]);
+
+    /// `dst[kk · stride + q] = src[q][k0 + kk]` for `q, kk < TRANSPOSE`: a square block
+    /// of `TRANSPOSE` columns (`src`) written as rows (packing `W_hhᵀ`). Copies only, so
+    /// every level gives the same panel.
+    fn transpose_block(
+        level: crate::simd::Level,
+        src: &[&[Self]; TRANSPOSE],
+        k0: usize,
+        dst: &mut [Self],
+        stride: usize,
+    ) {
+        let _ = level;
+        for kk in 0..TRANSPOSE {
+            for (d, s) in dst[kk * stride..kk * stride + TRANSPOSE]
+                .iter_mut()
+                .zip(src)
+            {
+                *d = s[k0 + kk];
+            }
+        }
+    }
 
     /// Two panels' tiles with the same rows of `a` (`t0.a == t1.a`): by default one after
     /// the other; a type may compute them together (more independent accumulators for a
@@ -182,6 +207,7 @@ impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
         let np = n.div_ceil(NR);
         let sub = if rows <= 2 { NR } else { SUB };
         let mut panels = vec![T::zero(); groups * np * k * NR];
+        let level = crate::simd::level();
         for g in 0..groups {
             for p in 0..np {
                 let at = (g * np + p) * k * NR;
@@ -198,6 +224,28 @@ impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
                             let len = sub.min(cols - j);
                             let dst = offset(sub, k, kk, j);
                             panel[dst..dst + len].copy_from_slice(&src[c0 + j..c0 + j + len]);
+                        }
+                    }
+                } else if b.strides()[0] == 1 {
+                    // Columns contiguous (forward's `W_hhᵀ`, whose columns are rows of
+                    // `W_hh`): blocks of 8 columns × 8 rows transposed at once, so that
+                    // each panel row gets 8 adjacent elements per store.
+                    for j in (0..cols).step_by(TRANSPOSE) {
+                        let w = TRANSPOSE.min(cols - j);
+                        let src: [&[T]; TRANSPOSE] = std::array::from_fn(|q| {
+                            let col = b.column(c0 + j + q.min(w - 1));
+                            &col.to_slice().expect("unit stride")[..k]
+                        });
+                        let whole = if w == TRANSPOSE { k - k % TRANSPOSE } else { 0 };
+                        for k0 in (0..whole).step_by(TRANSPOSE) {
+                            let dst = offset(sub, k, k0, j);
+                            T::transpose_block(level, &src, k0, &mut panel[dst..], sub);
+                        }
+                        for kk in whole..k {
+                            let dst = offset(sub, k, kk, j);
+                            for (d, s) in panel[dst..dst + w].iter_mut().zip(&src) {
+                                *d = s[kk];
+                            }
                         }
                     }
                 } else {
@@ -372,6 +420,33 @@ impl PanelKernel for f64 {
 }
 
 impl PanelKernel for f32 {
+    fn transpose_block(
+        level: crate::simd::Level,
+        src: &[&[f32]; TRANSPOSE],
+        k0: usize,
+        dst: &mut [f32],
+        stride: usize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if level != crate::simd::Level::Scalar {
+            assert!(src.iter().all(|s| s.len() >= k0 + TRANSPOSE));
+            assert!(stride >= TRANSPOSE && dst.len() >= (TRANSPOSE - 1) * stride + TRANSPOSE);
+            // SAFETY: both vector levels have AVX2 (`level()` reports them only then); the
+            // reads and writes are in bounds (asserted above).
+            return unsafe {
+                x86::transpose8(src.map(|s| s[k0..].as_ptr()), dst.as_mut_ptr(), stride)
+            };
+        }
+        for kk in 0..TRANSPOSE {
+            for (d, s) in dst[kk * stride..kk * stride + TRANSPOSE]
+                .iter_mut()
+                .zip(src)
+            {
+                *d = s[k0 + kk];
+            }
+        }
+    }
+
     unsafe fn panel(level: crate::simd::Level, t: PanelTile<f32>, w: &[f32]) {
         assert!(w.len() >= t.k * NR && t.cols <= NR && t.sub.is_multiple_of(16));
         #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]

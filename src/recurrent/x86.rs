@@ -331,3 +331,46 @@ panel_rows!(
     _mm256_add_pd,
     _mm256_storeu_pd
 );
+
+/// `dst[kk · stride + q] = src[q][kk]` for `q, kk < 8`: an 8 × 8 block transposed in
+/// registers (packing `W_hhᵀ`).
+///
+/// # Safety
+/// The CPU must have AVX2; `src[q]` readable for 8 elements, `dst` writable at
+/// `kk · stride .. kk · stride + 8` for `kk < 8`.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn transpose8(src: [*const f32; 8], dst: *mut f32, stride: usize) {
+    // SAFETY: the caller's contract.
+    let r = src.map(|p| unsafe { _mm256_loadu_ps(p) });
+    let t = [
+        _mm256_unpacklo_ps(r[0], r[1]),
+        _mm256_unpackhi_ps(r[0], r[1]),
+        _mm256_unpacklo_ps(r[2], r[3]),
+        _mm256_unpackhi_ps(r[2], r[3]),
+        _mm256_unpacklo_ps(r[4], r[5]),
+        _mm256_unpackhi_ps(r[4], r[5]),
+        _mm256_unpacklo_ps(r[6], r[7]),
+        _mm256_unpackhi_ps(r[6], r[7]),
+    ];
+    let u = [
+        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+    ];
+    for q in 0..4 {
+        let (lo, hi) = (
+            _mm256_permute2f128_ps::<0x20>(u[q], u[q + 4]),
+            _mm256_permute2f128_ps::<0x31>(u[q], u[q + 4]),
+        );
+        // SAFETY: the caller's contract.
+        unsafe {
+            _mm256_storeu_ps(dst.add(q * stride), lo);
+            _mm256_storeu_ps(dst.add((q + 4) * stride), hi);
+        }
+    }
+}
