@@ -162,14 +162,7 @@ pub trait PanelKernel: Float {
         stride: usize,
     ) {
         let _ = level;
-        for kk in 0..TRANSPOSE {
-            for (d, s) in dst[kk * stride..kk * stride + TRANSPOSE]
-                .iter_mut()
-                .zip(src)
-            {
-                *d = s[k0 + kk];
-            }
-        }
+        transpose_block_portable(src, k0, dst, stride);
     }
 
     /// Two panels' tiles with the same rows of `a` (`t0.a == t1.a`): by default one after
@@ -399,6 +392,23 @@ unsafe fn portable_rows<T: Float>(t: PanelTile<T>, w: &[T], r0: usize) {
     }
 }
 
+/// [`PanelKernel::transpose_block`] element by element.
+fn transpose_block_portable<T: Copy>(
+    src: &[&[T]; TRANSPOSE],
+    k0: usize,
+    dst: &mut [T],
+    stride: usize,
+) {
+    for kk in 0..TRANSPOSE {
+        for (d, s) in dst[kk * stride..kk * stride + TRANSPOSE]
+            .iter_mut()
+            .zip(src)
+        {
+            *d = s[k0 + kk];
+        }
+    }
+}
+
 impl PanelKernel for f64 {
     unsafe fn panel(level: crate::simd::Level, t: PanelTile<f64>, w: &[f64]) {
         assert!(w.len() >= t.k * NR && t.cols <= NR && t.sub.is_multiple_of(16));
@@ -437,14 +447,9 @@ impl PanelKernel for f32 {
                 x86::transpose8(src.map(|s| s[k0..].as_ptr()), dst.as_mut_ptr(), stride)
             };
         }
-        for kk in 0..TRANSPOSE {
-            for (d, s) in dst[kk * stride..kk * stride + TRANSPOSE]
-                .iter_mut()
-                .zip(src)
-            {
-                *d = s[k0 + kk];
-            }
-        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = level;
+        transpose_block_portable(src, k0, dst, stride);
     }
 
     unsafe fn panel(level: crate::simd::Level, t: PanelTile<f32>, w: &[f32]) {
