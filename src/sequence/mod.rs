@@ -43,14 +43,19 @@ use crate::model::{
 };
 use crate::parallel::per_direction;
 use layer::{Direction, LayerInput, Pass, StateSlot};
-use ndarray::{s, Array2, Array3, ArrayView1, ArrayView3, Axis, CowArray, Ix3};
+use ndarray::{s, Array2, Array3, ArrayView1, ArrayView3, ArrayViewMut3, Axis, CowArray, Ix3};
 use plan::{checkpoint_interval, DirPlan, PassShape};
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use tape::LayerTape;
 
 /// Output of [`forward`]: `out` in the layout of `x`, the final state, and the tape when
 /// one was asked for.
 pub type ForwardOutput<T> = (Array3<T>, State<T>, Option<Tape<T>>);
+
+/// Output of [`forward_into`]: [`ForwardOutput`] without `out` when it went to a
+/// destination.
+type IntoOutput<T> = (Option<Array3<T>>, State<T>, Option<Tape<T>>);
 
 /// A time-major, contiguous copy of a sequence given in the user's layout.
 fn to_time_major<T: Float>(cfg: &Config, x: &ArrayView3<'_, T>, what: &str) -> Result<Array3<T>> {
@@ -123,26 +128,62 @@ pub fn forward_with<T: Float>(
     opts: &ForwardOptions<'_>,
     ctl: &Control,
 ) -> Result<ForwardOutput<T>> {
-    let (lengths, keep) = (opts.lengths, opts.keep);
+    let (_, batch) = check_pass(cfg, weights, &x, state.as_ref(), opts)?;
+    if opts.keep == Keep::Nothing {
+        if let Some(groups) = rows::groups(cfg, batch, crate::parallel::call_threads()) {
+            return rows::forward(cfg, weights, x, state, opts.lengths, ctl, &groups);
+        }
+    }
+    let (out, st, tape) = forward_into(cfg, weights, x, state, opts, ctl, None)?;
+    let out = out.expect("no destination given, so the pass owns its output");
+    Ok((out, st, tape))
+}
+
+/// The checks of a forward pass's arguments; `(seq_len, batch)`.
+fn check_pass<T: Float>(
+    cfg: &Config,
+    weights: &[LayerWeights<'_, T>],
+    x: &ArrayView3<'_, T>,
+    state: Option<&StateView<'_, T>>,
+    opts: &ForwardOptions<'_>,
+) -> Result<(usize, usize)> {
     if let Some(d) = &opts.dropout {
         d.validate()?;
     }
+    cfg.validate()?;
+    check_weights(cfg, weights)?;
+    let (seq_len, batch) = check_sequence(cfg, x, "x", cfg.input_size)?;
+    if let Some(st) = state {
+        check_state(cfg, batch, st, "state")?;
+    }
+    check_lengths(opts.lengths, seq_len, batch)?;
+    Ok((seq_len, batch))
+}
+
+/// [`forward_with`] without the split by rows; with `dest` (`out`'s shape, in the layout
+/// of `x`; may start uninitialised) the last layer writes its output there and no `out`
+/// is returned.
+fn forward_into<T: Float>(
+    cfg: &Config,
+    weights: &[LayerWeights<'_, T>],
+    x: ArrayView3<'_, T>,
+    state: Option<StateView<'_, T>>,
+    opts: &ForwardOptions<'_>,
+    ctl: &Control,
+    mut dest: Option<ArrayViewMut3<'_, MaybeUninit<T>>>,
+) -> Result<IntoOutput<T>> {
+    let (lengths, keep) = (opts.lengths, opts.keep);
+    let dest_given = dest.is_some();
+    let (seq_len, batch) = check_pass(cfg, weights, &x, state.as_ref(), opts)?;
+    debug_assert!(dest.as_ref().is_none_or(|d| {
+        let mut want = x.raw_dim();
+        want[2] = cfg.output_size();
+        d.raw_dim() == want
+    }));
     let dropout = opts
         .dropout
         .filter(|d| d.is_active() && keep != Keep::Nothing && cfg.num_layers > 1);
-    cfg.validate()?;
-    check_weights(cfg, weights)?;
-    let (seq_len, batch) = check_sequence(cfg, &x, "x", cfg.input_size)?;
-    if let Some(st) = &state {
-        check_state(cfg, batch, st, "state")?;
-    }
-    check_lengths(lengths, seq_len, batch)?;
     let threads = crate::parallel::call_threads();
-    if keep == Keep::Nothing {
-        if let Some(groups) = rows::groups(cfg, batch, threads) {
-            return rows::forward(cfg, weights, x, state, lengths, ctl, &groups);
-        }
-    }
     // The caller's x serves as layer 0's input (and is referenced, not copied, by the
     // tape) when it is already time-major and no padding must be hidden.
     let borrow_x = !cfg.batch_first && lengths.is_none() && x.is_standard_layout();
@@ -182,7 +223,21 @@ pub fn forward_with<T: Float>(
     let mut layers = Vec::new();
     for layer in 0..cfg.num_layers {
         // Not zeroed: every element is written (a masked step writes zeros).
-        let mut out = uninit::<T, _>((seq_len, batch, dirs * hidden), "out")?;
+        let into = if layer + 1 == cfg.num_layers {
+            dest.take()
+        } else {
+            None
+        };
+        let mut own = match into {
+            Some(_) => None,
+            None => Some(uninit::<T, _>((seq_len, batch, dirs * hidden), "out")?),
+        };
+        let mut out = match (into, own.as_mut()) {
+            (Some(d), _) if cfg.batch_first => d.permuted_axes([1, 0, 2]),
+            (Some(d), _) => d,
+            (None, Some(o)) => o.view_mut(),
+            (None, None) => unreachable!("a layer without a destination owns its output"),
+        };
         let jobs = out
             .axis_chunks_iter_mut(Axis(2), hidden)
             .enumerate()
@@ -203,13 +258,19 @@ pub fn forward_with<T: Float>(
             slot.write(&mut final_state, layer * dirs + d);
             dir_tapes.extend(tape);
         }
-        // SAFETY: every direction returned `Ok`, so each has written every element of its
-        // block of `out` (see `Chunk::out`).
-        let mut out = unsafe { out.assume_init() };
-        if let (Some(d), true) = (&dropout, layer + 1 < cfg.num_layers) {
-            d.apply(layer, &mut out.view_mut());
-        }
-        let next = std::mem::replace(&mut input, CowArray::from(out));
+        let produced = match own {
+            None => CowArray::from(Array3::zeros((0, 0, 0))),
+            Some(out) => {
+                // SAFETY: every direction returned `Ok`, so each has written every element
+                // of its block of `out` (see `Chunk::out`).
+                let mut out = unsafe { out.assume_init() };
+                if let (Some(d), true) = (&dropout, layer + 1 < cfg.num_layers) {
+                    d.apply(layer, &mut out.view_mut());
+                }
+                CowArray::from(out)
+            }
+        };
+        let next = std::mem::replace(&mut input, produced);
         if keep != Keep::Nothing {
             layers.push(LayerTape {
                 // Under a tight budget the inputs above the first layer are recomputed.
@@ -232,7 +293,11 @@ pub fn forward_with<T: Float>(
         dropout,
         layers,
     });
-    let out = from_time_major(cfg, input.into_owned(), "out")?;
+    let out = if dest_given {
+        None
+    } else {
+        Some(from_time_major(cfg, input.into_owned(), "out")?)
+    };
     Ok((out, final_state, tape))
 }
 

@@ -7,7 +7,7 @@
 //! and the cell are computed row by row, the input projection's rows do not depend on
 //! the others), so the results are bitwise those of one thread.
 
-use super::{forward_with, ForwardOptions, ForwardOutput, Keep};
+use super::{forward_into, ForwardOptions, ForwardOutput, Keep};
 use crate::buffer::{uninit, Control};
 use crate::error::Result;
 use crate::float::Float;
@@ -27,9 +27,9 @@ pub(super) fn groups(cfg: &Config, batch: usize, threads: usize) -> Option<Vec<R
     team::row_groups(threads, batch, cfg.hidden_size, cfg.gate_size())
 }
 
-/// [`forward_with`] without a tape over each of `groups` on a thread of its own, the
-/// outputs and final states put back together in the rows they came from. The arguments
-/// are checked by the caller.
+/// [`forward_with`](super::forward_with) without a tape over each of `groups` on a thread
+/// of its own, each writing its rows of the output in place; the final states are put
+/// back together in the rows they came from. The arguments are checked by the caller.
 pub(super) fn forward<T: Float>(
     cfg: &Config,
     weights: &[LayerWeights<'_, T>],
@@ -52,9 +52,18 @@ pub(super) fn forward<T: Float>(
         .has_cell_state()
         .then(|| uninit::<T, _>(cfg.cell_state_shape(batch), "state"))
         .transpose()?;
-    let parts = groups
+    // Each group writes its rows of `out` in place (the groups are consecutive ranges).
+    let mut dests = Vec::with_capacity(groups.len());
+    let mut rest = out.view_mut();
+    for r in groups {
+        let (head, tail) = rest.split_at(batch_axis, r.len());
+        dests.push(head);
+        rest = tail;
+    }
+    let states = groups
         .par_iter()
-        .map(|r| {
+        .zip(dests)
+        .map(|(r, dest)| {
             let state = state.as_ref().map(|st| StateView {
                 h: st.h.slice_axis(Axis(1), rows(r)),
                 c: st.c.as_ref().map(|c| c.slice_axis(Axis(1), rows(r))),
@@ -65,19 +74,20 @@ pub(super) fn forward<T: Float>(
                 dropout: None,
             };
             let x = x.slice_axis(batch_axis, rows(r));
-            crate::parallel::alone(|| forward_with(cfg, weights, x, state, &opts, ctl))
+            crate::parallel::alone(|| {
+                forward_into(cfg, weights, x, state, &opts, ctl, Some(dest)).map(|(_, st, _)| st)
+            })
         })
         .collect::<Result<Vec<_>>>()?;
-    for (r, (o, st, _)) in groups.iter().zip(&parts) {
-        o.assign_to(out.slice_axis_mut(batch_axis, rows(r)));
+    for (r, st) in groups.iter().zip(&states) {
         st.h.assign_to(h.slice_axis_mut(Axis(1), rows(r)));
         if let (Some(c), Some(src)) = (c.as_mut(), st.c.as_ref()) {
             src.assign_to(c.slice_axis_mut(Axis(1), rows(r)));
         }
     }
-    // SAFETY: the groups cover `0..batch` (see [`groups`]), so every element of each
-    // array was written above (each group's arrays have its rows and the other axes of
-    // the whole).
+    // SAFETY: the groups cover `0..batch` in order (see [`groups`]) and each returned
+    // `Ok`, so every element of `out` was written by its group's pass (which writes its
+    // whole destination) and every element of the states above.
     let (out, h, c) = unsafe {
         (
             out.assume_init(),
