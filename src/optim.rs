@@ -3,15 +3,33 @@
 //! `torch.optim`'s formulas (single-tensor path). Python keeps the step counts, the
 //! buffers and the hyperparameter checks; this is the arithmetic.
 //!
-//! A large parameter is split into blocks of [`OPTIM_BLOCK`] values run on the pool
-//! (`rayon::join`, inside `parallel::run`); every element's arithmetic is the same
-//! whatever the split, so results do not depend on the number of threads.
+//! A large parameter ([`OPTIM_PARALLEL_MIN`] values and more) is split into blocks of
+//! [`OPTIM_BLOCK`] values run on the pool (`rayon::join`, inside `parallel::run`); every
+//! element's arithmetic is the same whatever the split, so results do not depend on the
+//! number of threads.
+//!
+//! Each block's loop is compiled per instruction set (`simd::dispatch!`) and written with
+//! its buffers matched once outside the loop, so that it vectorises; the arithmetic of an
+//! element (no fused multiply-adds, correctly rounded `sqrt` and divisions) is the same at
+//! every level, and so are the results.
 
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::simd::dispatch;
 
 /// Values per block of parallel work.
-pub const OPTIM_BLOCK: usize = 1 << 14;
+pub const OPTIM_BLOCK: usize = 1 << 18;
+
+/// Values of one parameter from which its step runs on the pool. The vectorised loops
+/// take about 0.6 ns per value on one core, and handing a call to the pool costs about
+/// 0.1 ms. Measured (Adam, float32, 2-core EPYC, two threads against one): 2.5x the time
+/// at 100K values, 1.16x at 300K, 0.86x at 1M, 0.71x at 4M.
+pub const OPTIM_PARALLEL_MIN: usize = 1 << 20;
+
+/// Whether the step of a parameter of `n` values is worth the pool.
+pub fn step_parallel(n: usize) -> bool {
+    n >= OPTIM_PARALLEL_MIN
+}
 
 /// A parameter, its gradient and up to three buffers, all of the same length.
 struct Lanes<'a, T> {
@@ -114,28 +132,53 @@ pub fn sgd_step<T: Float>(
         g,
         [("momentum_buffer", momentum_buffer), ("", None), ("", None)],
     )?;
-    let (lr, wd, mom, damp) = (
-        t::<T>(h.lr),
-        t::<T>(h.weight_decay),
-        t::<T>(h.momentum),
-        t::<T>(1.0 - h.dampening),
-    );
-    let (decay, use_mom, nesterov) = (h.weight_decay != 0.0, h.momentum != 0.0, h.nesterov);
-    run_blocks(l, &|l: Lanes<'_, T>| {
-        let [buf, _, _] = l.b;
-        let mut buf = buf;
-        for (i, (pv, &gv)) in l.p.iter_mut().zip(l.g).enumerate() {
-            let mut d = if decay { gv + wd * *pv } else { gv };
-            if use_mom {
-                if let Some(b) = buf.as_deref_mut() {
-                    b[i] = if first { d } else { mom * b[i] + damp * d };
-                    d = if nesterov { d + mom * b[i] } else { b[i] };
-                }
-            }
-            *pv -= lr * d;
-        }
-    });
+    let k = SgdK {
+        lr: t(h.lr),
+        wd: t(h.weight_decay),
+        mom: t(h.momentum),
+        damp: t(1.0 - h.dampening),
+        decay: h.weight_decay != 0.0,
+        use_mom: h.momentum != 0.0,
+        nesterov: h.nesterov,
+        first,
+    };
+    run_blocks(l, &|l: Lanes<'_, T>| sgd_block(l, &k));
     Ok(())
+}
+
+/// SGD's constants in the parameter's type.
+struct SgdK<T> {
+    lr: T,
+    wd: T,
+    mom: T,
+    damp: T,
+    decay: bool,
+    use_mom: bool,
+    nesterov: bool,
+    first: bool,
+}
+
+dispatch!(fn sgd_block<T: Float>(l: Lanes<'_, T>, k: &SgdK<T>) = sgd_kernel);
+
+#[inline(always)]
+fn sgd_kernel<T: Float>(l: Lanes<'_, T>, k: &SgdK<T>) {
+    let Lanes { p, g, b: [buf, ..] } = l;
+    let grad = |pv: T, gv: T| if k.decay { gv + k.wd * pv } else { gv };
+    match buf {
+        Some(buf) if k.use_mom => {
+            for ((pv, &gv), bv) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
+                let d = grad(*pv, gv);
+                *bv = if k.first { d } else { k.mom * *bv + k.damp * d };
+                let d = if k.nesterov { d + k.mom * *bv } else { *bv };
+                *pv -= k.lr * d;
+            }
+        }
+        _ => {
+            for (pv, &gv) in p.iter_mut().zip(g) {
+                *pv -= k.lr * grad(*pv, gv);
+            }
+        }
+    }
 }
 
 /// RMSprop's hyperparameters (`torch.optim.RMSprop`).
@@ -177,40 +220,84 @@ pub fn rmsprop_step<T: Float>(
             ("momentum_buffer", momentum_buffer),
         ],
     )?;
-    let (lr, alpha, one_m_alpha, eps, wd, mom) = (
-        t::<T>(h.lr),
-        t::<T>(h.alpha),
-        t::<T>(1.0 - h.alpha),
-        t::<T>(h.eps),
-        t::<T>(h.weight_decay),
-        t::<T>(h.momentum),
-    );
-    let (decay, centered, use_mom) = (h.weight_decay != 0.0, h.centered, h.momentum > 0.0);
-    run_blocks(l, &|l: Lanes<'_, T>| {
-        let [v, m, buf] = l.b;
-        let (Some(v), mut m, mut buf) = (v, m, buf) else {
-            return;
-        };
-        for (i, (pv, &gv)) in l.p.iter_mut().zip(l.g).enumerate() {
-            let d = if decay { gv + wd * *pv } else { gv };
-            v[i] = alpha * v[i] + one_m_alpha * d * d;
-            let avg = match m.as_deref_mut() {
-                Some(m) if centered => {
-                    m[i] += one_m_alpha * (d - m[i]);
-                    (v[i] - m[i] * m[i]).sqrt() + eps
-                }
-                _ => v[i].sqrt() + eps,
-            };
-            match buf.as_deref_mut() {
-                Some(b) if use_mom => {
-                    b[i] = mom * b[i] + d / avg;
-                    *pv -= lr * b[i];
-                }
-                _ => *pv -= lr * (d / avg),
+    let k = RmsK {
+        lr: t(h.lr),
+        alpha: t(h.alpha),
+        one_m_alpha: t(1.0 - h.alpha),
+        eps: t(h.eps),
+        wd: t(h.weight_decay),
+        mom: t(h.momentum),
+        decay: h.weight_decay != 0.0,
+        centered: h.centered,
+        use_mom: h.momentum > 0.0,
+    };
+    run_blocks(l, &|l: Lanes<'_, T>| rmsprop_block(l, &k));
+    Ok(())
+}
+
+/// RMSprop's constants in the parameter's type.
+struct RmsK<T> {
+    lr: T,
+    alpha: T,
+    one_m_alpha: T,
+    eps: T,
+    wd: T,
+    mom: T,
+    decay: bool,
+    centered: bool,
+    use_mom: bool,
+}
+
+dispatch!(fn rmsprop_block<T: Float>(l: Lanes<'_, T>, k: &RmsK<T>) = rmsprop_kernel);
+
+#[inline(always)]
+fn rmsprop_kernel<T: Float>(l: Lanes<'_, T>, k: &RmsK<T>) {
+    let Lanes {
+        p,
+        g,
+        b: [v, m, buf],
+    } = l;
+    let Some(v) = v else {
+        return;
+    };
+    let m = m.filter(|_| k.centered);
+    let buf = buf.filter(|_| k.use_mom);
+    let grad = |pv: T, gv: T| if k.decay { gv + k.wd * pv } else { gv };
+    // The square average's update and the step, given the denominator's value.
+    let step = |pv: &mut T, d: T, avg: T, bv: Option<&mut T>| match bv {
+        Some(bv) => {
+            *bv = k.mom * *bv + d / avg;
+            *pv -= k.lr * *bv;
+        }
+        None => *pv -= k.lr * (d / avg),
+    };
+    let sq = |vv: &mut T, d: T| *vv = k.alpha * *vv + k.one_m_alpha * d * d;
+    match (m, buf) {
+        (Some(m), buf) => {
+            let mut buf = buf.map(|b| b.iter_mut());
+            for (((pv, &gv), vv), mv) in p.iter_mut().zip(g).zip(v.iter_mut()).zip(m.iter_mut()) {
+                let d = grad(*pv, gv);
+                sq(vv, d);
+                *mv += k.one_m_alpha * (d - *mv);
+                let avg = (*vv - *mv * *mv).sqrt() + k.eps;
+                step(pv, d, avg, buf.as_mut().and_then(Iterator::next));
             }
         }
-    });
-    Ok(())
+        (None, Some(buf)) => {
+            for (((pv, &gv), vv), bv) in p.iter_mut().zip(g).zip(v.iter_mut()).zip(buf.iter_mut()) {
+                let d = grad(*pv, gv);
+                sq(vv, d);
+                step(pv, d, vv.sqrt() + k.eps, Some(bv));
+            }
+        }
+        (None, None) => {
+            for ((pv, &gv), vv) in p.iter_mut().zip(g).zip(v.iter_mut()) {
+                let d = grad(*pv, gv);
+                sq(vv, d);
+                step(pv, d, vv.sqrt() + k.eps, None);
+            }
+        }
+    }
 }
 
 /// Adam's (and AdamW's) hyperparameters and the parameter's step count `step` (from 1).
@@ -252,47 +339,83 @@ pub fn adam_step<T: Float>(
         ],
     )?;
     let tn = i32::try_from(h.step).unwrap_or(i32::MAX);
-    let step_size = t::<T>(h.lr / (1.0 - h.beta1.powi(tn)));
-    let bc2 = t::<T>((1.0 - h.beta2.powi(tn)).sqrt());
-    let (b2, one_m_b1, one_m_b2, eps, wd) = (
-        t::<T>(h.beta2),
-        t::<T>(1.0 - h.beta1),
-        t::<T>(1.0 - h.beta2),
-        t::<T>(h.eps),
-        t::<T>(h.weight_decay),
-    );
-    let shrink = t::<T>(1.0 - h.lr * h.weight_decay);
-    let (decay, decoupled, ams) = (h.weight_decay != 0.0, h.decoupled, h.amsgrad);
-    run_blocks(l, &|l: Lanes<'_, T>| {
-        let [m, v, vmax] = l.b;
-        let (Some(m), Some(v), mut vmax) = (m, v, vmax) else {
-            return;
-        };
-        for (i, (pv, &gv)) in l.p.iter_mut().zip(l.g).enumerate() {
-            let mut d = gv;
-            if decay {
-                if decoupled {
-                    *pv *= shrink;
-                } else {
-                    d = gv + wd * *pv;
-                }
-            }
-            m[i] += one_m_b1 * (d - m[i]);
-            v[i] = b2 * v[i] + one_m_b2 * d * d;
-            let second = match vmax.as_deref_mut() {
-                Some(x) if ams => {
-                    if v[i] > x[i] || v[i].is_nan() {
-                        x[i] = v[i];
-                    }
-                    x[i]
-                }
-                _ => v[i],
-            };
-            let denom = second.sqrt() / bc2 + eps;
-            *pv -= step_size * (m[i] / denom);
-        }
-    });
+    let decay = h.weight_decay != 0.0;
+    let k = AdamK {
+        step_size: t(h.lr / (1.0 - h.beta1.powi(tn))),
+        bc2: t((1.0 - h.beta2.powi(tn)).sqrt()),
+        b2: t(h.beta2),
+        one_m_b1: t(1.0 - h.beta1),
+        one_m_b2: t(1.0 - h.beta2),
+        eps: t(h.eps),
+        wd: t(h.weight_decay),
+        shrink: t(1.0 - h.lr * h.weight_decay),
+        coupled: decay && !h.decoupled,
+        decoupled: decay && h.decoupled,
+        ams: h.amsgrad,
+    };
+    run_blocks(l, &|l: Lanes<'_, T>| adam_block(l, &k));
     Ok(())
+}
+
+/// Adam's constants in the parameter's type.
+struct AdamK<T> {
+    step_size: T,
+    bc2: T,
+    b2: T,
+    one_m_b1: T,
+    one_m_b2: T,
+    eps: T,
+    wd: T,
+    shrink: T,
+    /// L2 in the gradient (Adam with `weight_decay`).
+    coupled: bool,
+    /// `p *= 1 − lr · weight_decay` first (AdamW).
+    decoupled: bool,
+    ams: bool,
+}
+
+dispatch!(fn adam_block<T: Float>(l: Lanes<'_, T>, k: &AdamK<T>) = adam_kernel);
+
+#[inline(always)]
+fn adam_kernel<T: Float>(l: Lanes<'_, T>, k: &AdamK<T>) {
+    let Lanes {
+        p,
+        g,
+        b: [m, v, vmax],
+    } = l;
+    let (Some(m), Some(v)) = (m, v) else {
+        return;
+    };
+    if k.decoupled {
+        p.iter_mut().for_each(|pv| *pv *= k.shrink);
+    }
+    let grad = |pv: T, gv: T| if k.coupled { gv + k.wd * pv } else { gv };
+    // The first and second moments' update by the gradient `d`.
+    let moments = |mv: &mut T, vv: &mut T, d: T| {
+        *mv += k.one_m_b1 * (d - *mv);
+        *vv = k.b2 * *vv + k.one_m_b2 * d * d;
+    };
+    let step = |pv: &mut T, mv: T, second: T| {
+        *pv -= k.step_size * (mv / (second.sqrt() / k.bc2 + k.eps));
+    };
+    match vmax {
+        Some(vmax) if k.ams => {
+            let it = p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut());
+            for ((((pv, &gv), mv), vv), xv) in it.zip(vmax.iter_mut()) {
+                moments(mv, vv, grad(*pv, gv));
+                if *vv > *xv || vv.is_nan() {
+                    *xv = *vv;
+                }
+                step(pv, *mv, *xv);
+            }
+        }
+        _ => {
+            for (((pv, &gv), mv), vv) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                moments(mv, vv, grad(*pv, gv));
+                step(pv, *mv, *vv);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

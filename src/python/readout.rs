@@ -338,7 +338,7 @@ impl<'py, T: Float + Element> Step<'py, T> {
             .map(|b| b.as_mut().map(|b| slice_mut(b, "buffer")).transpose())
             .collect::<PyResult<Vec<_>>>()?;
         let n = p.len();
-        run_released(py, elementwise_parallel(n), n, move |_| f(p, g, bufs))
+        run_released(py, optim::step_parallel(n), n, move |_| f(p, g, bufs))
     }
 }
 
