@@ -228,15 +228,13 @@ fn forward_into<T: Float>(
         } else {
             None
         };
-        let mut own = match into {
-            Some(_) => None,
-            None => Some(uninit::<T, _>((seq_len, batch, dirs * hidden), "out")?),
-        };
-        let mut out = match (into, own.as_mut()) {
-            (Some(d), _) if cfg.batch_first => d.permuted_axes([1, 0, 2]),
-            (Some(d), _) => d,
-            (None, Some(o)) => o.view_mut(),
-            (None, None) => unreachable!("a layer without a destination owns its output"),
+        let mut own = None;
+        let mut out = match into {
+            Some(d) if cfg.batch_first => d.permuted_axes([1, 0, 2]),
+            Some(d) => d,
+            None => own
+                .insert(uninit::<T, _>((seq_len, batch, dirs * hidden), "out")?)
+                .view_mut(),
         };
         let jobs = out
             .axis_chunks_iter_mut(Axis(2), hidden)
