@@ -53,6 +53,12 @@ pub(super) fn forward<T: Float>(
         .then(|| uninit::<T, _>(cfg.cell_state_shape(batch), "state"))
         .transpose()?;
     // Each group writes its rows of `out` in place (the groups are consecutive ranges).
+    debug_assert!(
+        groups.first().is_none_or(|g| g.start == 0)
+            && groups.windows(2).all(|w| w[0].end == w[1].start)
+            && groups.last().is_none_or(|g| g.end == batch),
+        "row groups cover the batch in order"
+    );
     let mut dests = Vec::with_capacity(groups.len());
     let mut rest = out.view_mut();
     for r in groups {
