@@ -22,6 +22,11 @@
 //! - a call runs on the pool only when [`uses_threads`] says some part of it can use a
 //!   second thread; otherwise on the calling thread (no hand-over: two thread wake-ups,
 //!   a large share of a small model's call);
+//! - the readout's and the optimizers' calls go to the pool from 256K values (a loss,
+//!   `readout::LOSS_PARALLEL_MIN`), 32M multiply-adds (`Linear`,
+//!   `readout::linear_parallel`) and 1M values (one parameter's step,
+//!   `optim::OPTIM_PARALLEL_MIN`): below, the hand-over (0.1–0.2 ms on the 2-core EPYC
+//!   VM) cost more than the second thread saved;
 //! - nothing uses more threads at once than the CPUs of the process ([`cores`]): extra
 //!   threads would take turns on the same cores, and a team member without a core stalls
 //!   every step;

@@ -81,12 +81,9 @@ fn linear_forward_typed<'py, T: Float + Element>(
         .transpose()?;
     let (xv, wv, bv) = (x.as_array(), w.as_array(), b.as_ref().map(|b| b.as_array()));
     let work = xv.len() * wv.nrows();
-    let y = run_released(
-        py,
-        work >= 2 * crate::parallel::GEMM_WORK_PER_THREAD,
-        work,
-        |_| readout::linear_forward(xv, wv, bv, crate::parallel::current_threads()),
-    )?;
+    let y = run_released(py, readout::linear_parallel(work), work, |_| {
+        readout::linear_forward(xv, wv, bv, crate::parallel::current_threads())
+    })?;
     Ok(y.into_pyarray(py).into_any())
 }
 
@@ -120,12 +117,9 @@ fn linear_backward_typed<'py, T: Float + Element>(
     let dy: PyReadonlyArray2<'py, T> = read(dy, "d_y", &what)?;
     let (xv, wv, dv) = (x.as_array(), w.as_array(), dy.as_array());
     let work = 2 * xv.len() * wv.nrows();
-    let (dx, dw, db) = run_released(
-        py,
-        work >= 4 * crate::parallel::GEMM_WORK_PER_THREAD,
-        work,
-        |_| readout::linear_backward(xv, wv, dv, bias, crate::parallel::current_threads()),
-    )?;
+    let (dx, dw, db) = run_released(py, readout::linear_parallel(work), work, |_| {
+        readout::linear_backward(xv, wv, dv, bias, crate::parallel::current_threads())
+    })?;
     (
         dx.into_pyarray(py),
         dw.into_pyarray(py),
