@@ -160,9 +160,10 @@ fn check_pass<T: Float>(
     Ok((seq_len, batch))
 }
 
-/// [`forward_with`] without the split by rows; with `dest` (`out`'s shape, in the layout
-/// of `x`; may start uninitialised) the last layer writes its output there and no `out`
-/// is returned.
+/// [`forward_with`] without the split by rows, on arguments [`check_pass`] accepted (the
+/// caller's, or a group of their rows); with `dest` (`out`'s shape, in the layout of `x`;
+/// may start uninitialised) the last layer writes its output there and no `out` is
+/// returned.
 fn forward_into<T: Float>(
     cfg: &Config,
     weights: &[LayerWeights<'_, T>],
@@ -174,7 +175,7 @@ fn forward_into<T: Float>(
 ) -> Result<IntoOutput<T>> {
     let (lengths, keep) = (opts.lengths, opts.keep);
     let dest_given = dest.is_some();
-    let (seq_len, batch) = check_pass(cfg, weights, &x, state.as_ref(), opts)?;
+    let (seq_len, batch) = cfg.seq_dims(x.shape());
     debug_assert!(dest.as_ref().is_none_or(|d| {
         let mut want = x.raw_dim();
         want[2] = cfg.output_size();
