@@ -116,8 +116,14 @@ impl Float for f32 {
         #[cfg(target_arch = "x86_64")]
         if crate::simd::level() != crate::simd::Level::Scalar {
             // SAFETY: `level()` reports AVX2 or AVX-512 only where the CPU has AVX2 and
-            // FMA (AVX-512 is detected only beside them).
-            return unsafe { crate::lstm_avx2::lstm_forward(gi, gf, gg, go, c, h) };
+            // FMA, and AVX-512 only where it also has AVX-512F and AVX-512VL.
+            return unsafe {
+                if crate::simd::level() == crate::simd::Level::Avx512 {
+                    crate::lstm_avx2::lstm_forward_avx512(gi, gf, gg, go, c, h)
+                } else {
+                    crate::lstm_avx2::lstm_forward(gi, gf, gg, go, c, h)
+                }
+            };
         }
         crate::cell::lstm_forward(gi, gf, gg, go, c, h);
     }
@@ -127,7 +133,13 @@ impl Float for f32 {
         #[cfg(target_arch = "x86_64")]
         if crate::simd::level() != crate::simd::Level::Scalar {
             // SAFETY: as in `lstm_forward`.
-            return unsafe { crate::lstm_avx2::lstm_output(o, c, h) };
+            return unsafe {
+                if crate::simd::level() == crate::simd::Level::Avx512 {
+                    crate::lstm_avx2::lstm_output_avx512(o, c, h)
+                } else {
+                    crate::lstm_avx2::lstm_output(o, c, h)
+                }
+            };
         }
         crate::cell::lstm_output(o, c, h);
     }
@@ -150,7 +162,13 @@ impl Float for f32 {
         if crate::simd::level() != crate::simd::Level::Scalar {
             // SAFETY: as in `lstm_forward`.
             return unsafe {
-                crate::lstm_avx2::lstm_backward(gi, gf, gg, go, c_prev, dh, dc, di, df, dg, d_o)
+                if crate::simd::level() == crate::simd::Level::Avx512 {
+                    crate::lstm_avx2::lstm_backward_avx512(
+                        gi, gf, gg, go, c_prev, dh, dc, di, df, dg, d_o,
+                    )
+                } else {
+                    crate::lstm_avx2::lstm_backward(gi, gf, gg, go, c_prev, dh, dc, di, df, dg, d_o)
+                }
             };
         }
         crate::cell::lstm_backward(gi, gf, gg, go, c_prev, dh, dc, di, df, dg, d_o);

@@ -29,13 +29,6 @@ const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = f32::from_bits(0x3f31_7200);
 const LN2_LO: f32 = 1.428_606_8e-6;
 
-/// Vectors each kernel iteration works on per slot: the activations are dependency chains
-/// (a range reduction, a polynomial, a division), so one vector at a time leaves the core
-/// waiting on latency; two vectors per slot (and the four gates of each at once) give it
-/// eight independent chains to interleave. Measured per forward unit: 3.9 ns at one
-/// vector per slot, 3.6 at two, 7.1 at four (spilled registers).
-const U: usize = 2;
-
 /// `f` lane-wise over two arrays of vectors.
 #[inline(always)]
 fn zip<const N: usize>(
@@ -161,26 +154,27 @@ fn ftz(v: __m256) -> __m256 {
 /// body sees slot `q`'s vectors as `x[q]` / `y[q]`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn lanes<const I: usize, const O: usize>(
+fn lanes<const I: usize, const O: usize, const U: usize>(
     n: usize,
     ins: [&[f32]; I],
     outs: [&mut [f32]; O],
     mut body: impl FnMut([[__m256; U]; I], &mut [[__m256; U]; O]),
 ) {
-    const W: usize = U * L;
+    const { assert!(U * L <= 64) };
+    let w = U * L;
     assert!(
         ins.iter().all(|s| s.len() >= n) && outs.iter().all(|s| s.len() >= n),
         "LSTM kernel: a row is shorter than its units"
     );
-    let whole = n - n % W;
+    let whole = n - n % w;
     let mut outs = outs;
     let load = |p: *const f32| -> [__m256; U] {
-        // SAFETY: the callers pass pointers valid for `W` reads.
+        // SAFETY: the callers pass pointers valid for `U · L` reads.
         std::array::from_fn(|u| unsafe { _mm256_loadu_ps(p.add(u * L)) })
     };
-    for j in (0..whole).step_by(W) {
+    for j in (0..whole).step_by(w) {
         // The loads and stores below stay in bounds: every slice holds at least `n`
-        // elements (asserted above) and `j + W <= whole <= n`.
+        // elements (asserted above) and `j + w <= whole <= n`.
         let x = ins.map(|s| load(s[j..].as_ptr()));
         let mut y = std::array::from_fn(|q| load(outs[q][j..].as_ptr()));
         body(x, &mut y);
@@ -193,7 +187,7 @@ fn lanes<const I: usize, const O: usize>(
     }
     if whole < n {
         let pad = |s: &[f32]| {
-            let mut b = [0.0f32; W];
+            let mut b = [0.0f32; 64];
             b[..n - whole].copy_from_slice(&s[whole..n]);
             load(b.as_ptr())
         };
@@ -201,9 +195,9 @@ fn lanes<const I: usize, const O: usize>(
         let mut y = std::array::from_fn(|q| pad(outs[q]));
         body(x, &mut y);
         for (o, v) in outs.iter_mut().zip(y) {
-            let mut b = [0.0f32; W];
+            let mut b = [0.0f32; 64];
             for (u, v) in v.into_iter().enumerate() {
-                // SAFETY: `b` holds `W = U · L` floats.
+                // SAFETY: `b` holds 64 >= `U · L` floats (asserted above).
                 unsafe { _mm256_storeu_ps(b.as_mut_ptr().add(u * L), v) };
             }
             o[whole..n].copy_from_slice(&b[..n - whole]);
@@ -211,116 +205,154 @@ fn lanes<const I: usize, const O: usize>(
     }
 }
 
-/// Forward step of a row's units in place: the pre-activations in `gi, gf, gg, go` become
-/// the activated gates, `c` becomes `c' = f·c + i·g` and `h` becomes `o·tanh(c')`.
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn lstm_forward(
-    gi: &mut [f32],
-    gf: &mut [f32],
-    gg: &mut [f32],
-    go: &mut [f32],
-    c: &mut [f32],
-    h: &mut [f32],
-) {
-    let n = h.len();
-    let (gi, gf, gg, go, c) = (
-        &mut gi[..n],
-        &mut gf[..n],
-        &mut gg[..n],
-        &mut go[..n],
-        &mut c[..n],
-    );
-    lanes(n, [], [gi, gf, gg, go, c, h], |[], [i, f, g, o, c, h]| {
-        // The closure inherits the function's target features (so the activations
-        // inline into it). The four gates of both vectors go through them together
-        // (`g` is the tanh one).
-        let pre: [__m256; 4 * U] = std::array::from_fn(|j| [*i, *f, *g, *o][j % 4][j / 4]);
-        let act = activate(pre, |j| j % 4 == 2);
-        for u in 0..U {
-            [i[u], f[u], g[u], o[u]] = std::array::from_fn(|k| act[4 * u + k]);
-            c[u] = cell(f[u], c[u], i[u], g[u]);
+/// Vectors per slot in the forward kernel's first pass (the gates: `4 · U_GATES`
+/// independent chains through [`activate`] at once) and in the passes that take `tanh` of
+/// the cell state alone (forward's second pass, [`lstm_output`]). The activations are
+/// dependency chains (a range reduction, a polynomial, a division), so a few vectors at a
+/// time leave the core waiting on latency, and too many spill registers. Measured per
+/// forward unit: AVX2 host, one pass: 3.9 ns at one vector per slot, 3.6 at two, 7.1 at
+/// four (spilled); AVX-512 host (AMD EPYC, 32 `ymm` registers, alternating blocks in one
+/// process): 4.6 ns for the one pass of two vectors, 3.7 for these two passes; three gate
+/// vectors, or six or eight state vectors, per slot spill.
+const U_GATES: usize = 2;
+const U_STATE: usize = 4;
+
+/// The kernels, compiled once per register file: `$feat` adds AVX-512F and AVX-512VL at
+/// the AVX-512 level, which gives the compiler 32 `ymm` registers instead of 16 (the
+/// instructions are the same 8-lane arithmetic, so both copies give the same bits).
+macro_rules! lstm_kernels {
+    ($feat:literal, $forward:ident, $output:ident, $backward:ident) => {
+        /// Forward step of a row's units in place: the pre-activations in `gi, gf, gg,
+        /// go` become the activated gates, `c` becomes `c' = f·c + i·g` and `h` becomes
+        /// `o·tanh(c')`. Two passes over the row: the gates and `c'` (the four gates of
+        /// `U_GATES` vectors through the activations together), then `o·tanh(c')` over
+        /// `U_STATE` vectors at a time, so that neither pass waits on a few long chains.
+        ///
+        /// # Safety
+        /// The CPU must have the features `$feat`.
+        #[target_feature(enable = $feat)]
+        pub(crate) unsafe fn $forward(
+            gi: &mut [f32],
+            gf: &mut [f32],
+            gg: &mut [f32],
+            go: &mut [f32],
+            c: &mut [f32],
+            h: &mut [f32],
+        ) {
+            let n = h.len();
+            let (gi, gf, gg, go, c) = (
+                &mut gi[..n],
+                &mut gf[..n],
+                &mut gg[..n],
+                &mut go[..n],
+                &mut c[..n],
+            );
+            lanes::<0, 5, U_GATES>(n, [], [gi, gf, gg, go, c], |[], [i, f, g, o, c]| {
+                // The closure inherits the function's target features (so the
+                // activations inline into it); `g` is the tanh gate.
+                let pre: [__m256; 4 * U_GATES] =
+                    std::array::from_fn(|j| [*i, *f, *g, *o][j % 4][j / 4]);
+                let act = activate(pre, |j| j % 4 == 2);
+                for u in 0..U_GATES {
+                    [i[u], f[u], g[u], o[u]] = std::array::from_fn(|k| act[4 * u + k]);
+                    c[u] = cell(f[u], c[u], i[u], g[u]);
+                }
+            });
+            lanes::<2, 1, U_STATE>(n, [&*go, &*c], [h], |[o, c], [h]| {
+                *h = zip(o, tanh(c), |o, t| _mm256_mul_ps(o, t));
+            });
         }
-        let tc = tanh(*c);
-        for u in 0..U {
-            h[u] = _mm256_mul_ps(o[u], tc[u]);
+
+        /// `h = o·tanh(c)` over a row (the state a tape left out, rebuilt bitwise as
+        /// forward computed it).
+        ///
+        /// # Safety
+        /// The CPU must have the features `$feat`.
+        #[target_feature(enable = $feat)]
+        pub(crate) unsafe fn $output(o: &[f32], c: &[f32], h: &mut [f32]) {
+            let n = h.len();
+            lanes::<2, 1, U_STATE>(n, [&o[..n], &c[..n]], [h], |[o, c], [h]| {
+                *h = zip(o, tanh(c), |o, t| _mm256_mul_ps(o, t));
+            });
         }
-    });
+
+        /// Backward step of a row's units (the equations of
+        /// `cell::lstm_backward_kernel`), with `tanh(c')` recomputed as forward computed
+        /// it.
+        ///
+        /// # Safety
+        /// The CPU must have the features `$feat`.
+        #[allow(clippy::too_many_arguments)] // one slice per gate, as the portable kernel
+        #[target_feature(enable = $feat)]
+        pub(crate) unsafe fn $backward(
+            gi: &[f32],
+            gf: &[f32],
+            gg: &[f32],
+            go: &[f32],
+            c_prev: &[f32],
+            dh: &mut [f32],
+            dc: &mut [f32],
+            di: &mut [f32],
+            df: &mut [f32],
+            dg: &mut [f32],
+            d_o: &mut [f32],
+        ) {
+            const V: usize = U_BACKWARD;
+            let n = dh.len();
+            let ins = [&gi[..n], &gf[..n], &gg[..n], &go[..n], &c_prev[..n]];
+            let outs = [
+                dh,
+                &mut dc[..n],
+                &mut di[..n],
+                &mut df[..n],
+                &mut dg[..n],
+                &mut d_o[..n],
+            ];
+            lanes::<5, 6, V>(
+                n,
+                ins,
+                outs,
+                |[i, f, g, o, cp], [dh, dc, di, df, dg, d_o]| {
+                    // The closure inherits the function's target features.
+                    let one = _mm256_set1_ps(1.0);
+                    let mul = |a, b| _mm256_mul_ps(a, b);
+                    let tcs: [__m256; V] =
+                        tanh(std::array::from_fn(|u| cell(f[u], cp[u], i[u], g[u])));
+                    for u in 0..V {
+                        let (i, f, g, o, cp, d, tc) =
+                            (i[u], f[u], g[u], o[u], cp[u], dh[u], tcs[u]);
+                        let dct =
+                            _mm256_add_ps(dc[u], mul(mul(d, o), _mm256_sub_ps(one, mul(tc, tc))));
+                        di[u] = ftz(mul(mul(mul(dct, g), i), _mm256_sub_ps(one, i)));
+                        df[u] = ftz(mul(mul(mul(dct, cp), f), _mm256_sub_ps(one, f)));
+                        dg[u] = ftz(mul(mul(dct, i), _mm256_sub_ps(one, mul(g, g))));
+                        d_o[u] = ftz(mul(mul(mul(d, tc), o), _mm256_sub_ps(one, o)));
+                        dc[u] = ftz(mul(dct, f));
+                        dh[u] = _mm256_setzero_ps();
+                    }
+                },
+            );
+        }
+    };
 }
+
+/// Vectors per slot in the backward kernel (one `tanh` per vector among many products): four
+/// spill even with 32 registers (2.7 → 4.3 ns per unit); two with them: 2.6 → 2.5.
+const U_BACKWARD: usize = 2;
+
+lstm_kernels!("avx2,fma", lstm_forward, lstm_output, lstm_backward);
+lstm_kernels!(
+    "avx2,fma,avx512f,avx512vl",
+    lstm_forward_avx512,
+    lstm_output_avx512,
+    lstm_backward_avx512
+);
 
 /// `c' = f·c + i·g` as forward computes it (backward recomputes it the same way).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn cell(f: __m256, c: __m256, i: __m256, g: __m256) -> __m256 {
     _mm256_fmadd_ps(f, c, _mm256_mul_ps(i, g))
-}
-
-/// `h = o·tanh(c)` over a row (the state a tape left out, rebuilt bitwise as forward
-/// computed it).
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn lstm_output(o: &[f32], c: &[f32], h: &mut [f32]) {
-    let n = h.len();
-    lanes(n, [&o[..n], &c[..n]], [h], |[o, c], [h]| {
-        *h = zip(o, tanh(c), |o, t| _mm256_mul_ps(o, t));
-    });
-}
-
-/// Backward step of a row's units (the equations of `cell::lstm_backward_kernel`), with
-/// `tanh(c')` recomputed as forward computed it.
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[allow(clippy::too_many_arguments)] // one slice per gate, as the portable kernel
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn lstm_backward(
-    gi: &[f32],
-    gf: &[f32],
-    gg: &[f32],
-    go: &[f32],
-    c_prev: &[f32],
-    dh: &mut [f32],
-    dc: &mut [f32],
-    di: &mut [f32],
-    df: &mut [f32],
-    dg: &mut [f32],
-    d_o: &mut [f32],
-) {
-    let n = dh.len();
-    let ins = [&gi[..n], &gf[..n], &gg[..n], &go[..n], &c_prev[..n]];
-    let outs = [
-        dh,
-        &mut dc[..n],
-        &mut di[..n],
-        &mut df[..n],
-        &mut dg[..n],
-        &mut d_o[..n],
-    ];
-    lanes(
-        n,
-        ins,
-        outs,
-        |[i, f, g, o, cp], [dh, dc, di, df, dg, d_o]| {
-            // The closure inherits the function's target features.
-            let one = _mm256_set1_ps(1.0);
-            let mul = |a, b| _mm256_mul_ps(a, b);
-            let tcs: [__m256; U] = tanh(std::array::from_fn(|u| cell(f[u], cp[u], i[u], g[u])));
-            for u in 0..U {
-                let (i, f, g, o, cp, d, tc) = (i[u], f[u], g[u], o[u], cp[u], dh[u], tcs[u]);
-                let dct = _mm256_add_ps(dc[u], mul(mul(d, o), _mm256_sub_ps(one, mul(tc, tc))));
-                di[u] = ftz(mul(mul(mul(dct, g), i), _mm256_sub_ps(one, i)));
-                df[u] = ftz(mul(mul(mul(dct, cp), f), _mm256_sub_ps(one, f)));
-                dg[u] = ftz(mul(mul(dct, i), _mm256_sub_ps(one, mul(g, g))));
-                d_o[u] = ftz(mul(mul(mul(d, tc), o), _mm256_sub_ps(one, o)));
-                dc[u] = ftz(mul(dct, f));
-                dh[u] = _mm256_setzero_ps();
-            }
-        },
-    );
 }
 
 #[cfg(test)]
