@@ -68,7 +68,8 @@ def test_results_identical_across_thread_counts(cell, kw, dtype, shape, restore_
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("inp", [16, 600])
-def test_inference_identical_across_thread_counts(cell, kw, dtype, batch_first, inp,
+@pytest.mark.parametrize("hidden", [128, 256])
+def test_inference_identical_across_thread_counts(cell, kw, dtype, batch_first, inp, hidden,
                                                   restore_engine):
     # Batch 40 at hidden 128: inference splits into groups of rows, one thread each
     # (14, 14, 12 rows at 3 threads on 3 cores or more); with lengths, an initial state and
@@ -76,14 +77,15 @@ def test_inference_identical_across_thread_counts(cell, kw, dtype, batch_first, 
     # long sums as the whole's GEMM does.
     rng = np.random.default_rng(4)
     batch = 40
-    model = getattr(bptt, cell)(inp, 128, 2, batch_first=batch_first, dtype=dtype, seed=6,
+    # Hidden 256: the input projection runs step by step, in each group's step loop.
+    model = getattr(bptt, cell)(inp, hidden, 2, batch_first=batch_first, dtype=dtype, seed=6,
                                 **kw)
     shape = (batch, 11, inp) if batch_first else (11, batch, inp)
     x = rng.standard_normal(shape).astype(dtype)
     lengths = rng.integers(1, 12, size=batch)
-    h_size = kw.get("proj_size", 128)
+    h_size = kw.get("proj_size", hidden)
     h0 = rng.standard_normal((2, batch, h_size)).astype(dtype)
-    state = (h0, rng.standard_normal((2, batch, 128)).astype(dtype)) if cell == "LSTM" else h0
+    state = (h0, rng.standard_normal((2, batch, hidden)).astype(dtype)) if cell == "LSTM" else h0
     results = {}
     for n in (1, 2, 3):
         bptt.set_num_threads(n)
@@ -98,13 +100,15 @@ def test_inference_identical_across_thread_counts(cell, kw, dtype, batch_first, 
 
 
 @pytest.mark.parametrize("cell,kw", CELLS)
-def test_results_identical_across_simd_levels(cell, kw, restore_engine):
+@pytest.mark.parametrize("hidden", [40, 256])
+def test_results_identical_across_simd_levels(cell, kw, hidden, restore_engine):
     detected = bptt.build_info()["simd_detected"]
     levels = ["scalar", "avx2", "avx512"]
     # aarch64 has one level, "neon" (its baseline).
     available = levels[: levels.index(detected) + 1] if detected in levels else [detected]
     rng = np.random.default_rng(2)
-    model = getattr(bptt, cell)(8, 40, 2, bidirectional=True, seed=5, **kw)
+    # Hidden 256: the input projection runs step by step.
+    model = getattr(bptt, cell)(8, hidden, 2, bidirectional=True, seed=5, **kw)
     x = rng.standard_normal((9, 5, 8)).astype(np.float32)
     results = {}
     for level in available:

@@ -45,6 +45,17 @@ def assert_close(a, b, tol, what):
 @pytest.mark.parametrize("layers", [1, 2, 3])
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_budget_gradients_equal_full_tape(cell, layers, bidirectional, lengths, dtype):
+    check_budget(cell, layers, bidirectional, lengths, dtype, H)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_budget_gradients_equal_full_tape_step_projection(cell):
+    # 256 hidden units: the input projection runs step by step, in forward and in the
+    # recomputed segments.
+    check_budget(cell, 2, True, "random", np.float64, 256)
+
+
+def check_budget(cell, layers, bidirectional, lengths, dtype, H):
     rng = np.random.default_rng(layers * 10 + bidirectional)
     m = CELLS[cell](I, H, layers, bidirectional=bidirectional, dtype=dtype, seed=1)
     x = rng.standard_normal((T, B, I)).astype(dtype)

@@ -46,6 +46,8 @@ impl<'a, 'w, T: Float> Direction<'a, 'w, T> {
     pub(super) fn forward_weights(&self, batch: usize) -> ForwardWeights<T> {
         ForwardWeights {
             bias: Bias::new(self.cfg, self.w),
+            w_ih_t: super::forward::step_projection(self.cfg.hidden_size)
+                .then(|| T::Recurrent::prepare(&self.w.w_ih.t(), self.cfg.kind.gates(), batch)),
             w_hh_t: T::Recurrent::prepare(&self.w.w_hh.t(), self.cfg.kind.gates(), batch),
         }
     }
@@ -65,9 +67,12 @@ pub(super) struct Pass<'a, 'w, T> {
     pub(super) ctl: &'a Control,
 }
 
-/// The forward pass's view of the weights: the folded biases and `W_hhᵀ` packed by gate.
+/// The forward pass's view of the weights: the folded biases, and `W_ihᵀ` and `W_hhᵀ`
+/// packed by gate.
 pub(super) struct ForwardWeights<T: Float> {
     pub(super) bias: Bias<T>,
+    /// Where the input projection runs step by step (`forward::step_projection`).
+    pub(super) w_ih_t: Option<T::Recurrent>,
     pub(super) w_hh_t: T::Recurrent,
 }
 
