@@ -114,16 +114,17 @@ impl Float for f32 {
         h: &mut [f32],
     ) {
         #[cfg(target_arch = "x86_64")]
-        if crate::simd::level() != crate::simd::Level::Scalar {
-            // SAFETY: `level()` reports AVX2 or AVX-512 only where the CPU has AVX2 and
-            // FMA, and AVX-512 only where it also has AVX-512F and AVX-512VL.
-            return unsafe {
-                if crate::simd::level() == crate::simd::Level::Avx512 {
-                    crate::lstm_avx2::lstm_forward_avx512(gi, gf, gg, go, c, h)
-                } else {
-                    crate::lstm_avx2::lstm_forward(gi, gf, gg, go, c, h)
-                }
-            };
+        match crate::simd::level() {
+            crate::simd::Level::Avx512 => {
+                // SAFETY: `level()` reports AVX2 or AVX-512 only where the CPU has AVX2 and
+                // FMA, and AVX-512 only where it also has AVX-512F and AVX-512VL.
+                return unsafe { crate::lstm_avx2::lstm_forward_avx512(gi, gf, gg, go, c, h) };
+            }
+            crate::simd::Level::Avx2 => {
+                // SAFETY: as above.
+                return unsafe { crate::lstm_avx2::lstm_forward(gi, gf, gg, go, c, h) };
+            }
+            crate::simd::Level::Scalar => {}
         }
         crate::cell::lstm_forward(gi, gf, gg, go, c, h);
     }
@@ -131,15 +132,16 @@ impl Float for f32 {
     #[inline(always)]
     fn lstm_output(o: &[f32], c: &[f32], h: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if crate::simd::level() != crate::simd::Level::Scalar {
-            // SAFETY: as in `lstm_forward`.
-            return unsafe {
-                if crate::simd::level() == crate::simd::Level::Avx512 {
-                    crate::lstm_avx2::lstm_output_avx512(o, c, h)
-                } else {
-                    crate::lstm_avx2::lstm_output(o, c, h)
-                }
-            };
+        match crate::simd::level() {
+            crate::simd::Level::Avx512 => {
+                // SAFETY: as in `lstm_forward`.
+                return unsafe { crate::lstm_avx2::lstm_output_avx512(o, c, h) };
+            }
+            crate::simd::Level::Avx2 => {
+                // SAFETY: as above.
+                return unsafe { crate::lstm_avx2::lstm_output(o, c, h) };
+            }
+            crate::simd::Level::Scalar => {}
         }
         crate::cell::lstm_output(o, c, h);
     }
@@ -159,17 +161,22 @@ impl Float for f32 {
         d_o: &mut [f32],
     ) {
         #[cfg(target_arch = "x86_64")]
-        if crate::simd::level() != crate::simd::Level::Scalar {
-            // SAFETY: as in `lstm_forward`.
-            return unsafe {
-                if crate::simd::level() == crate::simd::Level::Avx512 {
+        match crate::simd::level() {
+            crate::simd::Level::Avx512 => {
+                // SAFETY: as in `lstm_forward`.
+                return unsafe {
                     crate::lstm_avx2::lstm_backward_avx512(
                         gi, gf, gg, go, c_prev, dh, dc, di, df, dg, d_o,
                     )
-                } else {
+                };
+            }
+            crate::simd::Level::Avx2 => {
+                // SAFETY: as above.
+                return unsafe {
                     crate::lstm_avx2::lstm_backward(gi, gf, gg, go, c_prev, dh, dc, di, df, dg, d_o)
-                }
-            };
+                };
+            }
+            crate::simd::Level::Scalar => {}
         }
         crate::cell::lstm_backward(gi, gf, gg, go, c_prev, dh, dc, di, df, dg, d_o);
     }

@@ -247,7 +247,7 @@ impl<T: Float> Direction<'_, '_, T> {
             input,
             in_size,
             bias: match fw.bias.folded.as_ref() {
-                _ if chunk.biased => None,
+                _ if chunk.biased || w_ih_t.is_none() => None,
                 Some(b) => Some(b.as_slice().expect("contiguous bias")),
                 None => Some(&[][..]),
             },
@@ -311,8 +311,9 @@ struct StepCtx<'a, T: Float> {
     /// The chunk's inputs `[S, B, I_l]`, time-major.
     input: &'a [T],
     in_size: usize,
-    /// What `gates` start from before the input projection: the folded bias (empty: no
-    /// bias, zeros), or `None` where they already hold it (a full tape's).
+    /// What `gates` start from before the step's input projection: the folded bias
+    /// (empty: no bias, zeros), or `None` where they already hold it (a full tape's) or the
+    /// chunk's GEMM made the projection.
     bias: Option<&'a [T]>,
     /// `W_ihᵀ` packed by gate where the projection runs step by step
     /// ([`step_projection`]); `None` where the chunk's GEMM made it.
