@@ -30,6 +30,29 @@ use std::ops::Range;
 /// end at one, or at `n`).
 pub const UNIT_ALIGN: usize = NR;
 
+/// What a product's sums `Σ_k a[r, k] · b[k, j]` are added to, once each, after the sum
+/// over `k` (so every choice gives the bits of writing the sums and adding them apart).
+#[derive(Clone, Copy, Debug)]
+pub enum Base<'a, T> {
+    /// Nothing: `c = Σ`.
+    Zero,
+    /// What `c` holds: `c += Σ`.
+    Out,
+    /// One row for every row of `c`, indexed by `c`'s columns (`g·n + u`): `c[r, j] =
+    /// row[j] + Σ` (a step's folded bias, without first copying it into every row).
+    Row(&'a [T]),
+}
+
+impl<T> Base<'_, T> {
+    fn accumulate(accumulate: bool) -> Self {
+        if accumulate {
+            Base::Out
+        } else {
+            Base::Zero
+        }
+    }
+}
+
 /// Weights prepared for repeated products `c (+)= a · b`.
 pub trait RecurrentWeights<T>: Send + Sync + Sized {
     /// Prepares `b [K, N]` (any strides) whose columns are `groups` blocks, for products
@@ -37,13 +60,14 @@ pub trait RecurrentWeights<T>: Send + Sync + Sized {
     fn prepare(b: &ArrayView2<'_, T>, groups: usize, rows: usize) -> Self;
 
     /// For the rows `rows` and, in every group `g`, the columns `g·n + u` for `u` in
-    /// `units`: `c[r, g·n + u] (+)= Σ_k a[r, k] · b[k, g·n + u]` (`accumulate` chooses).
+    /// `units`: `c[r, g·n + u] = base + Σ_k a[r, k] · b[k, g·n + u]` (see [`Base`]).
     /// Row `r` of `a` starts at `a + r·lda`, of `c` at `c + r·ldc`, both contiguous.
     ///
     /// # Safety
     /// `a` must be valid for reads of rows `rows` (`K` elements each) and `c` for reads
     /// and writes of the tile's elements, which nobody else accesses during the call;
-    /// `units.start` must be a multiple of [`UNIT_ALIGN`] and `units.end <= n`.
+    /// `units.start` must be a multiple of [`UNIT_ALIGN`] and `units.end <= n`; a
+    /// [`Base::Row`] must hold `N` elements.
     #[allow(clippy::too_many_arguments)]
     unsafe fn apply_tile(
         &self,
@@ -53,7 +77,7 @@ pub trait RecurrentWeights<T>: Send + Sync + Sized {
         ldc: usize,
         rows: Range<usize>,
         units: Range<usize>,
-        accumulate: bool,
+        base: Base<'_, T>,
     );
 
     /// `c (+)= a · b` over the whole matrix, on the calling thread.
@@ -78,7 +102,7 @@ pub trait RecurrentWeights<T>: Send + Sync + Sized {
                 ldc,
                 0..a.nrows(),
                 0..n / self.groups(),
-                accumulate,
+                Base::accumulate(accumulate),
             )
         }
     }
@@ -269,9 +293,16 @@ impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
         ldc: usize,
         rows: Range<usize>,
         units: Range<usize>,
-        accumulate: bool,
+        base: Base<'_, T>,
     ) {
         debug_assert!(units.start.is_multiple_of(NR) && units.end <= self.n);
+        if let Base::Row(row) = base {
+            assert_eq!(
+                row.len(),
+                self.n * self.groups,
+                "recurrent product: base row"
+            );
+        }
         let level = crate::simd::level();
         let np = self.panels_per_group();
         // SAFETY: row `rows.start` of `a` lies in the memory the caller vouches for.
@@ -290,7 +321,12 @@ impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
                 c: unsafe { c.add(g * self.n + p * NR) },
                 ldc,
                 cols: NR.min(units.end - p * NR),
-                accumulate,
+                base: match base {
+                    Base::Zero => TileBase::Zero,
+                    Base::Out => TileBase::Out,
+                    // In bounds: `g·n + p·NR < N` (asserted length).
+                    Base::Row(row) => TileBase::Row(row[g * self.n + p * NR..].as_ptr()),
+                },
                 sub: self.sub,
             };
             (t, &self.panels[at..at + self.k * NR])
@@ -330,9 +366,18 @@ pub struct PanelTile<T> {
     c: *mut T,
     ldc: usize,
     cols: usize,
-    accumulate: bool,
+    base: TileBase<T>,
     /// Columns per stored part of the panel (see [`offset`]).
     sub: usize,
+}
+
+/// [`Base`] for one panel's columns: a row starts at the panel's first column and holds
+/// `cols` elements.
+#[derive(Clone, Copy)]
+enum TileBase<T> {
+    Zero,
+    Out,
+    Row(*const T),
 }
 
 /// Rows per block of the portable kernel.
@@ -386,7 +431,7 @@ unsafe fn portable_rows<T: Float>(t: PanelTile<T>, w: &[T], r0: usize) {
         let acc = portable_block(a, rows, w, t.sub);
         for (q, acc_r) in acc.iter().enumerate().take(rows) {
             // SAFETY: row `r + q` of the tile of `c` is ours.
-            unsafe { store(&acc_r[..t.cols], t.c.add((r + q) * t.ldc), t.accumulate) };
+            unsafe { store(&acc_r[..t.cols], t.c.add((r + q) * t.ldc), t.base) };
         }
         r += rows;
     }
@@ -492,15 +537,15 @@ impl PanelKernel for f32 {
         {
             assert!(w0.len() >= t0.k * NR && w1.len() >= t1.k * NR && t0.k == t1.k);
             assert_eq!(t0.sub, t1.sub);
-            let (a, k, w, c, acc) = (t0.a, t0.k, [w0, w1], [t0.c, t1.c], t0.accumulate);
+            let (a, k, w, c, base) = (t0.a, t0.k, [w0, w1], [t0.c, t1.c], [t0.base, t1.base]);
             // SAFETY: AVX2 and FMA are present at both vector levels; the tiles are the
             // caller's, one row of `k` in `a` and NR columns of `c` each, stored in parts
             // of `sub` columns.
             return unsafe {
                 if t0.sub == NR {
-                    x86::one_row_two_panels::<NR>(a, k, w, c, acc)
+                    x86::one_row_two_panels::<NR>(a, k, w, c, base)
                 } else {
-                    x86::one_row_two_panels::<SUB>(a, k, w, c, acc)
+                    x86::one_row_two_panels::<SUB>(a, k, w, c, base)
                 }
             };
         }
@@ -512,14 +557,25 @@ impl PanelKernel for f32 {
     }
 }
 
+/// `dst[j] = base[j] + acc[j]`.
+///
 /// # Safety
-/// `dst` writable for `acc.len()` elements, exclusively.
+/// `dst` writable for `acc.len()` elements, exclusively; a [`TileBase::Row`] readable for
+/// as many.
 #[inline(always)]
-unsafe fn store<T: Float>(acc: &[T], dst: *mut T, accumulate: bool) {
+unsafe fn store<T: Float>(acc: &[T], dst: *mut T, base: TileBase<T>) {
     // SAFETY: the caller's contract.
     let dst = unsafe { std::slice::from_raw_parts_mut(dst, acc.len()) };
-    for (d, &v) in dst.iter_mut().zip(acc) {
-        *d = if accumulate { *d + v } else { v };
+    match base {
+        TileBase::Zero => dst.copy_from_slice(acc),
+        TileBase::Out => dst.iter_mut().zip(acc).for_each(|(d, &v)| *d += v),
+        TileBase::Row(row) => {
+            // SAFETY: the caller's contract.
+            let row = unsafe { std::slice::from_raw_parts(row, acc.len()) };
+            for ((d, &v), &b) in dst.iter_mut().zip(acc).zip(row) {
+                *d = b + v;
+            }
+        }
     }
 }
 

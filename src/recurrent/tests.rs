@@ -1,14 +1,14 @@
 use super::*;
 use crate::linalg::{gemm, par};
 use crate::simd::{set_level, Level};
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView1};
 
-/// `c (+)= a · b` computed by tiles of `rows_per × units_per`, as a team would.
+/// `c = base + a · b` computed by tiles of `rows_per × units_per`, as a team would.
 fn by_tiles<T: Float, W: RecurrentWeights<T>>(
     w: &W,
     a: &Array2<T>,
     c: &mut Array2<T>,
-    accumulate: bool,
+    base: Base<'_, T>,
     rows_per: usize,
     units_per: usize,
 ) {
@@ -25,7 +25,7 @@ fn by_tiles<T: Float, W: RecurrentWeights<T>>(
                     ldc,
                     r0..(r0 + rows_per).min(m),
                     u0..(u0 + units_per).min(n),
-                    accumulate,
+                    base,
                 )
             }
         }
@@ -73,7 +73,7 @@ fn packed_product_is_exact_and_identical_at_every_level_and_tiling() {
                 assert_eq!(got, want, "{m}x{k}x{n} at {level:?}, {} columns", p.sub);
                 for (rows_per, units_per) in [(3, UNIT_ALIGN), (8, 2 * UNIT_ALIGN), (1, n)] {
                     let mut fresh = Array2::from_elem((m, n), 7.0f32);
-                    by_tiles(&p, &a, &mut fresh, false, rows_per, units_per);
+                    by_tiles(&p, &a, &mut fresh, Base::Zero, rows_per, units_per);
                     assert_eq!(fresh, &want - 1.0, "tiles {rows_per}x{units_per}");
                 }
             }
@@ -89,7 +89,9 @@ fn rounding_is_the_same_at_every_level_and_tiling() {
 }
 
 /// Products of rounded values at each vector level against the baseline's, bitwise: one
-/// and two rows (whole panels, or strips of them), blocks of rows, tails of columns.
+/// and two rows (whole panels, or strips of them), blocks of rows, tails of columns;
+/// written, added to `c`, and added to a row (which gives the bits of copying the row
+/// into every row of `c` and adding to it).
 fn rounding_is_the_same<T: Float>() {
     // Incl. a tall product with a long `k` (70 × 600), written and accumulated.
     for (m, k, n) in [(19, 77, 100), (70, 600, 64), (13, 300, 40)] {
@@ -97,22 +99,28 @@ fn rounding_is_the_same<T: Float>() {
         let a = Array2::from_shape_fn((m, k), |(i, j)| f(((i * 31 + j * 17) as f64).sin()));
         let b = Array2::from_shape_fn((k, n), |(i, j)| f(((i * 13 + j * 7) as f64).cos()));
         let c0 = Array2::from_shape_fn((m, n), |(i, j)| f(((i * 3 + j * 5) as f64).sin()));
+        let row: Vec<T> = (0..n).map(|j| f((j as f64 * 0.37).cos())).collect();
         let _guard = crate::simd::tests_lock();
-        for accumulate in [false, true] {
+        for base in [Base::Zero, Base::Out, Base::Row(&row[..])] {
             set_level(Some(Level::Scalar)).unwrap();
             let whole = T::Recurrent::prepare(&b.view(), 2, 1);
             let mut want = c0.clone();
-            whole.apply(&a.view(), &mut want.view_mut(), accumulate);
-            for level in [Level::Avx2, Level::Avx512] {
+            if let Base::Row(row) = base {
+                want.rows_mut()
+                    .into_iter()
+                    .for_each(|mut r| r.assign(&ArrayView1::from(row)));
+            }
+            whole.apply(&a.view(), &mut want.view_mut(), !matches!(base, Base::Zero));
+            for level in [Level::Scalar, Level::Avx2, Level::Avx512] {
                 if set_level(Some(level)).is_ok() {
                     for (rows_per, layout) in [(1, 1), (2, 1), (5, m), (m, m), (1, m)] {
                         let p = T::Recurrent::prepare(&b.view(), 2, layout);
                         let mut got = c0.clone();
-                        by_tiles(&p, &a, &mut got, accumulate, rows_per, UNIT_ALIGN);
+                        by_tiles(&p, &a, &mut got, base, rows_per, UNIT_ALIGN);
                         assert_eq!(
                             got,
                             want,
-                            "{} {m}x{k}x{n} {level:?} {rows_per} rows, layout {layout}",
+                            "{} {m}x{k}x{n} {level:?} {rows_per} rows, layout {layout}, {base:?}",
                             T::NAME
                         );
                     }
@@ -163,7 +171,7 @@ fn f64_weights_compute_the_same_product_by_tiles() {
                 ldc,
                 r0..(r0 + 3).min(m),
                 0..32,
-                true,
+                Base::Out,
             )
         };
     }

@@ -1,6 +1,6 @@
 //! The x86-64 micro-kernels of the packed product (AVX2 + FMA, AVX-512F).
 
-use super::{offset, store, PanelTile, NR, SUB};
+use super::{offset, store, PanelTile, TileBase, NR, SUB};
 use std::arch::x86_64::*;
 use std::ptr::null_mut;
 
@@ -42,11 +42,14 @@ macro_rules! panel_rows {
             let cols_v = V * $lanes;
             assert!(w.len() >= t.k * NR && j0 + cols_v <= NR && ks.end <= t.k && t.sub == S);
             let (first, last) = (ks.start == 0, ks.end == t.k);
-            // SAFETY: rows `r0..r0 + R` of `a` hold `k` readable elements each.
-            let a_rows: [&[$t]; R] = std::array::from_fn(|r| unsafe {
-                std::slice::from_raw_parts(t.a.add((r0 + r) * t.lda), t.k)
-            });
-            if last && t.accumulate && j0 + cols_v <= t.cols {
+            // Row `r0 + r` of `a` (a plain loop: this runs once per block, and an
+            // `array::from_fn` here was left as eight calls per block).
+            let mut a_rows: [*const $t; R] = [t.a; R];
+            for (r, p) in a_rows.iter_mut().enumerate() {
+                // SAFETY: rows `r0..r0 + R` of `a` hold `k` readable elements each.
+                *p = unsafe { t.a.add((r0 + r) * t.lda) };
+            }
+            if last && matches!(t.base, TileBase::Out) && j0 + cols_v <= t.cols {
                 // The rows of `c` this block adds to are read only after the whole
                 // `k` loop: ask for them now, so that a destination that has left the
                 // cache (a step's slab of the input projection) arrives meanwhile.
@@ -73,7 +76,10 @@ macro_rules! panel_rows {
                 }
             }
             // Where each vector's columns start in the panel's storage (row 0).
-            let base: [usize; V] = std::array::from_fn(|q| offset(S, t.k, 0, j0 + q * $lanes));
+            let mut base = [0usize; V];
+            for (q, b) in base.iter_mut().enumerate() {
+                *b = offset(S, t.k, 0, j0 + q * $lanes);
+            }
             for kk in ks {
                 let wv: [$vec; V] = std::array::from_fn(|q| {
                     // SAFETY: `kk < k` and `j0 + q · lanes + lanes <= NR`, so the
@@ -82,8 +88,8 @@ macro_rules! panel_rows {
                     unsafe { $load(w.as_ptr().add(base[q] + kk * S)) }
                 });
                 for (acc_r, a_row) in acc.iter_mut().zip(&a_rows) {
-                    // SAFETY: `kk < k = a_row.len()`.
-                    let av = $set1(unsafe { *a_row.get_unchecked(kk) });
+                    // SAFETY: `kk < k`, and the row holds `k` elements.
+                    let av = $set1(unsafe { *a_row.add(kk) });
                     for (s, &wq) in acc_r.iter_mut().zip(&wv) {
                         *s = $fmadd(av, wq, *s);
                     }
@@ -107,7 +113,12 @@ macro_rules! panel_rows {
                         // SAFETY: as above; `j0 + q · lanes + lanes <= t.cols`.
                         unsafe {
                             let dst = row.add(q * $lanes);
-                            let v = if t.accumulate { $add($load(dst), v) } else { v };
+                            let v = match t.base {
+                                TileBase::Zero => v,
+                                TileBase::Out => $add($load(dst), v),
+                                // The row holds the panel's `t.cols` columns.
+                                TileBase::Row(b) => $add($load(b.add(j0 + q * $lanes)), v),
+                            };
                             $storeu(dst, v);
                         }
                     }
@@ -121,13 +132,13 @@ macro_rules! panel_rows {
                     unsafe { $storeu(buf.as_mut_ptr().add(q * $lanes), v) };
                 }
                 // SAFETY: row `r0 + r` of the tile of `c` is ours, columns
-                // `j0..t.cols` of it.
+                // `j0..t.cols` of it; a base row holds the same columns.
                 unsafe {
-                    store(
-                        &buf[..t.cols - j0],
-                        t.c.add((r0 + r) * t.ldc + j0),
-                        t.accumulate,
-                    )
+                    let base = match t.base {
+                        TileBase::Row(b) => TileBase::Row(b.add(j0)),
+                        other => other,
+                    };
+                    store(&buf[..t.cols - j0], t.c.add((r0 + r) * t.ldc + j0), base)
                 };
             }
         }
@@ -232,14 +243,14 @@ macro_rules! panel_rows {
 /// # Safety
 /// AVX2 and FMA; `a` readable for `k` elements; `c[0]`, `c[1]` writable for NR
 /// elements each, exclusively; `w[0]`, `w[1]` panels of `k` rows stored in parts of
-/// `S` columns (see `offset`).
+/// `S` columns (see `offset`); a base row readable for NR elements.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn one_row_two_panels<const S: usize>(
     a: *const f32,
     k: usize,
     w: [&[f32]; 2],
     c: [*mut f32; 2],
-    accumulate: bool,
+    start: [TileBase<f32>; 2],
 ) {
     assert!(w[0].len() >= k * NR && w[1].len() >= k * NR && S.is_multiple_of(8));
     let mut acc = [[_mm256_setzero_ps(); 4]; 2];
@@ -257,15 +268,16 @@ pub(super) unsafe fn one_row_two_panels<const S: usize>(
             }
         }
     }
-    for (acc_p, c) in acc.iter().zip(c) {
+    for ((acc_p, c), start) in acc.iter().zip(c).zip(start) {
         for (q, &v) in acc_p.iter().enumerate() {
-            // SAFETY: `c` writable for NR = 4 · 8 elements.
+            // SAFETY: `c` writable for NR = 4 · 8 elements, a base row readable for as
+            // many.
             unsafe {
                 let dst = c.add(q * 8);
-                let v = if accumulate {
-                    _mm256_add_ps(_mm256_loadu_ps(dst), v)
-                } else {
-                    v
+                let v = match start {
+                    TileBase::Zero => v,
+                    TileBase::Out => _mm256_add_ps(_mm256_loadu_ps(dst), v),
+                    TileBase::Row(b) => _mm256_add_ps(_mm256_loadu_ps(b.add(q * 8)), v),
                 };
                 _mm256_storeu_ps(dst, v);
             }

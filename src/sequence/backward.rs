@@ -19,7 +19,7 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::linalg::{gemm, gemm_in_row_blocks, par, TransposedSum};
 use crate::model::LayerGrads;
-use crate::recurrent::{RecurrentWeights, UNIT_ALIGN};
+use crate::recurrent::{Base, RecurrentWeights, UNIT_ALIGN};
 use crate::team::{self, Shared, StateTile};
 use faer::Par;
 use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut3, Axis};
@@ -472,7 +472,7 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
                             hidden,
                             tile.rows.clone(),
                             tile.units.clone(),
-                            true,
+                            Base::Out,
                         );
                     }
                 }

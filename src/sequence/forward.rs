@@ -24,7 +24,7 @@ use crate::cell::{step_forward, CellKind, StepRow};
 use crate::error::Result;
 use crate::float::Float;
 use crate::linalg::{gemm, par};
-use crate::recurrent::RecurrentWeights;
+use crate::recurrent::{Base, RecurrentWeights};
 use crate::team::{self, Shared, StateTile};
 use ndarray::{s, Array2, Array3, ArrayView3, ArrayViewMut3, Axis};
 use std::mem::MaybeUninit;
@@ -55,7 +55,8 @@ pub(super) struct Chunk<'a, T> {
     /// the activated gates.
     pub(super) gates: ArrayViewMut3<'a, T>,
     /// Whether `gates` already hold the folded bias in every row (zeros without one): a
-    /// full tape's are allocated so, which spares a pass over them.
+    /// full tape's are allocated so where the chunk's GEMM projects the inputs, which
+    /// spares a pass over them.
     pub(super) biased: bool,
     /// Where the tape keeps the per-step states, if it does.
     pub(super) tape: Option<StatesMut<'a, T>>,
@@ -108,10 +109,14 @@ impl<T: Float> Direction<'_, '_, T> {
         let chunk_len = plan.chunk_len::<T>(cfg, seq_len, batch);
         let ranges = chunks(seq_len, chunk_len, self.reverse);
         let drop_h = drops_h_prev(cfg, self.lengths.is_some());
+        let bulk = !step_projection(cfg.hidden_size);
+        // A full tape's gates start as the bias where the chunk's GEMM adds to them (which
+        // spares a pass); the step projection adds the bias row itself.
+        let biased = matches!(plan, DirPlan::Full) && bulk;
         let mut full = matches!(plan, DirPlan::Full)
             .then(|| {
                 let bias = fw.bias.folded.as_ref().and_then(|b| b.as_slice());
-                Steps::new(cfg, seq_len, batch, !drop_h, bias)
+                Steps::new(cfg, seq_len, batch, !drop_h, bias.filter(|_| biased))
             })
             .transpose()?;
         let h0 = (full.is_some() && drop_h)
@@ -119,7 +124,6 @@ impl<T: Float> Direction<'_, '_, T> {
             .transpose()?;
         // Without a full tape nothing reads a step's gates after the step: one slab serves
         // every step, unless the chunk's projection runs before its steps.
-        let bulk = !step_projection(cfg.hidden_size);
         let mut gates_buf: Array3<T> = zeros(
             match (full.is_some(), bulk) {
                 (true, _) => (0, 0, 0),
@@ -141,7 +145,6 @@ impl<T: Float> Direction<'_, '_, T> {
             if let (Some(ck), Some(c)) = (ck_c.as_mut(), state.c.as_ref()) {
                 ck.index_axis_mut(Axis(0), i).assign(c);
             }
-            let biased = full.is_some();
             let (gates, tape) = match full.as_mut() {
                 Some(steps) => {
                     let (gates, states) = steps.view_mut(r.clone());
@@ -311,9 +314,9 @@ struct StepCtx<'a, T: Float> {
     /// The chunk's inputs `[S, B, I_l]`, time-major.
     input: &'a [T],
     in_size: usize,
-    /// What `gates` start from before the step's input projection: the folded bias
-    /// (empty: no bias, zeros), or `None` where they already hold it (a full tape's) or the
-    /// chunk's GEMM made the projection.
+    /// What the step's input projection adds to: the folded bias, one row for every row of
+    /// the gates (empty: no bias), or `None`: what the gates hold (the chunk's GEMM made
+    /// the projection, or they hold the bias already).
     bias: Option<&'a [T]>,
     /// `W_ihᵀ` packed by gate where the projection runs step by step
     /// ([`step_projection`]); `None` where the chunk's GEMM made it.
@@ -369,9 +372,9 @@ fn shared_strided<T>(v: &mut ArrayViewMut3<'_, MaybeUninit<T>>) -> (Shared<T>, [
     )
 }
 
-/// The input projection of one step for one tile: the tile's gates in slab `slab` start
-/// from the bias (unless they hold it already) and receive `x_t · W_ihᵀ`, `x_t` the
-/// inputs of the chunk's step `local`.
+/// The input projection of one step for one tile: the tile's gates in slab `slab` receive
+/// `base + x_t · W_ihᵀ`, `x_t` the inputs of the chunk's step `local`, `base` the folded
+/// bias (or what the gates hold: see [`StepCtx::bias`]).
 ///
 /// # Safety
 /// The team's contract: the tile's elements of the slab are this member's.
@@ -383,33 +386,24 @@ unsafe fn project<T: Float>(
     local: usize,
     slab: usize,
 ) {
-    let (n, b_all) = (cx.hidden, cx.batch);
-    let gh = cx.kind.gates() * n;
-    let u = tile.units.clone();
+    let b_all = cx.batch;
+    let gh = cx.kind.gates() * cx.hidden;
+    let base = match cx.bias {
+        None => Base::Out,
+        Some([]) => Base::Zero,
+        Some(b) => Base::Row(b),
+    };
     // SAFETY: every element written is in the tile's rows and units of the slab, this
     // member's (the caller's contract); the inputs are only read.
     unsafe {
-        if let Some(bias) = cx.bias {
-            for b in tile.rows.clone() {
-                let row0 = (slab * b_all + b) * gh;
-                for k in 0..cx.kind.gates() {
-                    let part = sh.gates.part(row0 + k * n + u.start..row0 + k * n + u.end);
-                    if bias.is_empty() {
-                        part.fill(T::zero());
-                    } else {
-                        part.copy_from_slice(&bias[k * n + u.start..k * n + u.end]);
-                    }
-                }
-            }
-        }
         w_ih.apply_tile(
             cx.input.as_ptr().add(local * b_all * cx.in_size),
             cx.in_size,
             sh.gates.ptr().add(slab * b_all * gh),
             gh,
             tile.rows.clone(),
-            u,
-            true,
+            tile.units.clone(),
+            base,
         );
     }
 }
@@ -453,20 +447,12 @@ unsafe fn forward_tile<T: Float>(
         if let Some(w_ih) = cx.w_ih {
             project(sh, cx, w_ih, tile, at.local, at.slab);
         }
-        let (dst, accumulate) = if gru {
-            (sh.rec.ptr(), false)
+        let (dst, base) = if gru {
+            (sh.rec.ptr(), Base::Zero)
         } else {
-            (gates_t, true)
+            (gates_t, Base::Out)
         };
-        cx.w.apply_tile(
-            cur.ptr(),
-            n,
-            dst,
-            gh,
-            tile.rows.clone(),
-            u.clone(),
-            accumulate,
-        );
+        cx.w.apply_tile(cur.ptr(), n, dst, gh, tile.rows.clone(), u.clone(), base);
         for b in tile.rows.clone() {
             let masked = cx.lengths.is_some_and(|l| at.t >= l[b]);
             let h_row = next.part(state(b));
