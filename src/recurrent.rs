@@ -80,6 +80,27 @@ pub trait RecurrentWeights<T>: Send + Sync + Sized {
         base: Base<'_, T>,
     );
 
+    /// [`RecurrentWeights::apply_tile`] of `[a | a2] · [b; b2]`, `then = (b2, a2, lda2)`
+    /// (`b2 [K2, N]` prepared alike, with the same groups): each element's sum runs over
+    /// `b`'s `K` rows, then on over `b2`'s, in one chain, and `base` is added once. A
+    /// layer's input projection and recurrent product of a step in one pass over `c`.
+    ///
+    /// # Safety
+    /// As [`RecurrentWeights::apply_tile`]; `a2` valid for reads of rows `rows` (`K2`
+    /// elements each, `lda2` apart).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn apply_tile_then(
+        &self,
+        a: *const T,
+        lda: usize,
+        then: (&Self, *const T, usize),
+        c: *mut T,
+        ldc: usize,
+        rows: Range<usize>,
+        units: Range<usize>,
+        base: Base<'_, T>,
+    );
+
     /// `c (+)= a · b` over the whole matrix, on the calling thread.
     fn apply(&self, a: &ArrayView2<'_, T>, c: &mut ArrayViewMut2<'_, T>, accumulate: bool) {
         let (k, n) = self.dims();
@@ -172,7 +193,8 @@ pub struct Packed<T> {
 pub trait PanelKernel: Float {
     /// # Safety
     /// `t.a` readable for `m` rows of `k`, `t.c` writable for `m` rows of `cols`,
-    /// exclusively; `w.len() >= k · NR`.
+    /// exclusively; `w.len() >= k · NR`; a second part's `a` readable for `m` rows of its
+    /// `k`, its `w` for `k · NR` elements.
     unsafe fn panel(level: crate::simd::Level, t: PanelTile<Self>, w: &[Self]);
 
     /// `dst[kk · stride + q] = src[q][k0 + kk]` for `q, kk < TRANSPOSE`: a square block
@@ -295,6 +317,56 @@ impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
         units: Range<usize>,
         base: Base<'_, T>,
     ) {
+        // SAFETY: the caller's contract.
+        unsafe { self.tiles(a, lda, None, c, ldc, rows, units, base) }
+    }
+
+    unsafe fn apply_tile_then(
+        &self,
+        a: *const T,
+        lda: usize,
+        then: (&Self, *const T, usize),
+        c: *mut T,
+        ldc: usize,
+        rows: Range<usize>,
+        units: Range<usize>,
+        base: Base<'_, T>,
+    ) {
+        let b2 = then.0;
+        assert!(
+            b2.n == self.n && b2.groups == self.groups && b2.sub == self.sub,
+            "recurrent product: the second weights' columns"
+        );
+        // SAFETY: the caller's contract.
+        unsafe { self.tiles(a, lda, Some(then), c, ldc, rows, units, base) }
+    }
+
+    fn dims(&self) -> (usize, usize) {
+        (self.k, self.n * self.groups)
+    }
+
+    fn groups(&self) -> usize {
+        self.groups
+    }
+}
+
+impl<T: PanelKernel> Packed<T> {
+    /// [`RecurrentWeights::apply_tile_then`], or `apply_tile` without a second part.
+    ///
+    /// # Safety
+    /// As [`RecurrentWeights::apply_tile_then`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tiles(
+        &self,
+        a: *const T,
+        lda: usize,
+        then: Option<(&Self, *const T, usize)>,
+        c: *mut T,
+        ldc: usize,
+        rows: Range<usize>,
+        units: Range<usize>,
+        base: Base<'_, T>,
+    ) {
         debug_assert!(units.start.is_multiple_of(NR) && units.end <= self.n);
         if let Base::Row(row) = base {
             assert_eq!(
@@ -309,9 +381,18 @@ impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
         let a = unsafe { a.add(rows.start * lda) };
         // SAFETY: as above, for `c`.
         let c = unsafe { c.add(rows.start * ldc) };
+        // SAFETY: as above, for `a2`.
+        let then = then.map(|(b2, a2, lda2)| (b2, unsafe { a2.add(rows.start * lda2) }, lda2));
         let panels = units.start / NR..units.end.div_ceil(NR);
         let tile = |g: usize, p: usize| {
             let at = (g * np + p) * self.k * NR;
+            let second = then.map_or(Segment::NONE, |(b2, a2, lda2)| Segment {
+                a: a2,
+                lda: lda2,
+                k: b2.k,
+                // The same panel of `b2` (same groups, columns and layout: asserted).
+                w: b2.panels[(g * np + p) * b2.k * NR..(g * np + p + 1) * b2.k * NR].as_ptr(),
+            });
             let t = PanelTile {
                 a,
                 lda,
@@ -328,6 +409,7 @@ impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
                     Base::Row(row) => TileBase::Row(row[g * self.n + p * NR..].as_ptr()),
                 },
                 sub: self.sub,
+                second,
             };
             (t, &self.panels[at..at + self.k * NR])
         };
@@ -346,14 +428,6 @@ impl<T: PanelKernel> RecurrentWeights<T> for Packed<T> {
             }
         }
     }
-
-    fn dims(&self) -> (usize, usize) {
-        (self.k, self.n * self.groups)
-    }
-
-    fn groups(&self) -> usize {
-        self.groups
-    }
 }
 
 /// One panel's share of a tile: `c[r, 0..cols] (+)= Σ_k a[r, k] · w[k, 0..cols]` for `r < m`.
@@ -369,6 +443,28 @@ pub struct PanelTile<T> {
     base: TileBase<T>,
     /// Columns per stored part of the panel (see [`offset`]).
     sub: usize,
+    /// The sums' second part, after the `k` rows of the panel.
+    second: Segment<T>,
+}
+
+/// The second part of a tile's sums (`k = 0`: none): `Σ_k a[r, k] · w[k, 0..cols]` on
+/// the same accumulators, `a`'s rows `lda` apart, `w` a panel of `k` rows stored like the
+/// first.
+#[derive(Clone, Copy)]
+struct Segment<T> {
+    a: *const T,
+    lda: usize,
+    k: usize,
+    w: *const T,
+}
+
+impl<T> Segment<T> {
+    const NONE: Self = Segment {
+        a: std::ptr::null(),
+        lda: 0,
+        k: 0,
+        w: std::ptr::null(),
+    };
 }
 
 /// [`Base`] for one panel's columns: a row starts at the panel's first column and holds
@@ -388,26 +484,34 @@ dispatch!(fn portable_block<T: Float>(
     rows: usize,
     w: &[T],
     sub: usize,
+    second: ([&[T]; MR_PORTABLE], &[T]),
 ) -> [[T; NR]; MR_PORTABLE] = portable_block_kernel);
 
-/// `acc[r] = Σ_k a[r][k] · w[k, :]` for the first `rows` of up to four rows, with
-/// `mul_add` in `k` order: one rounding per step at every level (a fused multiply-add
-/// where the CPU has one, the exact software one elsewhere), so the bits never change.
+/// `acc[r] = Σ_k a[r][k] · w[k, :]` for the first `rows` of up to four rows, then on
+/// over the second part `(a2, w2)` (empty rows: none), with `mul_add` in `k` order: one
+/// rounding per step at every level (a fused multiply-add where the CPU has one, the
+/// exact software one elsewhere), so the bits never change.
 #[inline(always)]
 fn portable_block_kernel<T: Float>(
     a: [&[T]; MR_PORTABLE],
     rows: usize,
     w: &[T],
     sub: usize,
+    second: ([&[T]; MR_PORTABLE], &[T]),
 ) -> [[T; NR]; MR_PORTABLE] {
-    let k = a[0].len();
     let mut acc = [[T::zero(); NR]; MR_PORTABLE];
-    for (h, part) in w[..k * NR].chunks_exact(k * sub).enumerate() {
-        for (kk, wr) in part.chunks_exact(sub).enumerate() {
-            for (acc_r, a_r) in acc.iter_mut().zip(&a).take(rows) {
-                let av = a_r[kk];
-                for (s, &wv) in acc_r[h * sub..(h + 1) * sub].iter_mut().zip(wr) {
-                    *s = av.mul_add(wv, *s);
+    for (a, w) in [(a, w), second] {
+        let k = a[0].len();
+        if k == 0 {
+            continue;
+        }
+        for (h, part) in w[..k * NR].chunks_exact(k * sub).enumerate() {
+            for (kk, wr) in part.chunks_exact(sub).enumerate() {
+                for (acc_r, a_r) in acc.iter_mut().zip(&a).take(rows) {
+                    let av = a_r[kk];
+                    for (s, &wv) in acc_r[h * sub..(h + 1) * sub].iter_mut().zip(wr) {
+                        *s = av.mul_add(wv, *s);
+                    }
                 }
             }
         }
@@ -428,7 +532,22 @@ unsafe fn portable_rows<T: Float>(t: PanelTile<T>, w: &[T], r0: usize) {
         let a: [&[T]; MR_PORTABLE] = std::array::from_fn(|q| unsafe {
             std::slice::from_raw_parts(t.a.add((r + q.min(rows - 1)) * t.lda), t.k)
         });
-        let acc = portable_block(a, rows, w, t.sub);
+        let s2 = t.second;
+        // SAFETY: as above, for the second part's `k` elements per row and its panel (the
+        // tile's contract); none: empty slices.
+        let second = unsafe {
+            if s2.k == 0 {
+                ([&[][..]; MR_PORTABLE], &[][..])
+            } else {
+                (
+                    std::array::from_fn(|q| {
+                        std::slice::from_raw_parts(s2.a.add((r + q.min(rows - 1)) * s2.lda), s2.k)
+                    }),
+                    std::slice::from_raw_parts(s2.w, s2.k * NR),
+                )
+            }
+        };
+        let acc = portable_block(a, rows, w, t.sub, second);
         for (q, acc_r) in acc.iter().enumerate().take(rows) {
             // SAFETY: row `r + q` of the tile of `c` is ours.
             unsafe { store(&acc_r[..t.cols], t.c.add((r + q) * t.ldc), t.base) };
@@ -537,15 +656,17 @@ impl PanelKernel for f32 {
         {
             assert!(w0.len() >= t0.k * NR && w1.len() >= t1.k * NR && t0.k == t1.k);
             assert_eq!(t0.sub, t1.sub);
+            assert!(t0.second.k == t1.second.k && t0.second.a == t1.second.a);
             let (a, k, w, c, base) = (t0.a, t0.k, [w0, w1], [t0.c, t1.c], [t0.base, t1.base]);
+            let second = (t0.second.a, t0.second.k, [t0.second.w, t1.second.w]);
             // SAFETY: AVX2 and FMA are present at both vector levels; the tiles are the
-            // caller's, one row of `k` in `a` and NR columns of `c` each, stored in parts
-            // of `sub` columns.
+            // caller's, one row of `k` in `a` (and of the second part's `k`) and NR
+            // columns of `c` each, stored in parts of `sub` columns.
             return unsafe {
                 if t0.sub == NR {
-                    x86::one_row_two_panels::<NR>(a, k, w, c, base)
+                    x86::one_row_two_panels::<NR>(a, k, w, second, c, base)
                 } else {
-                    x86::one_row_two_panels::<SUB>(a, k, w, c, base)
+                    x86::one_row_two_panels::<SUB>(a, k, w, second, c, base)
                 }
             };
         }

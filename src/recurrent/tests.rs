@@ -82,6 +82,102 @@ fn packed_product_is_exact_and_identical_at_every_level_and_tiling() {
     }
 }
 
+/// `[a | a2] · [b; b2]` through `apply_tile_then`, by tiles of `rows_per` rows and
+/// [`UNIT_ALIGN`] units.
+fn then_by_tiles<T: Float>(
+    w: (&T::Recurrent, &T::Recurrent),
+    a: (&Array2<T>, &Array2<T>),
+    c: &mut Array2<T>,
+    base: Base<'_, T>,
+    rows_per: usize,
+) {
+    let (m, n) = (a.0.nrows(), w.0.dims().1 / w.0.groups());
+    for r0 in (0..m).step_by(rows_per) {
+        for u0 in (0..n).step_by(UNIT_ALIGN) {
+            // SAFETY: whole, contiguous, exclusively borrowed arrays; disjoint tiles.
+            unsafe {
+                w.0.apply_tile_then(
+                    a.0.as_ptr(),
+                    a.0.ncols(),
+                    (w.1, a.1.as_ptr(), a.1.ncols()),
+                    c.as_mut_ptr(),
+                    c.ncols(),
+                    r0..(r0 + rows_per).min(m),
+                    u0..(u0 + UNIT_ALIGN).min(n),
+                    base,
+                )
+            }
+        }
+    }
+}
+
+/// The two-part product: exact on small integers (`[a | a2] · [b; b2]`, plus a base row),
+/// and on rounded values the same bits at every level, tiling and layout as the
+/// baseline's.
+fn two_parts_are_one_product<T: Float>() {
+    for (m, k, k2, n) in [
+        (1, 3, 5, 64),
+        (2, 32, 64, 96),
+        (19, 77, 40, 100),
+        (32, 64, 256, 512),
+    ] {
+        let f = |v: f64| T::from(v).expect("a float");
+        let int = |i: usize, j: usize, p: usize| f(((i * 7 + j * 3 + p) % 11) as f64 - 5.0);
+        let a = Array2::from_shape_fn((m, k), |(i, j)| int(i, j, 0));
+        let a2 = Array2::from_shape_fn((m, k2), |(i, j)| int(i, j, 1));
+        let b = Array2::from_shape_fn((k, n), |(i, j)| int(i, j, 2));
+        let b2 = Array2::from_shape_fn((k2, n), |(i, j)| int(i, j, 3));
+        let row: Vec<T> = (0..n).map(|j| f((j % 5) as f64)).collect();
+        let mut want = a.dot(&b) + a2.dot(&b2);
+        want.rows_mut()
+            .into_iter()
+            .for_each(|mut r| r += &ArrayView1::from(&row[..]));
+        let _guard = crate::simd::tests_lock();
+        let mut baseline = None;
+        for level in [Level::Scalar, Level::Avx2, Level::Avx512] {
+            if set_level(Some(level)).is_err() {
+                continue;
+            }
+            for layout in [1, m] {
+                let (p, p2) = (
+                    T::Recurrent::prepare(&b.view(), 2, layout),
+                    T::Recurrent::prepare(&b2.view(), 2, layout),
+                );
+                for rows_per in [1, 2, 5, m] {
+                    let mut got = Array2::from_elem((m, n), f(9.0));
+                    then_by_tiles::<T>((&p, &p2), (&a, &a2), &mut got, Base::Row(&row), rows_per);
+                    assert_eq!(got, want, "{m}x({k}+{k2})x{n} {level:?} {rows_per} rows");
+                }
+            }
+            // Rounded values: the baseline's bits at every level and tiling.
+            let s = |x: &Array2<T>, p: f64| x.mapv(|v| f((v.to_f64().unwrap() * 1.37 + p).sin()));
+            let (ra, ra2, rb, rb2) = (s(&a, 0.1), s(&a2, 0.2), s(&b, 0.3), s(&b2, 0.4));
+            for layout in [1, m] {
+                let (p, p2) = (
+                    T::Recurrent::prepare(&rb.view(), 2, layout),
+                    T::Recurrent::prepare(&rb2.view(), 2, layout),
+                );
+                for rows_per in [1, 2, 5, m] {
+                    let mut got = Array2::from_elem((m, n), f(9.0));
+                    then_by_tiles::<T>((&p, &p2), (&ra, &ra2), &mut got, Base::Zero, rows_per);
+                    let want = baseline.get_or_insert_with(|| got.clone());
+                    assert_eq!(
+                        &got, want,
+                        "rounded {m}x({k}+{k2})x{n} {level:?} {rows_per}"
+                    );
+                }
+            }
+        }
+        set_level(None).unwrap();
+    }
+}
+
+#[test]
+fn two_part_products_are_exact_and_identical_at_every_level_and_tiling() {
+    two_parts_are_one_product::<f32>();
+    two_parts_are_one_product::<f64>();
+}
+
 #[test]
 fn rounding_is_the_same_at_every_level_and_tiling() {
     rounding_is_the_same::<f32>();

@@ -95,6 +95,32 @@ macro_rules! panel_rows {
                     }
                 }
             }
+            let s2 = t.second;
+            if last && s2.k > 0 {
+                // The second part, on the same accumulators (only where `k` is not split).
+                let mut rows2: [*const $t; R] = [s2.a; R];
+                for (r, p) in rows2.iter_mut().enumerate() {
+                    // SAFETY: rows `r0..r0 + R` of the second `a` hold its `k` elements.
+                    *p = unsafe { s2.a.add((r0 + r) * s2.lda) };
+                }
+                let mut base2 = [0usize; V];
+                for (q, b) in base2.iter_mut().enumerate() {
+                    *b = offset(S, s2.k, 0, j0 + q * $lanes);
+                }
+                for kk in 0..s2.k {
+                    let wv: [$vec; V] = std::array::from_fn(|q| {
+                        // SAFETY: as for the first part, in the second panel's `k · NR`.
+                        unsafe { $load(s2.w.add(base2[q] + kk * S)) }
+                    });
+                    for (acc_r, a_row) in acc.iter_mut().zip(&rows2) {
+                        // SAFETY: `kk < k` of the second part.
+                        let av = $set1(unsafe { *a_row.add(kk) });
+                        for (s, &wq) in acc_r.iter_mut().zip(&wv) {
+                            *s = $fmadd(av, wq, *s);
+                        }
+                    }
+                }
+            }
             if !last {
                 for (r, acc_r) in acc.iter().enumerate() {
                     for (q, &v) in acc_r.iter().enumerate() {
@@ -192,7 +218,7 @@ macro_rules! panel_rows {
             // panel stay in L1 while every block of rows reads them. `part` is
             // allocated only then, once per panel: next to the panel's `m · k · NR`
             // (k > 1024) multiply-adds its cost does not show.
-            let split = t.k > 2 * K_BLOCK && blocks > 1;
+            let split = t.k > 2 * K_BLOCK && blocks > 1 && t.second.k == 0;
             let mut part = if split {
                 vec![0.0 as $t; t.m * NR]
             } else {
@@ -243,28 +269,33 @@ macro_rules! panel_rows {
 /// # Safety
 /// AVX2 and FMA; `a` readable for `k` elements; `c[0]`, `c[1]` writable for NR
 /// elements each, exclusively; `w[0]`, `w[1]` panels of `k` rows stored in parts of
-/// `S` columns (see `offset`); a base row readable for NR elements.
+/// `S` columns (see `offset`); a base row readable for NR elements; the second part
+/// `(a2, k2, w2)` likewise (`k2 = 0`: none).
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn one_row_two_panels<const S: usize>(
     a: *const f32,
     k: usize,
     w: [&[f32]; 2],
+    second: (*const f32, usize, [*const f32; 2]),
     c: [*mut f32; 2],
     start: [TileBase<f32>; 2],
 ) {
     assert!(w[0].len() >= k * NR && w[1].len() >= k * NR && S.is_multiple_of(8));
     let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-    let base: [usize; 4] = std::array::from_fn(|q| offset(S, k, 0, q * 8));
-    for kk in 0..k {
-        // SAFETY: `kk < k`, `a` readable for `k` elements.
-        let av = _mm256_set1_ps(unsafe { *a.add(kk) });
-        for (acc_p, w) in acc.iter_mut().zip(w) {
-            for (q, s) in acc_p.iter_mut().enumerate() {
-                let at = base[q] + kk * S;
-                // SAFETY: `kk < k`, `q · 8 + 8 <= NR` and 8 divides `S`: within the
-                // panel's `k · NR`.
-                let wq = unsafe { _mm256_loadu_ps(w.as_ptr().add(at)) };
-                *s = _mm256_fmadd_ps(av, wq, *s);
+    let (a2, k2, w2) = second;
+    for (a, k, w) in [(a, k, w.map(|w| w.as_ptr())), (a2, k2, w2)] {
+        let base: [usize; 4] = std::array::from_fn(|q| offset(S, k, 0, q * 8));
+        for kk in 0..k {
+            // SAFETY: `kk < k`, `a` readable for `k` elements.
+            let av = _mm256_set1_ps(unsafe { *a.add(kk) });
+            for (acc_p, w) in acc.iter_mut().zip(w) {
+                for (q, s) in acc_p.iter_mut().enumerate() {
+                    let at = base[q] + kk * S;
+                    // SAFETY: `kk < k`, `q · 8 + 8 <= NR` and 8 divides `S`: within the
+                    // panel's `k · NR`.
+                    let wq = unsafe { _mm256_loadu_ps(w.add(at)) };
+                    *s = _mm256_fmadd_ps(av, wq, *s);
+                }
             }
         }
     }

@@ -13,7 +13,7 @@ use super::layer::{Direction, LayerInput, StateSlot};
 use super::plan::{chunks, CHUNK_STEPS};
 use super::tape::{DirTape, Steps, StepsView};
 use super::wgrad::{add_column_sums, block_steps, pipelined, DirSums, Progress, WeightSums};
-use crate::buffer::{copy, zeros};
+use crate::buffer::{copy, uninit, zeros};
 use crate::cell::{step_backward, CellKind, StepRowGrad};
 use crate::error::Result;
 use crate::float::Float;
@@ -23,6 +23,7 @@ use crate::recurrent::{Base, RecurrentWeights, UNIT_ALIGN};
 use crate::team::{self, Shared, StateTile};
 use faer::Par;
 use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut3, Axis};
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -30,9 +31,11 @@ use std::sync::{Mutex, PoisonError};
 /// The gradients one direction accumulates over its chunks, and the per-chunk buffers.
 struct GradBufs<T> {
     /// `[S, B, G·H]` pre-activation gradients of the input side (and of the recurrent
-    /// side, except for the GRU, which has its own `drec`).
-    dxp: Array3<T>,
-    drec: Array3<T>,
+    /// side, except for the GRU, which has its own `drec`). Never cleared: each step's cell
+    /// backward writes every element of its slab (a padded row's zeros included) before
+    /// anything reads it, and only the steps done are read.
+    dxp: Array3<MaybeUninit<T>>,
+    drec: Array3<MaybeUninit<T>>,
     grads: LayerGrads<T>,
     /// The weight gradients' sums over the blocks of steps.
     sums: DirSums<T>,
@@ -60,11 +63,11 @@ impl<T: Float> Direction<'_, '_, T> {
         let (hidden, gh) = (cfg.hidden_size, cfg.gate_size());
         let chunk_len = segment.unwrap_or(CHUNK_STEPS).min(seq_len);
         let block_rows = block_steps::<T>(batch, gh, in_size + hidden) * batch;
-        let dxp: Array3<T> = zeros((chunk_len, batch, gh), "the gate gradients")?;
+        let dxp = uninit((chunk_len, batch, gh), "the gate gradients")?;
         let split_rec = cfg.kind == CellKind::Gru;
         let bias = || cfg.bias.then(|| zeros(gh, "the gradients")).transpose();
         let mut bufs = GradBufs {
-            drec: zeros(
+            drec: uninit(
                 if split_rec { dxp.dim() } else { (0, 0, 0) },
                 "the gate gradients",
             )?,
@@ -279,8 +282,8 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
                     .as_mut()
                     .map_or(&mut [][..], |dc| dc.as_slice_mut().expect("contiguous")),
             ),
-            dxp: Shared::new(bufs.dxp.as_slice_mut().expect("contiguous")),
-            drec: Shared::new(bufs.drec.as_slice_mut().expect("contiguous")),
+            dxp: shared_uninit(&mut bufs.dxp),
+            drec: shared_uninit(&mut bufs.drec),
             sumsq: Shared::new(&mut sumsq),
         };
         let rows_of = |i0: usize, i1: usize| {
@@ -610,6 +613,16 @@ unsafe fn backward_tile<T: Float>(
             );
         }
     }
+}
+
+/// Shares a buffer whose elements the team writes before it reads them (see
+/// [`GradBufs::dxp`]).
+fn shared_uninit<T>(a: &mut Array3<MaybeUninit<T>>) -> Shared<T> {
+    let len = a.len();
+    // SAFETY: a standard-layout array of `len` elements, mutably borrowed while the
+    // handle is used; `MaybeUninit<T>` has the layout of `T`, and every element is
+    // written before it is read.
+    unsafe { Shared::from_raw(a.as_mut_ptr().cast::<T>(), len) }
 }
 
 /// Step `i` of a contiguous `[S, B, C]` view, flat.

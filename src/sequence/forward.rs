@@ -9,8 +9,10 @@
 //!    a tape, one slab of gates serves every step);
 //! 2. per step, by the step team (`team/`), each member on its tile of the state (rows,
 //!    and the same units of every gate): `gates[t] += h · W_hhᵀ` (the GRU: `rec = h ·
-//!    W_hhᵀ`), then the fused cell step (`cell.rs`) overwrites `gates[t]` with the
-//!    activated gates and writes `h'` (and `c'`);
+//!    W_hhᵀ`; the LSTM and RNN projecting step by step: `gates[t] = b + x_t · W_ihᵀ + h ·
+//!    W_hhᵀ` in one pass, each sum running over the inputs and on over the state), then
+//!    the fused cell step (`cell.rs`) overwrites `gates[t]` with the activated gates and
+//!    writes `h'` (and `c'`);
 //! 3. `out[t, :, d·H..(d+1)·H] = h'`.
 //!
 //! The state is double-buffered: step `i` of a chunk reads `h[i % 2]` and writes the
@@ -372,7 +374,17 @@ fn shared_strided<T>(v: &mut ArrayViewMut3<'_, MaybeUninit<T>>) -> (Shared<T>, [
     )
 }
 
-/// The input projection of one step for one tile: the tile's gates in slab `slab` receive
+/// What a step's input projection adds its sums to (see [`StepCtx::bias`]).
+fn step_base<'a, T: Float>(cx: &StepCtx<'a, T>) -> Base<'a, T> {
+    match cx.bias {
+        None => Base::Out,
+        Some([]) => Base::Zero,
+        Some(b) => Base::Row(b),
+    }
+}
+
+/// The GRU's input projection of one step for one tile (its recurrent product goes apart:
+/// the reset gate scales a part of it): the tile's gates in slab `slab` receive
 /// `base + x_t · W_ihᵀ`, `x_t` the inputs of the chunk's step `local`, `base` the folded
 /// bias (or what the gates hold: see [`StepCtx::bias`]).
 ///
@@ -388,11 +400,7 @@ unsafe fn project<T: Float>(
 ) {
     let b_all = cx.batch;
     let gh = cx.kind.gates() * cx.hidden;
-    let base = match cx.bias {
-        None => Base::Out,
-        Some([]) => Base::Zero,
-        Some(b) => Base::Row(b),
-    };
+    let base = step_base(cx);
     // SAFETY: every element written is in the tile's rows and units of the slab, this
     // member's (the caller's contract); the inputs are only read.
     unsafe {
@@ -444,15 +452,31 @@ unsafe fn forward_tile<T: Float>(
             }
         }
         let gates_t = sh.gates.ptr().add(at.slab * b_all * gh);
-        if let Some(w_ih) = cx.w_ih {
-            project(sh, cx, w_ih, tile, at.local, at.slab);
+        match cx.w_ih {
+            // `gates = b + x_t·W_ihᵀ + h·W_hhᵀ` in one pass: each element's sum runs over
+            // the inputs, then on over the state.
+            Some(w_ih) if !gru => w_ih.apply_tile_then(
+                cx.input.as_ptr().add(at.local * b_all * cx.in_size),
+                cx.in_size,
+                (cx.w, cur.ptr(), n),
+                gates_t,
+                gh,
+                tile.rows.clone(),
+                u.clone(),
+                step_base(cx),
+            ),
+            _ => {
+                if let Some(w_ih) = cx.w_ih {
+                    project(sh, cx, w_ih, tile, at.local, at.slab);
+                }
+                let (dst, base) = if gru {
+                    (sh.rec.ptr(), Base::Zero)
+                } else {
+                    (gates_t, Base::Out)
+                };
+                cx.w.apply_tile(cur.ptr(), n, dst, gh, tile.rows.clone(), u.clone(), base);
+            }
         }
-        let (dst, base) = if gru {
-            (sh.rec.ptr(), Base::Zero)
-        } else {
-            (gates_t, Base::Out)
-        };
-        cx.w.apply_tile(cur.ptr(), n, dst, gh, tile.rows.clone(), u.clone(), base);
         for b in tile.rows.clone() {
             let masked = cx.lengths.is_some_and(|l| at.t >= l[b]);
             let h_row = next.part(state(b));
