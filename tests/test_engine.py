@@ -100,6 +100,26 @@ def test_inference_identical_across_thread_counts(cell, kw, dtype, batch_first, 
 
 
 @pytest.mark.parametrize("cell,kw", CELLS)
+def test_row_groups_follow_the_calls_batch(cell, kw, restore_engine):
+    # Hidden 128 projects step by step from 8 rows in the call. Batch 25 on 3 threads
+    # splits into groups of 9, 9 and 7 rows (on 3 cores or more): the group of 7 must take
+    # the call's route, not the one of a 7-row call, or its rows would differ.
+    rng = np.random.default_rng(8)
+    model = getattr(bptt, cell)(20, 128, seed=3, **kw)
+    x = rng.standard_normal((9, 25, 20)).astype(np.float32)
+    results = {}
+    for n in (1, 2, 3):
+        bptt.set_num_threads(n)
+        results[n] = model(x)[0]
+    out, _, _ = model.forward(x)
+    for got in (results[2], results[3], out):
+        np.testing.assert_array_equal(results[1], got)
+    # A 7-row call takes the chunk GEMM route: the same rows to rounding.
+    alone, _ = model(x[:, 18:])
+    np.testing.assert_allclose(alone, results[1][:, 18:], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell,kw", CELLS)
 @pytest.mark.parametrize("hidden", [40, 256])
 def test_results_identical_across_simd_levels(cell, kw, hidden, restore_engine):
     detected = bptt.build_info()["simd_detected"]

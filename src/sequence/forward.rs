@@ -33,18 +33,28 @@ use std::mem::MaybeUninit;
 
 /// Hidden sizes from which the input projection runs step by step in the step team,
 /// through the packed kernel (`W_ihᵀ` packed once per call): each member projects its
-/// tile of a step's gates while the step needs them, and reads only its units' columns
-/// of `W_ih`. Below, one GEMM per chunk before its steps, whose many rows a small
-/// layer's short products need. Measured on one thread in alternating blocks against the
-/// GEMM per chunk: inference of medium (H = 256) LSTM 1.04–1.09x, GRU 1.09x; of small
-/// (H = 128) RNN 0.97x, GRU 0.96x, LSTM 0.98–1.0x; large (H = 1024) unchanged. Depends on
-/// the shape only (not on the batch, which a split by rows divides), so every thread
-/// count and plan gives the same bits.
+/// tile of a step's gates while the step needs them (the LSTM and RNN in the same pass as
+/// the recurrent product), and reads only its units' columns of `W_ih`. Below, one GEMM
+/// per chunk before its steps, whose many rows a small layer's short products need.
+/// Measured on one thread in alternating blocks against the GEMM per chunk: inference of
+/// medium (H = 256) LSTM 1.04–1.09x, GRU 1.09x; large (H = 1024) unchanged.
 const STEP_PROJECTION_HIDDEN: usize = 256;
 
-/// Whether a layer of `hidden` units projects its inputs step by step.
-pub(super) fn step_projection(hidden: usize) -> bool {
+/// From this many units, and [`STEP_PROJECTION_BATCH`] rows in the call, too. With the
+/// projection and the recurrent product in one pass, against the GEMM per chunk
+/// (inference, one thread, alternating blocks, H = 128): LSTM over 16 rows 1.05x, 8 rows
+/// 1.03x, 4 rows 0.97x, one row 0.89x (one row's products stream the weights from L2 for
+/// two columns per element; the chunk's GEMM has 16 rows); RNN and GRU over 16 rows
+/// 1.01–1.03x.
+const STEP_PROJECTION_HIDDEN_BATCHED: usize = 128;
+const STEP_PROJECTION_BATCH: usize = 8;
+
+/// Whether a layer of `hidden` units projects its inputs step by step in a call over
+/// `call_batch` rows. Depends on the shape of the call only (a split by rows keeps the
+/// call's batch), so every thread count and plan gives the same bits.
+pub(super) fn step_projection(hidden: usize, call_batch: usize) -> bool {
     hidden >= STEP_PROJECTION_HIDDEN
+        || (hidden >= STEP_PROJECTION_HIDDEN_BATCHED && call_batch >= STEP_PROJECTION_BATCH)
 }
 
 /// The buffers one chunk reads and writes.
@@ -111,7 +121,7 @@ impl<T: Float> Direction<'_, '_, T> {
         let chunk_len = plan.chunk_len::<T>(cfg, seq_len, batch);
         let ranges = chunks(seq_len, chunk_len, self.reverse);
         let drop_h = drops_h_prev(cfg, self.lengths.is_some());
-        let bulk = !step_projection(cfg.hidden_size);
+        let bulk = !self.step_projection();
         // A full tape's gates start as the bias where the chunk's GEMM adds to them (which
         // spares a pass); the step projection adds the bias row itself.
         let biased = matches!(plan, DirPlan::Full) && bulk;

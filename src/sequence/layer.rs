@@ -22,6 +22,8 @@ pub(super) struct Direction<'a, 'w, T> {
     pub(super) lengths: Option<&'a [usize]>,
     /// Threads this direction may use (its share of the call's).
     pub(super) threads: usize,
+    /// The batch of the whole call (see [`Pass::call_batch`]).
+    pub(super) call_batch: usize,
     /// Looked at between chunks: the caller may stop the call.
     pub(super) ctl: &'a Control,
 }
@@ -38,15 +40,22 @@ impl<'a, 'w, T: Float> Direction<'a, 'w, T> {
             reverse: dir == 1,
             lengths: pass.lengths,
             threads,
+            call_batch: pass.call_batch,
             ctl: pass.ctl,
         }
+    }
+
+    /// Whether the input projection runs step by step (`forward::step_projection`).
+    pub(super) fn step_projection(&self) -> bool {
+        super::forward::step_projection(self.cfg.hidden_size, self.call_batch)
     }
 
     /// The weights forward needs, prepared once per pass.
     pub(super) fn forward_weights(&self, batch: usize) -> ForwardWeights<T> {
         ForwardWeights {
             bias: Bias::new(self.cfg, self.w),
-            w_ih_t: super::forward::step_projection(self.cfg.hidden_size)
+            w_ih_t: self
+                .step_projection()
                 .then(|| T::Recurrent::prepare(&self.w.w_ih.t(), self.cfg.kind.gates(), batch)),
             w_hh_t: T::Recurrent::prepare(&self.w.w_hh.t(), self.cfg.kind.gates(), batch),
         }
@@ -65,6 +74,9 @@ pub(super) struct Pass<'a, 'w, T> {
     pub(super) weights: &'a [LayerWeights<'w, T>],
     pub(super) lengths: Option<&'a [usize]>,
     pub(super) ctl: &'a Control,
+    /// The batch of the whole call, of which a pass over a group of rows (`rows.rs`) has a
+    /// part: what depends on the batch follows it, so that every split gives the same bits.
+    pub(super) call_batch: usize,
 }
 
 /// The forward pass's view of the weights: the folded biases, and `W_ihᵀ` and `W_hhᵀ`

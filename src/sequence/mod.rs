@@ -134,7 +134,7 @@ pub fn forward_with<T: Float>(
             return rows::forward(cfg, weights, x, state, opts.lengths, ctl, &groups);
         }
     }
-    let (out, st, tape) = forward_into(cfg, weights, x, state, opts, ctl, None)?;
+    let (out, st, tape) = forward_into(cfg, weights, x, state, opts, ctl, None, batch)?;
     let out = out.expect("no destination given, so the pass owns its output");
     Ok((out, st, tape))
 }
@@ -163,7 +163,8 @@ fn check_pass<T: Float>(
 /// [`forward_with`] without the split by rows, on arguments [`check_pass`] accepted (the
 /// caller's, or a group of their rows); with `dest` (`out`'s shape, in the layout of `x`;
 /// may start uninitialised) the last layer writes its output there and no `out` is
-/// returned.
+/// returned; `call_batch` is the call's batch (see `Pass::call_batch`).
+#[allow(clippy::too_many_arguments)]
 fn forward_into<T: Float>(
     cfg: &Config,
     weights: &[LayerWeights<'_, T>],
@@ -172,6 +173,7 @@ fn forward_into<T: Float>(
     opts: &ForwardOptions<'_>,
     ctl: &Control,
     mut dest: Option<ArrayViewMut3<'_, MaybeUninit<T>>>,
+    call_batch: usize,
 ) -> Result<IntoOutput<T>> {
     let (lengths, keep) = (opts.lengths, opts.keep);
     let dest_given = dest.is_some();
@@ -220,6 +222,7 @@ fn forward_into<T: Float>(
         weights,
         lengths,
         ctl,
+        call_batch,
     };
     let mut layers = Vec::new();
     for layer in 0..cfg.num_layers {
@@ -380,6 +383,7 @@ pub fn backward<T: Float>(
         weights,
         lengths,
         ctl,
+        call_batch: batch,
     };
     for layer in (0..cfg.num_layers).rev() {
         let lt = &tape.layers[layer];
