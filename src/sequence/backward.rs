@@ -191,6 +191,9 @@ fn rebuild_lstm_h_prev<T: Float>(
     let (batch, hidden) = h0.dim();
     let c_prev = steps.c_prev.as_ref().expect("the LSTM keeps c_prev");
     let out = out.as_slice_mut().expect("contiguous rebuild buffer");
+    let gates = steps.gates.as_slice().expect("contiguous tape");
+    let c_prev = c_prev.as_slice().expect("contiguous tape");
+    let gh = 4 * hidden;
     // Steps are independent: they run in parallel on the pool.
     let one_step = |(dst, t): (&mut [T], usize)| {
         let before = if reverse { t + 1 } else { t.wrapping_sub(1) };
@@ -198,14 +201,11 @@ fn rebuild_lstm_h_prev<T: Float>(
             dst.copy_from_slice(h0.as_slice().expect("contiguous"));
             return;
         }
-        for (b, row) in dst.chunks_exact_mut(hidden).enumerate() {
-            let o = steps.gates.slice(s![before, b, 3 * hidden..]);
-            let c = c_prev.slice(s![t, b, ..]);
-            T::lstm_output(
-                o.as_slice().expect("contiguous"),
-                c.as_slice().expect("contiguous"),
-                row,
-            );
+        // Rows of the step's output gate (the last of each gate row) and of `c_prev`.
+        let o_rows = gates[before * batch * gh..(before + 1) * batch * gh].chunks_exact(gh);
+        let c_rows = c_prev[t * batch * hidden..(t + 1) * batch * hidden].chunks_exact(hidden);
+        for ((row, o), c) in dst.chunks_exact_mut(hidden).zip(o_rows).zip(c_rows) {
+            T::lstm_output(&o[3 * hidden..], c, row);
         }
     };
     if threads < 2 {
