@@ -144,14 +144,20 @@ def test_matches_reference(kind, num_layers, bidirectional, batch_first, dtype, 
     run_case(kind, num_layers, bidirectional, batch_first, dtype, *case, rng)
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("batch,hidden", [(3, 256), (8, 128)], ids=["B3H256", "B8H128"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("lengths", [None, [4, 1, 3]], ids=["full", "lengths"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_step_projection_matches_reference(kind, lengths, dtype, rng):
-    # From 256 hidden units the input projection runs step by step inside the step loop
-    # (one slab of gates reused by every step of an inference call); smaller layers, as in
-    # the cases above, project a chunk of steps with one GEMM first.
-    run_case(kind, 2, True, False, dtype, 4, 3, 5, 256, True, True, rng, lengths=lengths)
+def test_step_projection_matches_reference(kind, lengths, dtype, batch, hidden, bias, rng):
+    # From 256 hidden units (128 in a call of 8 rows or more) the input projection runs
+    # step by step inside the step loop (one slab of gates reused by every step of an
+    # inference call; the LSTM's and RNN's in the same pass as the recurrent product);
+    # smaller layers, as in the cases above, project a chunk of steps with one GEMM first.
+    if lengths is not None:
+        lengths = (lengths * batch)[:batch]
+    run_case(kind, 2, True, False, dtype, 4, batch, 5, hidden, True, True, rng,
+             lengths=lengths, bias=bias)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
