@@ -43,16 +43,6 @@ pub enum Base<'a, T> {
     Row(&'a [T]),
 }
 
-impl<T> Base<'_, T> {
-    fn accumulate(accumulate: bool) -> Self {
-        if accumulate {
-            Base::Out
-        } else {
-            Base::Zero
-        }
-    }
-}
-
 /// Weights prepared for repeated products `c (+)= a · b`.
 pub trait RecurrentWeights<T>: Send + Sync + Sized {
     /// Prepares `b [K, N]` (any strides) whose columns are `groups` blocks, for products
@@ -123,7 +113,7 @@ pub trait RecurrentWeights<T>: Send + Sync + Sized {
                 ldc,
                 0..a.nrows(),
                 0..n / self.groups(),
-                Base::accumulate(accumulate),
+                if accumulate { Base::Out } else { Base::Zero },
             )
         }
     }

@@ -134,7 +134,7 @@ pub fn forward_with<T: Float>(
             return rows::forward(cfg, weights, x, state, opts.lengths, ctl, &groups);
         }
     }
-    let (out, st, tape) = forward_into(cfg, weights, x, state, opts, ctl, None, batch)?;
+    let (out, st, tape) = forward_into(cfg, weights, x, state, opts, ctl, None)?;
     let out = out.expect("no destination given, so the pass owns its output");
     Ok((out, st, tape))
 }
@@ -161,10 +161,10 @@ fn check_pass<T: Float>(
 }
 
 /// [`forward_with`] without the split by rows, on arguments [`check_pass`] accepted (the
-/// caller's, or a group of their rows); with `dest` (`out`'s shape, in the layout of `x`;
-/// may start uninitialised) the last layer writes its output there and no `out` is
-/// returned; `call_batch` is the call's batch (see `Pass::call_batch`).
-#[allow(clippy::too_many_arguments)]
+/// caller's, or a group of their rows); with `group = (dest, call_batch)` (`dest` of
+/// `out`'s shape, in the layout of `x`, may start uninitialised; `call_batch` the whole
+/// call's rows, see `Pass::call_batch`) the last layer writes its output there and no
+/// `out` is returned.
 fn forward_into<T: Float>(
     cfg: &Config,
     weights: &[LayerWeights<'_, T>],
@@ -172,12 +172,15 @@ fn forward_into<T: Float>(
     state: Option<StateView<'_, T>>,
     opts: &ForwardOptions<'_>,
     ctl: &Control,
-    mut dest: Option<ArrayViewMut3<'_, MaybeUninit<T>>>,
-    call_batch: usize,
+    group: Option<(ArrayViewMut3<'_, MaybeUninit<T>>, usize)>,
 ) -> Result<IntoOutput<T>> {
     let (lengths, keep) = (opts.lengths, opts.keep);
-    let dest_given = dest.is_some();
     let (seq_len, batch) = cfg.seq_dims(x.shape());
+    let (mut dest, call_batch) = match group {
+        Some((d, b)) => (Some(d), b),
+        None => (None, batch),
+    };
+    let dest_given = dest.is_some();
     debug_assert!(dest.as_ref().is_none_or(|d| {
         let mut want = x.raw_dim();
         want[2] = cfg.output_size();

@@ -81,7 +81,7 @@ pub(super) fn forward<T: Float>(
             };
             let x = x.slice_axis(batch_axis, rows(r));
             crate::parallel::alone(|| {
-                forward_into(cfg, weights, x, state, &opts, ctl, Some(dest), batch)
+                forward_into(cfg, weights, x, state, &opts, ctl, Some((dest, batch)))
                     .map(|(_, st, _)| st)
             })
         })
