@@ -261,10 +261,10 @@ impl<T: Float> Direction<'_, '_, T> {
             batch,
             input,
             in_size,
-            bias: match fw.bias.folded.as_ref() {
-                _ if chunk.biased || w_ih_t.is_none() => None,
-                Some(b) => Some(b.as_slice().expect("contiguous bias")),
-                None => Some(&[][..]),
+            base: match fw.bias.folded.as_ref() {
+                _ if chunk.biased || w_ih_t.is_none() => Base::Out,
+                Some(b) => Base::Row(b.as_slice().expect("contiguous bias")),
+                None => Base::Zero,
             },
             w_ih: w_ih_t,
             w: &fw.w_hh_t,
@@ -326,10 +326,10 @@ struct StepCtx<'a, T: Float> {
     /// The chunk's inputs `[S, B, I_l]`, time-major.
     input: &'a [T],
     in_size: usize,
-    /// What the step's input projection adds to: the folded bias, one row for every row of
-    /// the gates (empty: no bias), or `None`: what the gates hold (the chunk's GEMM made
-    /// the projection, or they hold the bias already).
-    bias: Option<&'a [T]>,
+    /// What the step's input projection adds its sums to: the folded bias, one row for
+    /// every row of the gates (`Zero` without one), or what the gates hold (`Out`: the
+    /// chunk's GEMM made the projection, or they hold the bias already).
+    base: Base<'a, T>,
     /// `W_ihᵀ` packed by gate where the projection runs step by step
     /// ([`step_projection`]); `None` where the chunk's GEMM made it.
     w_ih: Option<&'a T::Recurrent>,
@@ -384,19 +384,10 @@ fn shared_strided<T>(v: &mut ArrayViewMut3<'_, MaybeUninit<T>>) -> (Shared<T>, [
     )
 }
 
-/// What a step's input projection adds its sums to (see [`StepCtx::bias`]).
-fn step_base<'a, T: Float>(cx: &StepCtx<'a, T>) -> Base<'a, T> {
-    match cx.bias {
-        None => Base::Out,
-        Some([]) => Base::Zero,
-        Some(b) => Base::Row(b),
-    }
-}
-
 /// The GRU's input projection of one step for one tile (its recurrent product goes apart:
 /// the reset gate scales a part of it): the tile's gates in slab `slab` receive
-/// `base + x_t · W_ihᵀ`, `x_t` the inputs of the chunk's step `local`, `base` the folded
-/// bias (or what the gates hold: see [`StepCtx::bias`]).
+/// `base + x_t · W_ihᵀ`, `x_t` the inputs of the chunk's step `local` (see
+/// [`StepCtx::base`]).
 ///
 /// # Safety
 /// The team's contract: the tile's elements of the slab are this member's.
@@ -410,7 +401,7 @@ unsafe fn project<T: Float>(
 ) {
     let b_all = cx.batch;
     let gh = cx.kind.gates() * cx.hidden;
-    let base = step_base(cx);
+    let base = cx.base;
     // SAFETY: every element written is in the tile's rows and units of the slab, this
     // member's (the caller's contract); the inputs are only read.
     unsafe {
@@ -473,7 +464,7 @@ unsafe fn forward_tile<T: Float>(
                 gh,
                 tile.rows.clone(),
                 u.clone(),
-                step_base(cx),
+                cx.base,
             ),
             _ => {
                 if let Some(w_ih) = cx.w_ih {
