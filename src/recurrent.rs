@@ -22,7 +22,6 @@
 //! so does every tiling and layout (each element is the same chain of operations).
 
 use crate::float::Float;
-use crate::simd::dispatch;
 use ndarray::{ArrayView2, ArrayViewMut2};
 use std::ops::Range;
 
@@ -366,7 +365,6 @@ impl<T: PanelKernel> Packed<T> {
             );
         }
         let level = crate::simd::level();
-        let np = self.panels_per_group();
         // SAFETY: row `rows.start` of `a` lies in the memory the caller vouches for.
         let a = unsafe { a.add(rows.start * lda) };
         // SAFETY: as above, for `c`.
@@ -374,49 +372,68 @@ impl<T: PanelKernel> Packed<T> {
         // SAFETY: as above, for `a2`.
         let then = then.map(|(b2, a2, lda2)| (b2, unsafe { a2.add(rows.start * lda2) }, lda2));
         let panels = units.start / NR..units.end.div_ceil(NR);
-        let tile = |g: usize, p: usize| {
-            let at = (g * np + p) * self.k * NR;
-            let second = then.map_or(Segment::NONE, |(b2, a2, lda2)| Segment {
+        // What every panel's tile shares; `tile` sets the panel's own fields.
+        let template = PanelTile {
+            a,
+            lda,
+            m: rows.len(),
+            k: self.k,
+            c,
+            ldc,
+            cols: NR,
+            base: TileBase::Zero,
+            sub: self.sub,
+            second: then.map_or(Segment::NONE, |(b2, a2, lda2)| Segment {
                 a: a2,
                 lda: lda2,
                 k: b2.k,
-                // The same panel of `b2` (same groups, columns and layout: asserted).
-                w: b2.panels[(g * np + p) * b2.k * NR..(g * np + p + 1) * b2.k * NR].as_ptr(),
-            });
-            let t = PanelTile {
-                a,
-                lda,
-                m: rows.len(),
-                k: self.k,
-                // SAFETY: column `g·n + p·NR` of the tile's rows of `c` is the caller's.
-                c: unsafe { c.add(g * self.n + p * NR) },
-                ldc,
-                cols: NR.min(units.end - p * NR),
-                base: match base {
-                    Base::Zero => TileBase::Zero,
-                    Base::Out => TileBase::Out,
-                    // In bounds: `g·n + p·NR < N` (asserted length).
-                    Base::Row(row) => TileBase::Row(row[g * self.n + p * NR..].as_ptr()),
-                },
-                sub: self.sub,
-                second,
-            };
-            (t, &self.panels[at..at + self.k * NR])
+                w: b2.panels.as_ptr(),
+            }),
         };
         // Every (group, panel) of the tile, two at a time.
         let mut all = (0..self.groups).flat_map(|g| panels.clone().map(move |p| (g, p)));
-        while let Some((g0, p0)) = all.next() {
-            let (t0, w0) = tile(g0, p0);
+        while let Some(gp0) = all.next() {
+            let (t0, w0) = self.tile(&template, then, gp0, units.end, base);
             match all.next() {
                 // SAFETY: the tiles' rows and columns are the caller's, and distinct.
-                Some((g1, p1)) => unsafe {
-                    let (t1, w1) = tile(g1, p1);
+                Some(gp1) => unsafe {
+                    let (t1, w1) = self.tile(&template, then, gp1, units.end, base);
                     T::panel_pair(level, t0, w0, t1, w1);
                 },
                 // SAFETY: as above.
                 None => unsafe { T::panel(level, t0, w0) },
             }
         }
+    }
+
+    /// The tile of panel `p` of group `g`: `template` with that panel's columns of `c`,
+    /// of the base row and of the second part's weights (inlined into the loop over the
+    /// panels: a tile returned through memory stalled each of them on store forwarding).
+    #[inline(always)]
+    fn tile(
+        &self,
+        template: &PanelTile<T>,
+        then: Option<(&Self, *const T, usize)>,
+        (g, p): (usize, usize),
+        end: usize,
+        base: Base<'_, T>,
+    ) -> (PanelTile<T>, &[T]) {
+        let panel = g * self.panels_per_group() + p;
+        let mut t = *template;
+        if let Some((b2, _, _)) = then {
+            // The same panel of `b2` (same groups, columns and layout: asserted).
+            t.second.w = b2.panels[panel * b2.k * NR..][..b2.k * NR].as_ptr();
+        }
+        // SAFETY: column `g·n + p·NR` of the tile's rows of `c` is the caller's.
+        t.c = unsafe { t.c.add(g * self.n + p * NR) };
+        t.cols = NR.min(end - p * NR);
+        t.base = match base {
+            Base::Zero => TileBase::Zero,
+            Base::Out => TileBase::Out,
+            // In bounds: `g·n + p·NR < N` (asserted length).
+            Base::Row(row) => TileBase::Row(row[g * self.n + p * NR..].as_ptr()),
+        };
+        (t, &self.panels[panel * self.k * NR..][..self.k * NR])
     }
 }
 
@@ -464,103 +481,6 @@ enum TileBase<T> {
     Zero,
     Out,
     Row(*const T),
-}
-
-/// Rows per block of the portable kernel.
-const MR_PORTABLE: usize = 4;
-
-dispatch!(fn portable_block<T: Float>(
-    a: [&[T]; MR_PORTABLE],
-    rows: usize,
-    w: &[T],
-    sub: usize,
-    second: ([&[T]; MR_PORTABLE], &[T]),
-) -> [[T; NR]; MR_PORTABLE] = portable_block_kernel);
-
-/// `acc[r] = Σ_k a[r][k] · w[k, :]` for the first `rows` of up to four rows, then on
-/// over the second part `(a2, w2)` (empty rows: none), with `mul_add` in `k` order: one
-/// rounding per step at every level (a fused multiply-add where the CPU has one, the
-/// exact software one elsewhere), so the bits never change.
-#[inline(always)]
-fn portable_block_kernel<T: Float>(
-    a: [&[T]; MR_PORTABLE],
-    rows: usize,
-    w: &[T],
-    sub: usize,
-    second: ([&[T]; MR_PORTABLE], &[T]),
-) -> [[T; NR]; MR_PORTABLE] {
-    let mut acc = [[T::zero(); NR]; MR_PORTABLE];
-    for (a, w) in [(a, w), second] {
-        let k = a[0].len();
-        if k == 0 {
-            continue;
-        }
-        for (h, part) in w[..k * NR].chunks_exact(k * sub).enumerate() {
-            for (kk, wr) in part.chunks_exact(sub).enumerate() {
-                for (acc_r, a_r) in acc.iter_mut().zip(&a).take(rows) {
-                    let av = a_r[kk];
-                    for (s, &wv) in acc_r[h * sub..(h + 1) * sub].iter_mut().zip(wr) {
-                        *s = av.mul_add(wv, *s);
-                    }
-                }
-            }
-        }
-    }
-    acc
-}
-
-/// The portable kernel, from row `r0` on.
-///
-/// # Safety
-/// As [`PanelKernel::panel`].
-unsafe fn portable_rows<T: Float>(t: PanelTile<T>, w: &[T], r0: usize) {
-    let mut r = r0;
-    while r < t.m {
-        let rows = MR_PORTABLE.min(t.m - r);
-        // SAFETY: rows `r..r + rows` of `a` hold `k` readable elements (the first row is
-        // repeated where fewer than four are left; those results are not stored).
-        let a: [&[T]; MR_PORTABLE] = std::array::from_fn(|q| unsafe {
-            std::slice::from_raw_parts(t.a.add((r + q.min(rows - 1)) * t.lda), t.k)
-        });
-        let s2 = t.second;
-        // SAFETY: as above, for the second part's `k` elements per row and its panel (the
-        // tile's contract); none: empty slices.
-        let second = unsafe {
-            if s2.k == 0 {
-                ([&[][..]; MR_PORTABLE], &[][..])
-            } else {
-                (
-                    std::array::from_fn(|q| {
-                        std::slice::from_raw_parts(s2.a.add((r + q.min(rows - 1)) * s2.lda), s2.k)
-                    }),
-                    std::slice::from_raw_parts(s2.w, s2.k * NR),
-                )
-            }
-        };
-        let acc = portable_block(a, rows, w, t.sub, second);
-        for (q, acc_r) in acc.iter().enumerate().take(rows) {
-            // SAFETY: row `r + q` of the tile of `c` is ours.
-            unsafe { store(&acc_r[..t.cols], t.c.add((r + q) * t.ldc), t.base) };
-        }
-        r += rows;
-    }
-}
-
-/// [`PanelKernel::transpose_block`] element by element.
-fn transpose_block_portable<T: Copy>(
-    src: &[&[T]; TRANSPOSE],
-    k0: usize,
-    dst: &mut [T],
-    stride: usize,
-) {
-    for kk in 0..TRANSPOSE {
-        for (d, s) in dst[kk * stride..kk * stride + TRANSPOSE]
-            .iter_mut()
-            .zip(src)
-        {
-            *d = s[k0 + kk];
-        }
-    }
 }
 
 impl PanelKernel for f64 {
@@ -690,8 +610,11 @@ unsafe fn store<T: Float>(acc: &[T], dst: *mut T, base: TileBase<T>) {
     }
 }
 
+mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+use portable::{portable_rows, transpose_block_portable};
 
 #[cfg(test)]
 mod tests;
