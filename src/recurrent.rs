@@ -387,7 +387,8 @@ impl<T: PanelKernel> Packed<T> {
                 a: a2,
                 lda: lda2,
                 k: b2.k,
-                w: b2.panels.as_ptr(),
+                // Each panel's own, set by `tile`.
+                w: std::ptr::null(),
             }),
         };
         // Every (group, panel) of the tile, two at a time.
