@@ -247,6 +247,13 @@ pub fn plan_call(parallel: bool) -> CallPlan {
 }
 
 impl CallPlan {
+    /// The pool the call runs on, `None` when it runs on the calling thread alone. A thread
+    /// that hands the call over should spawn it on this pool itself (see
+    /// `python::run_released`) rather than through a thread of another rayon pool.
+    pub fn pool(&self) -> Option<&Arc<rayon::ThreadPool>> {
+        self.pool.as_ref()
+    }
+
     /// Runs `f` as planned.
     pub fn run<R: Send>(self, f: impl FnOnce() -> R + Send) -> R {
         if let Some(pool) = self.pool {

@@ -59,12 +59,12 @@ impl From<Error> for PyErr {
 const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Runs `work` with the GIL released, on the pool when `parallel`. A call of at least
-/// `parallel::INTERRUPTIBLE_WORK` multiply-adds (`work_size`) runs on bptt's call thread
-/// (`parallel::claim_call_thread`; on a thread of its own when another call holds that
-/// one) while the calling thread waits for it, taking the GIL every few milliseconds to
-/// run Python's signal handlers: when one raises (Ctrl-C: `KeyboardInterrupt`), the call
-/// stops at its next check (between chunks) and that exception is raised. Shorter calls
-/// run directly.
+/// `parallel::INTERRUPTIBLE_WORK` multiply-adds (`work_size`) is spawned on the pool, or,
+/// on one thread, runs on bptt's call thread (`parallel::claim_call_thread`; on a thread
+/// of its own when another call holds that one), while the calling thread waits for it,
+/// taking the GIL every few milliseconds to run Python's signal handlers: when one raises
+/// (Ctrl-C: `KeyboardInterrupt`), the call stops at its next check (between chunks) and
+/// that exception is raised. Shorter calls run directly.
 fn run_released<R: Send>(
     py: Python<'_>,
     parallel: bool,
@@ -77,12 +77,23 @@ fn run_released<R: Send>(
     }
     // Planned here, before the hand-over (see `parallel::plan_call`).
     let plan = py.detach(|| parallel::plan_call(parallel));
+    let pool = plan.pool().cloned();
     let (tx, rx) = std::sync::mpsc::channel();
     // The receiver outlives the call: each scope below ends only after the call has (a
     // panic in the call resumes there, as PyO3's `PanicException`).
     let call = move || {
         let _ = tx.send(plan.run(|| work(ctl)));
     };
+    if let Some(pool) = pool {
+        // A call on the pool is spawned there from here: handed over through the call
+        // thread, a worker of another rayon pool, that thread would wait for the pool's
+        // work as a rayon worker does, yielding its core some dozens of times on the way
+        // to sleep, to the pool's threads' cost (small LSTM inference on 2 threads 7%).
+        return pool.in_place_scope(|s| {
+            s.spawn(move |_| call());
+            wait_polling(py, rx, ctl)
+        });
+    }
     match parallel::claim_call_thread() {
         Some(claim) => claim.pool().in_place_scope(|s| {
             s.spawn(move |_| call());
