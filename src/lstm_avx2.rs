@@ -8,7 +8,10 @@
 //! go through the activations stage by stage, so their short chains overlap; `tanh` comes
 //! from `expm1` (no second polynomial for small arguments); and the quotients are
 //! hardware divisions, which run beside the multiply-add units. Measured on one core
-//! (AMD EPYC, AVX2): 3.6 ns per unit for the forward cell against 5.8 ns before. NaN
+//! (AMD EPYC, AVX2): 3.6 ns per unit for the forward cell against 5.8 ns before; on the
+//! AVX-512 host (`tests::cell_rate`, alternating blocks), with each kernel's body inlined
+//! (see [`lanes`]) and the AVX-512 level's exact scaling (`vscalefps`): forward 3.3 →
+//! 2.7 ns per unit, backward 1.7 (AVX2 level on the same host: 3.2 and 2.0). NaN
 //! propagates through the arithmetic. Results differ from the baseline level by a few ulp
 //! (each activation stays within 4 ulp of the correctly rounded value over the whole
 //! range, 2 seen, tested below with the baseline's sweep), and stay the same for any
@@ -39,88 +42,118 @@ fn zip<const N: usize>(
     std::array::from_fn(|j| f(a[j], b[j]))
 }
 
-/// The activations of `N` vectors at once: `tanh` where `is_tanh(j)`, the logistic
-/// sigmoid elsewhere. Both reduce `y = −|x|` (sigmoid) or `y = −2|x|` (`tanh`) to
-/// `y = k·ln 2 + r`, `|r| ≤ ln2/2`, and take `expm1(r) = r + r²·P(r)` from one degree-5
-/// polynomial (the Taylor series to `r⁷`, truncation < 6e-9 relative), evaluated in
-/// Estrin's scheme, whose short dependency chains let the vectors' chains overlap.
-///
-/// Sigmoid: `e = exp(y) = 2^k·(1 + expm1(r))` as one fused multiply-add (`2^k` is exact,
-/// also as a subnormal, so the result rounds once), then `1 / (1 + e)` for `x ≥ 0`,
-/// `e / (1 + e)` below. `tanh(|x|) = −m / (2 + m)` with `m = expm1(y) = 2^k·expm1(r) +
-/// (2^k − 1)` (one rounding; `y` is clamped at −20, below which `tanh` is ±1 in f32),
-/// which does not cancel for small `|x|`; the sign of `x` (±0 included) is put back.
-/// The quotients are correctly rounded divisions (the divider runs beside the
-/// multiply-add units). A lane's result does not depend on `N` or on the other vectors.
+/// Defines `$activate`, the activations of `N` vectors at once, with the CPU features
+/// `$feat` and the powers of two of `$pow2` (see [`pow2_int`], [`pow2_scalef`]).
+macro_rules! activations {
+    ($activate:ident, $feat:literal, $pow2:ident) => {
+        /// The activations of `N` vectors at once: `tanh` where `is_tanh(j)`, the logistic
+        /// sigmoid elsewhere. Both reduce `y = −|x|` (sigmoid) or `y = −2|x|` (`tanh`) to
+        /// `y = k·ln 2 + r`, `|r| ≤ ln2/2`, and take `expm1(r) = r + r²·P(r)` from one degree-5
+        /// polynomial (the Taylor series to `r⁷`, truncation < 6e-9 relative), evaluated in
+        /// Estrin's scheme, whose short dependency chains let the vectors' chains overlap.
+        ///
+        /// Sigmoid: `e = exp(y) = 2^k·(1 + expm1(r))` (`$pow2`: rounded once, where it is
+        /// normal with either), then `1 / (1 + e)` for `x ≥ 0`,
+        /// `e / (1 + e)` below. `tanh(|x|) = −m / (2 + m)` with `m = expm1(y) = 2^k·expm1(r) +
+        /// (2^k − 1)` (one rounding; `y` is clamped at −20, below which `tanh` is ±1 in f32),
+        /// which does not cancel for small `|x|`; the sign of `x` (±0 included) is put back.
+        /// The quotients are correctly rounded divisions (the divider runs beside the
+        /// multiply-add units). A lane's result does not depend on `N` or on the other vectors.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn $activate<const N: usize>(
+            x: [__m256; N],
+            is_tanh: impl Fn(usize) -> bool,
+        ) -> [__m256; N] {
+            let c = |v: f32| _mm256_set1_ps(v);
+            let fma = |a, b, c| _mm256_fmadd_ps(a, b, c);
+            let sign = c(-0.0);
+            let one = c(1.0);
+            let a = x.map(|x| _mm256_andnot_ps(sign, x));
+            // `max(c, y)` returns `y` when it is NaN.
+            let y: [__m256; N] = std::array::from_fn(|j| {
+                if is_tanh(j) {
+                    _mm256_max_ps(c(-20.0), _mm256_mul_ps(c(-2.0), a[j]))
+                } else {
+                    _mm256_max_ps(c(-110.0), _mm256_or_ps(x[j], sign))
+                }
+            });
+            // Stage by stage over all the vectors, so that their chains interleave.
+            let t = y.map(|y| fma(y, c(LOG2E), c(ROUND_MAGIC)));
+            let k = t.map(|t| _mm256_sub_ps(t, c(ROUND_MAGIC)));
+            let r = zip(k, y, |k, y| _mm256_fnmadd_ps(k, c(LN2_HI), y));
+            let r = zip(k, r, |k, r| _mm256_fnmadd_ps(k, c(LN2_LO), r));
+            let r2 = r.map(|r| _mm256_mul_ps(r, r));
+            let lo = r.map(|r| fma(r, c(1.0 / 6.0), c(0.5)));
+            let mid = r.map(|r| fma(r, c(1.0 / 120.0), c(1.0 / 24.0)));
+            let hi = r.map(|r| fma(r, c(1.0 / 5040.0), c(1.0 / 720.0)));
+            let r4 = r2.map(|r2| _mm256_mul_ps(r2, r2));
+            let b = std::array::from_fn::<_, N, _>(|j| fma(r2[j], mid[j], lo[j]));
+            let p = std::array::from_fn::<_, N, _>(|j| fma(r4[j], hi[j], b[j]));
+            let em1_r = std::array::from_fn::<_, N, _>(|j| fma(r2[j], p[j], r[j]));
+            // tanh: `m = expm1(y)`; sigmoid: `e = exp(y)`.
+            let m: [__m256; N] = std::array::from_fn(|j| $pow2(t[j], k[j], em1_r[j], is_tanh(j)));
+            let q: [__m256; N] = std::array::from_fn(|j| {
+                if is_tanh(j) {
+                    _mm256_div_ps(_mm256_xor_ps(m[j], sign), _mm256_add_ps(c(2.0), m[j]))
+                } else {
+                    let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(x[j], _mm256_setzero_ps());
+                    _mm256_div_ps(_mm256_blendv_ps(one, m[j], neg), _mm256_add_ps(one, m[j]))
+                }
+            });
+            std::array::from_fn(|j| {
+                if is_tanh(j) {
+                    _mm256_or_ps(_mm256_andnot_ps(sign, q[j]), _mm256_and_ps(x[j], sign))
+                } else {
+                    q[j]
+                }
+            })
+        }
+    };
+}
+
+activations!(activate, "avx2,fma", pow2_int);
+activations!(activate_avx512, "avx2,fma,avx512f,avx512vl", pow2_scalef);
+
+/// `m = expm1(y) = 2^k·expm1(r) + (2^k − 1)` where `tanh`, else `e = exp(y) =
+/// 2^k·(1 + expm1(r))`, each as one fused multiply-add (one rounding), from `t`, the
+/// rounding of `y·log2 e` (`k` in its low bits, see [`activate`]), and `em1 = expm1(r)`;
+/// `2^k` built in the exponent field. Sigmoid's `k` in [−159, 0] takes two normal powers
+/// of two, whose product is exact also as a subnormal; `tanh`'s `k ≥ −29` one.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn activate<const N: usize>(x: [__m256; N], is_tanh: impl Fn(usize) -> bool) -> [__m256; N] {
-    let c = |v: f32| _mm256_set1_ps(v);
-    let fma = |a, b, c| _mm256_fmadd_ps(a, b, c);
-    let sign = c(-0.0);
-    let one = c(1.0);
-    let a = x.map(|x| _mm256_andnot_ps(sign, x));
-    // `max(c, y)` returns `y` when it is NaN.
-    let y: [__m256; N] = std::array::from_fn(|j| {
-        if is_tanh(j) {
-            _mm256_max_ps(c(-20.0), _mm256_mul_ps(c(-2.0), a[j]))
-        } else {
-            _mm256_max_ps(c(-110.0), _mm256_or_ps(x[j], sign))
-        }
-    });
-    // Stage by stage over all the vectors, so that their chains interleave.
-    let t = y.map(|y| fma(y, c(LOG2E), c(ROUND_MAGIC)));
-    let k = t.map(|t| _mm256_sub_ps(t, c(ROUND_MAGIC)));
-    let r = zip(k, y, |k, y| _mm256_fnmadd_ps(k, c(LN2_HI), y));
-    let r = zip(k, r, |k, r| _mm256_fnmadd_ps(k, c(LN2_LO), r));
-    let r2 = r.map(|r| _mm256_mul_ps(r, r));
-    let lo = r.map(|r| fma(r, c(1.0 / 6.0), c(0.5)));
-    let mid = r.map(|r| fma(r, c(1.0 / 120.0), c(1.0 / 24.0)));
-    let hi = r.map(|r| fma(r, c(1.0 / 5040.0), c(1.0 / 720.0)));
-    let r4 = r2.map(|r2| _mm256_mul_ps(r2, r2));
-    let b = std::array::from_fn::<_, N, _>(|j| fma(r2[j], mid[j], lo[j]));
-    let p = std::array::from_fn::<_, N, _>(|j| fma(r4[j], hi[j], b[j]));
-    let em1_r = std::array::from_fn::<_, N, _>(|j| fma(r2[j], p[j], r[j]));
+fn pow2_int(t: __m256, _k: __m256, em1: __m256, is_tanh: bool) -> __m256 {
     let bias = _mm256_set1_epi32(127);
     let pow2 = |e: __m256i| _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(e, bias)));
-    let scale: [__m256; N] = std::array::from_fn(|j| {
-        let ki = _mm256_sub_epi32(
-            _mm256_castps_si256(t[j]),
-            _mm256_set1_epi32(ROUND_MAGIC.to_bits() as i32),
-        );
-        if is_tanh(j) {
-            // k ≥ −29: one normal power of two.
-            pow2(ki)
-        } else {
-            // k in [−159, 0]: two normal powers of two, whose product is exact.
-            let k1 = _mm256_srai_epi32::<1>(ki);
-            _mm256_mul_ps(pow2(k1), pow2(_mm256_sub_epi32(ki, k1)))
-        }
-    });
-    // tanh: `m = expm1(y)`; sigmoid: `e = exp(y)`.
-    let m: [__m256; N] = std::array::from_fn(|j| {
-        let addend = if is_tanh(j) {
-            _mm256_sub_ps(scale[j], one)
-        } else {
-            scale[j]
-        };
-        fma(scale[j], em1_r[j], addend)
-    });
-    let q: [__m256; N] = std::array::from_fn(|j| {
-        if is_tanh(j) {
-            _mm256_div_ps(_mm256_xor_ps(m[j], sign), _mm256_add_ps(c(2.0), m[j]))
-        } else {
-            let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(x[j], _mm256_setzero_ps());
-            _mm256_div_ps(_mm256_blendv_ps(one, m[j], neg), _mm256_add_ps(one, m[j]))
-        }
-    });
-    std::array::from_fn(|j| {
-        if is_tanh(j) {
-            _mm256_or_ps(_mm256_andnot_ps(sign, q[j]), _mm256_and_ps(x[j], sign))
-        } else {
-            q[j]
-        }
-    })
+    let ki = _mm256_sub_epi32(
+        _mm256_castps_si256(t),
+        _mm256_set1_epi32(ROUND_MAGIC.to_bits() as i32),
+    );
+    if is_tanh {
+        let scale = pow2(ki);
+        _mm256_fmadd_ps(scale, em1, _mm256_sub_ps(scale, _mm256_set1_ps(1.0)))
+    } else {
+        let k1 = _mm256_srai_epi32::<1>(ki);
+        let scale = _mm256_mul_ps(pow2(k1), pow2(_mm256_sub_epi32(ki, k1)));
+        _mm256_fmadd_ps(scale, em1, scale)
+    }
+}
+
+/// [`pow2_int`] with AVX-512's `vscalefps`, which multiplies by `2^k` exactly (`k` as a
+/// float) in one instruction: `tanh`'s `2^k` is the same, sigmoid's `e` is `1 + em1`
+/// rounded, then scaled, which is the same rounding for a normal result (and at most one
+/// unit of the last place more where `e` is subnormal, `x < −87`). Measured per forward
+/// unit: see `tests::cell_rate`.
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+fn pow2_scalef(_t: __m256, k: __m256, em1: __m256, is_tanh: bool) -> __m256 {
+    let one = _mm256_set1_ps(1.0);
+    if is_tanh {
+        let scale = _mm256_scalef_ps(one, k);
+        _mm256_fmadd_ps(scale, em1, _mm256_sub_ps(scale, one))
+    } else {
+        _mm256_scalef_ps(_mm256_add_ps(one, em1), k)
+    }
 }
 
 /// Logistic sigmoid of `N` vectors (see [`activate`]; the LSTM kernels call `activate`
@@ -133,6 +166,7 @@ fn sigmoid<const N: usize>(x: [__m256; N]) -> [__m256; N] {
 }
 
 /// `tanh` of `N` vectors (see [`activate`]).
+#[cfg(test)]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn tanh<const N: usize>(x: [__m256; N]) -> [__m256; N] {
@@ -172,35 +206,42 @@ fn lanes<const I: usize, const O: usize, const U: usize>(
         // SAFETY: the callers pass pointers valid for `U · L` reads.
         std::array::from_fn(|u| unsafe { _mm256_loadu_ps(p.add(u * L)) })
     };
-    for j in (0..whole).step_by(w) {
-        // The loads and stores below stay in bounds: every slice holds at least `n`
-        // elements (asserted above) and `j + w <= whole <= n`.
-        let x = ins.map(|s| load(s[j..].as_ptr()));
-        let mut y = std::array::from_fn(|q| load(outs[q][j..].as_ptr()));
-        body(x, &mut y);
-        for (o, v) in outs.iter_mut().zip(y) {
-            for (u, v) in v.into_iter().enumerate() {
-                // SAFETY: as above.
-                unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(j + u * L), v) };
-            }
-        }
-    }
-    if whole < n {
+    // One call of `body` for the whole groups and the tail alike: a closure called from
+    // one place is inlined, one called from two was left as a call (its vectors then went
+    // through the stack, and the caller's wide reloads of the body's narrow stores
+    // stalled on store forwarding: 38% of the forward kernel's time).
+    for j in (0..n).step_by(w) {
+        let tail = j == whole;
         let pad = |s: &[f32]| {
             let mut b = [0.0f32; 64];
             b[..n - whole].copy_from_slice(&s[whole..n]);
             load(b.as_ptr())
         };
-        let x = ins.map(pad);
-        let mut y = std::array::from_fn(|q| pad(outs[q]));
+        // Whole groups are read and written in place: every slice holds at least `n`
+        // elements (asserted above) and `j + w <= whole <= n`.
+        let x = ins.map(|s| if tail { pad(s) } else { load(s[j..].as_ptr()) });
+        let mut y = std::array::from_fn(|q| {
+            if tail {
+                pad(outs[q])
+            } else {
+                load(outs[q][j..].as_ptr())
+            }
+        });
         body(x, &mut y);
         for (o, v) in outs.iter_mut().zip(y) {
-            let mut b = [0.0f32; 64];
-            for (u, v) in v.into_iter().enumerate() {
-                // SAFETY: `b` holds 64 >= `U · L` floats (asserted above).
-                unsafe { _mm256_storeu_ps(b.as_mut_ptr().add(u * L), v) };
+            if tail {
+                let mut b = [0.0f32; 64];
+                for (u, v) in v.into_iter().enumerate() {
+                    // SAFETY: `b` holds 64 >= `U · L` floats (asserted above).
+                    unsafe { _mm256_storeu_ps(b.as_mut_ptr().add(u * L), v) };
+                }
+                o[whole..n].copy_from_slice(&b[..n - whole]);
+            } else {
+                for (u, v) in v.into_iter().enumerate() {
+                    // SAFETY: as above, in place.
+                    unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(j + u * L), v) };
+                }
             }
-            o[whole..n].copy_from_slice(&b[..n - whole]);
         }
     }
 }
@@ -217,11 +258,13 @@ fn lanes<const I: usize, const O: usize, const U: usize>(
 const U_GATES: usize = 2;
 const U_STATE: usize = 4;
 
-/// The kernels, compiled once per register file: `$feat` adds AVX-512F and AVX-512VL at
-/// the AVX-512 level, which gives the compiler 32 `ymm` registers instead of 16 (the
-/// instructions are the same 8-lane arithmetic, so both copies give the same bits).
+/// The kernels, compiled once per level: `$feat` adds AVX-512F and AVX-512VL at the
+/// AVX-512 level, which gives the compiler 32 `ymm` registers instead of 16 and `$activate`
+/// its exact scaling instruction (the arithmetic stays 8 lanes wide, and both copies give
+/// the same bits except sigmoid's subnormal results, see [`pow2_scalef`]); `$u_backward`
+/// vectors per slot in the backward kernel (see [`U_BACKWARD`]).
 macro_rules! lstm_kernels {
-    ($feat:literal, $forward:ident, $output:ident, $backward:ident) => {
+    ($feat:literal, $activate:ident, $u_backward:expr, $forward:ident, $output:ident, $backward:ident) => {
         /// Forward step of a row's units in place: the pre-activations in `gi, gf, gg,
         /// go` become the activated gates, `c` becomes `c' = f·c + i·g` and `h` becomes
         /// `o·tanh(c')`. Two passes over the row: the gates and `c'` (the four gates of
@@ -252,14 +295,14 @@ macro_rules! lstm_kernels {
                 // activations inline into it); `g` is the tanh gate.
                 let pre: [__m256; 4 * U_GATES] =
                     std::array::from_fn(|j| [*i, *f, *g, *o][j % 4][j / 4]);
-                let act = activate(pre, |j| j % 4 == 2);
+                let act = $activate(pre, |j| j % 4 == 2);
                 for u in 0..U_GATES {
                     [i[u], f[u], g[u], o[u]] = std::array::from_fn(|k| act[4 * u + k]);
                     c[u] = cell(f[u], c[u], i[u], g[u]);
                 }
             });
             lanes::<2, 1, U_STATE>(n, [&*go, &*c], [h], |[o, c], [h]| {
-                *h = zip(o, tanh(c), |o, t| _mm256_mul_ps(o, t));
+                *h = zip(o, $activate(c, |_| true), |o, t| _mm256_mul_ps(o, t));
             });
         }
 
@@ -272,7 +315,7 @@ macro_rules! lstm_kernels {
         pub(crate) unsafe fn $output(o: &[f32], c: &[f32], h: &mut [f32]) {
             let n = h.len();
             lanes::<2, 1, U_STATE>(n, [&o[..n], &c[..n]], [h], |[o, c], [h]| {
-                *h = zip(o, tanh(c), |o, t| _mm256_mul_ps(o, t));
+                *h = zip(o, $activate(c, |_| true), |o, t| _mm256_mul_ps(o, t));
             });
         }
 
@@ -297,7 +340,7 @@ macro_rules! lstm_kernels {
             dg: &mut [f32],
             d_o: &mut [f32],
         ) {
-            const V: usize = U_BACKWARD;
+            const V: usize = $u_backward;
             let n = dh.len();
             let ins = [&gi[..n], &gf[..n], &gg[..n], &go[..n], &c_prev[..n]];
             let outs = [
@@ -316,8 +359,10 @@ macro_rules! lstm_kernels {
                     // The closure inherits the function's target features.
                     let one = _mm256_set1_ps(1.0);
                     let mul = |a, b| _mm256_mul_ps(a, b);
-                    let tcs: [__m256; V] =
-                        tanh(std::array::from_fn(|u| cell(f[u], cp[u], i[u], g[u])));
+                    let tcs: [__m256; V] = $activate(
+                        std::array::from_fn(|u| cell(f[u], cp[u], i[u], g[u])),
+                        |_| true,
+                    );
                     for u in 0..V {
                         let (i, f, g, o, cp, d, tc) =
                             (i[u], f[u], g[u], o[u], cp[u], dh[u], tcs[u]);
@@ -336,13 +381,24 @@ macro_rules! lstm_kernels {
     };
 }
 
-/// Vectors per slot in the backward kernel (one `tanh` per vector among many products): four
-/// spill even with 32 registers (2.7 → 4.3 ns per unit); two with them: 2.6 → 2.5.
+/// Vectors per slot in the AVX-512 level's backward kernel (one `tanh` per vector among
+/// many products): four spill even with 32 registers (2.7 → 4.3 ns per unit); two with
+/// them: 2.6 → 2.5. With 16 registers (the AVX2 level) two spill (1.97 → 3.26 ns per
+/// unit against one), so that level runs one.
 const U_BACKWARD: usize = 2;
 
-lstm_kernels!("avx2,fma", lstm_forward, lstm_output, lstm_backward);
+lstm_kernels!(
+    "avx2,fma",
+    activate,
+    1,
+    lstm_forward,
+    lstm_output,
+    lstm_backward
+);
 lstm_kernels!(
     "avx2,fma,avx512f,avx512vl",
+    activate_avx512,
+    U_BACKWARD,
     lstm_forward_avx512,
     lstm_output_avx512,
     lstm_backward_avx512
@@ -364,10 +420,14 @@ mod tests {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
     }
 
+    fn have_avx512() -> bool {
+        have_avx2() && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl")
+    }
+
     /// `f` applied to 8 lanes at once, one lane read back.
     fn one_lane(f: unsafe fn(__m256) -> __m256, x: f32) -> f32 {
         let mut out = [0.0f32; L];
-        // SAFETY: the tests run this only where AVX2 and FMA were detected.
+        // SAFETY: the tests pass only functions whose CPU features they detected.
         unsafe { _mm256_storeu_ps(out.as_mut_ptr(), f(_mm256_set1_ps(x))) };
         out[3]
     }
@@ -382,33 +442,129 @@ mod tests {
         tanh([x])[0]
     }
 
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+    fn sigmoid_v512(x: __m256) -> __m256 {
+        activate_avx512([x], |_| false)[0]
+    }
+
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+    fn tanh_v512(x: __m256) -> __m256 {
+        activate_avx512([x], |_| true)[0]
+    }
+
+    /// The activations of each level this CPU has: (name, sigmoid, tanh).
+    #[allow(clippy::type_complexity)]
+    fn levels() -> Vec<(
+        &'static str,
+        unsafe fn(__m256) -> __m256,
+        unsafe fn(__m256) -> __m256,
+    )> {
+        let mut v: Vec<(
+            &str,
+            unsafe fn(__m256) -> __m256,
+            unsafe fn(__m256) -> __m256,
+        )> = Vec::new();
+        if have_avx2() {
+            v.push(("AVX2", sigmoid_v, tanh_v));
+        }
+        if have_avx512() {
+            v.push(("AVX-512", sigmoid_v512, tanh_v512));
+        }
+        v
+    }
+
     #[test]
     fn activations_within_four_ulp_over_the_whole_range() {
         if !have_avx2() {
             eprintln!("skipped: no AVX2+FMA on this CPU");
             return;
         }
-        let mut worst = (0u32, 0u32);
-        let mut check = |x: f32| {
-            let want_t = (x as f64).tanh() as f32;
-            let want_s = (1.0 / (1.0 + (-(x as f64)).exp())) as f32;
-            let (t, s) = (one_lane(tanh_v, x), one_lane(sigmoid_v, x));
-            let (dt, ds) = (ulp_diff(t, want_t), ulp_diff(s, want_s));
-            assert!(dt <= 4, "tanh({x:e}) = {t:e}, want {want_t:e}");
-            assert!(ds <= 4, "sigmoid({x:e}) = {s:e}, want {want_s:e}");
-            worst = (worst.0.max(dt), worst.1.max(ds));
-        };
-        sweep(&mut check);
-        check(-1e-45);
-        eprintln!(
-            "max ulp error (AVX2): tanh {}, sigmoid {}",
-            worst.0, worst.1
-        );
-        assert!(one_lane(tanh_v, -0.0).is_sign_negative());
-        assert_eq!(one_lane(tanh_v, f32::NEG_INFINITY), -1.0);
-        assert_eq!(one_lane(sigmoid_v, f32::NEG_INFINITY), 0.0);
-        assert_eq!(one_lane(sigmoid_v, f32::INFINITY), 1.0);
-        assert!(one_lane(sigmoid_v, f32::NAN).is_nan() && one_lane(tanh_v, f32::NAN).is_nan());
+        for (name, sigmoid_v, tanh_v) in levels() {
+            let mut worst = (0u32, 0u32);
+            let mut check = |x: f32| {
+                let want_t = (x as f64).tanh() as f32;
+                let want_s = (1.0 / (1.0 + (-(x as f64)).exp())) as f32;
+                let (t, s) = (one_lane(tanh_v, x), one_lane(sigmoid_v, x));
+                let (dt, ds) = (ulp_diff(t, want_t), ulp_diff(s, want_s));
+                assert!(dt <= 4, "{name}: tanh({x:e}) = {t:e}, want {want_t:e}");
+                assert!(ds <= 4, "{name}: sigmoid({x:e}) = {s:e}, want {want_s:e}");
+                worst = (worst.0.max(dt), worst.1.max(ds));
+            };
+            sweep(&mut check);
+            check(-1e-45);
+            eprintln!(
+                "max ulp error ({name}): tanh {}, sigmoid {}",
+                worst.0, worst.1
+            );
+            assert!(one_lane(tanh_v, -0.0).is_sign_negative());
+            assert_eq!(one_lane(tanh_v, f32::NEG_INFINITY), -1.0);
+            assert_eq!(one_lane(sigmoid_v, f32::NEG_INFINITY), 0.0);
+            assert_eq!(one_lane(sigmoid_v, f32::INFINITY), 1.0);
+            assert!(one_lane(sigmoid_v, f32::NAN).is_nan() && one_lane(tanh_v, f32::NAN).is_nan());
+        }
+    }
+
+    /// The AVX-512 activations differ from the AVX2 ones only where sigmoid's result is
+    /// subnormal (by at most one unit there), as `pow2_scalef` says.
+    #[test]
+    fn avx512_activations_match_avx2_where_normal() {
+        if !have_avx512() {
+            eprintln!("skipped: no AVX-512F+VL on this CPU");
+            return;
+        }
+        let mut differ = 0usize;
+        sweep(&mut |x: f32| {
+            let (t2, t5) = (one_lane(tanh_v, x), one_lane(tanh_v512, x));
+            assert!(
+                t2.to_bits() == t5.to_bits() || (t2.is_nan() && t5.is_nan()),
+                "tanh({x:e})"
+            );
+            let (s2, s5) = (one_lane(sigmoid_v, x), one_lane(sigmoid_v512, x));
+            if s2.is_nan() {
+                assert!(s5.is_nan(), "sigmoid({x:e})");
+            } else if s2.to_bits() != s5.to_bits() {
+                assert!(
+                    s2 < f32::MIN_POSITIVE && ulp_diff(s2, s5) <= 1,
+                    "sigmoid({x:e})"
+                );
+                differ += 1;
+            }
+        });
+        eprintln!("sigmoid: {differ} subnormal results differ by one unit");
+    }
+
+    type Forward =
+        unsafe fn(&mut [f32], &mut [f32], &mut [f32], &mut [f32], &mut [f32], &mut [f32]);
+    type Output = unsafe fn(&[f32], &[f32], &mut [f32]);
+    type Backward = unsafe fn(
+        &[f32],
+        &[f32],
+        &[f32],
+        &[f32],
+        &[f32],
+        &mut [f32],
+        &mut [f32],
+        &mut [f32],
+        &mut [f32],
+        &mut [f32],
+        &mut [f32],
+    );
+
+    /// The kernels of each level this CPU has.
+    fn kernel_levels() -> Vec<(&'static str, Forward, Output, Backward)> {
+        let mut v: Vec<(&str, Forward, Output, Backward)> = Vec::new();
+        if have_avx2() {
+            v.push(("AVX2", lstm_forward, lstm_output, lstm_backward));
+        }
+        if have_avx512() {
+            v.push((
+                "AVX-512",
+                lstm_forward_avx512,
+                lstm_output_avx512,
+                lstm_backward_avx512,
+            ));
+        }
+        v
     }
 
     #[test]
@@ -417,98 +573,99 @@ mod tests {
             eprintln!("skipped: no AVX2+FMA on this CPU");
             return;
         }
-        let n = 21; // two whole vectors and a tail of 5
-        let v = |s: f32| {
-            (0..n)
-                .map(|j| (j as f32 * 0.37 + s).sin() * 3.0)
-                .collect::<Vec<_>>()
-        };
-        let (pi, pf, pg, po, c0) = (v(0.1), v(0.7), v(1.3), v(2.9), v(4.1));
-        let run = |m: usize| {
-            let (mut i, mut f, mut g, mut o, mut c) = (
-                pi[..m].to_vec(),
-                pf[..m].to_vec(),
-                pg[..m].to_vec(),
-                po[..m].to_vec(),
-                c0[..m].to_vec(),
-            );
-            let mut h = vec![0.0; m];
-            // SAFETY: AVX2 and FMA were detected above.
-            unsafe { lstm_forward(&mut i, &mut f, &mut g, &mut o, &mut c, &mut h) };
-            (i, f, g, o, c, h)
-        };
-        let (i, f, g, o, c, h) = run(n);
-        // A tail element gets the same bits as the same element in a whole vector.
-        let short = run(13);
-        assert_eq!(&h[..13], &short.5[..]);
-        assert_eq!(&c[..13], &short.4[..]);
-        for j in 0..n {
-            let s = |x: f32| 1.0 / (1.0 + (-(x as f64)).exp());
-            let (ei, ef, eg, eo) = (s(pi[j]), s(pf[j]), (pg[j] as f64).tanh(), s(po[j]));
-            let ec = ef * c0[j] as f64 + ei * eg;
-            let eh = eo * ec.tanh();
-            for (got, want) in [
-                (i[j], ei),
-                (f[j], ef),
-                (g[j], eg),
-                (o[j], eo),
-                (c[j], ec),
-                (h[j], eh),
-            ] {
-                assert!(
-                    (got as f64 - want).abs() <= 4e-7 * want.abs().max(1.0),
-                    "{got} vs {want}"
+        for (name, lstm_forward, lstm_output, lstm_backward) in kernel_levels() {
+            eprintln!("{name}");
+            let n = 21; // two whole vectors and a tail of 5
+            let v = |s: f32| {
+                (0..n)
+                    .map(|j| (j as f32 * 0.37 + s).sin() * 3.0)
+                    .collect::<Vec<_>>()
+            };
+            let (pi, pf, pg, po, c0) = (v(0.1), v(0.7), v(1.3), v(2.9), v(4.1));
+            let run = |m: usize| {
+                let (mut i, mut f, mut g, mut o, mut c) = (
+                    pi[..m].to_vec(),
+                    pf[..m].to_vec(),
+                    pg[..m].to_vec(),
+                    po[..m].to_vec(),
+                    c0[..m].to_vec(),
                 );
+                let mut h = vec![0.0; m];
+                // SAFETY: the level's CPU features were detected (`kernel_levels`).
+                unsafe { lstm_forward(&mut i, &mut f, &mut g, &mut o, &mut c, &mut h) };
+                (i, f, g, o, c, h)
+            };
+            let (i, f, g, o, c, h) = run(n);
+            // A tail element gets the same bits as the same element in a whole vector.
+            let short = run(13);
+            assert_eq!(&h[..13], &short.5[..]);
+            assert_eq!(&c[..13], &short.4[..]);
+            for j in 0..n {
+                let s = |x: f32| 1.0 / (1.0 + (-(x as f64)).exp());
+                let (ei, ef, eg, eo) = (s(pi[j]), s(pf[j]), (pg[j] as f64).tanh(), s(po[j]));
+                let ec = ef * c0[j] as f64 + ei * eg;
+                let eh = eo * ec.tanh();
+                for (got, want) in [
+                    (i[j], ei),
+                    (f[j], ef),
+                    (g[j], eg),
+                    (o[j], eo),
+                    (c[j], ec),
+                    (h[j], eh),
+                ] {
+                    assert!(
+                        (got as f64 - want).abs() <= 4e-7 * want.abs().max(1.0),
+                        "{got} vs {want}"
+                    );
+                }
             }
-        }
-        let mut rebuilt = vec![0.0; n];
-        // SAFETY: as above.
-        unsafe { lstm_output(&o, &c, &mut rebuilt) };
-        assert_eq!(rebuilt, h);
-        // Backward: the same equations as the portable kernel, to rounding.
-        let dh0 = v(5.3);
-        let dc0 = v(6.7);
-        let (mut dh, mut dc) = (dh0.clone(), dc0.clone());
-        let mut d = [vec![0.0f32; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]];
-        let [di, df, dg, d_o] = d.each_mut();
-        // SAFETY: as above.
-        unsafe { lstm_backward(&i, &f, &g, &o, &c0, &mut dh, &mut dc, di, df, dg, d_o) };
-        for j in 0..n {
-            let (i, f, g, o, cp) = (
-                i[j] as f64,
-                f[j] as f64,
-                g[j] as f64,
-                o[j] as f64,
-                c0[j] as f64,
-            );
-            let tc = (f * cp + i * g).tanh();
-            let dct = dc0[j] as f64 + dh0[j] as f64 * o * (1.0 - tc * tc);
-            let want = [
-                dct * g * i * (1.0 - i),
-                dct * cp * f * (1.0 - f),
-                dct * i * (1.0 - g * g),
-                dh0[j] as f64 * tc * o * (1.0 - o),
-            ];
-            for (got, want) in [di[j], df[j], dg[j], d_o[j]].into_iter().zip(want) {
-                assert!(
-                    (got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
-                    "{got} vs {want}"
+            let mut rebuilt = vec![0.0; n];
+            // SAFETY: as above.
+            unsafe { lstm_output(&o, &c, &mut rebuilt) };
+            assert_eq!(rebuilt, h);
+            // Backward: the same equations as the portable kernel, to rounding.
+            let dh0 = v(5.3);
+            let dc0 = v(6.7);
+            let (mut dh, mut dc) = (dh0.clone(), dc0.clone());
+            let mut d = [vec![0.0f32; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]];
+            let [di, df, dg, d_o] = d.each_mut();
+            // SAFETY: as above.
+            unsafe { lstm_backward(&i, &f, &g, &o, &c0, &mut dh, &mut dc, di, df, dg, d_o) };
+            for j in 0..n {
+                let (i, f, g, o, cp) = (
+                    i[j] as f64,
+                    f[j] as f64,
+                    g[j] as f64,
+                    o[j] as f64,
+                    c0[j] as f64,
                 );
+                let tc = (f * cp + i * g).tanh();
+                let dct = dc0[j] as f64 + dh0[j] as f64 * o * (1.0 - tc * tc);
+                let want = [
+                    dct * g * i * (1.0 - i),
+                    dct * cp * f * (1.0 - f),
+                    dct * i * (1.0 - g * g),
+                    dh0[j] as f64 * tc * o * (1.0 - o),
+                ];
+                for (got, want) in [di[j], df[j], dg[j], d_o[j]].into_iter().zip(want) {
+                    assert!(
+                        (got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
+                        "{got} vs {want}"
+                    );
+                }
+                assert!((dc[j] as f64 - dct * f).abs() <= 1e-5 * (dct * f).abs().max(1.0));
+                assert_eq!(dh[j], 0.0);
             }
-            assert!((dc[j] as f64 - dct * f).abs() <= 1e-5 * (dct * f).abs().max(1.0));
-            assert_eq!(dh[j], 0.0);
         }
     }
 
-    /// The cell kernels' time per unit on one core, for measuring them (not a check):
+    /// The cell kernels' time per unit on one core, at each level, in alternating blocks,
+    /// for measuring them (not a check):
     /// `cargo test --release --lib -- --exact lstm_avx2::tests::cell_rate --ignored --nocapture`
     /// (a batch of 16 rows of 128 units, the small benchmark shape's step).
     #[test]
     #[ignore]
     fn cell_rate() {
-        if !have_avx2() {
-            return;
-        }
         let (rows, n) = (16, 128);
         let v = |s: f32| {
             (0..rows * n)
@@ -517,73 +674,76 @@ mod tests {
         };
         let gates = [v(0.1), v(0.7), v(1.3), v(2.9)];
         let (c0, dh0) = (v(4.1), v(5.3));
-        let median = |f: &mut dyn FnMut()| {
-            let mut per_unit: Vec<f64> = (0..7)
-                .map(|_| {
-                    let reps = 2000;
-                    let t0 = std::time::Instant::now();
-                    for _ in 0..reps {
-                        f();
-                    }
-                    t0.elapsed().as_secs_f64() * 1e9 / (reps * rows * n) as f64
-                })
-                .collect();
-            per_unit.sort_by(f64::total_cmp);
-            per_unit[3]
+        let levels = kernel_levels();
+        // Per level: forward and backward ns per unit of each round.
+        let mut times = vec![(Vec::new(), Vec::new()); levels.len()];
+        let per_unit = |f: &mut dyn FnMut()| {
+            let reps = 2000;
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            t0.elapsed().as_secs_f64() * 1e9 / (reps * rows * n) as f64
         };
-        let [mut i, mut f, mut g, mut o] = gates.clone();
-        let (mut c, mut h) = (c0.clone(), vec![0.0f32; rows * n]);
-        let forward = median(&mut || {
-            i.copy_from_slice(&gates[0]);
-            f.copy_from_slice(&gates[1]);
-            g.copy_from_slice(&gates[2]);
-            o.copy_from_slice(&gates[3]);
-            c.copy_from_slice(&c0);
-            for r in (0..rows * n).step_by(n) {
-                let row = r..r + n;
-                // SAFETY: AVX2 and FMA were detected above.
-                unsafe {
-                    lstm_forward(
-                        &mut i[row.clone()],
-                        &mut f[row.clone()],
-                        &mut g[row.clone()],
-                        &mut o[row.clone()],
-                        &mut c[row.clone()],
-                        &mut h[row],
-                    )
-                };
+        for _ in 0..7 {
+            for ((_, forward, _, backward), (tf, tb)) in levels.iter().zip(&mut times) {
+                let [mut i, mut f, mut g, mut o] = gates.clone();
+                let (mut c, mut h) = (c0.clone(), vec![0.0f32; rows * n]);
+                tf.push(per_unit(&mut || {
+                    i.copy_from_slice(&gates[0]);
+                    f.copy_from_slice(&gates[1]);
+                    g.copy_from_slice(&gates[2]);
+                    o.copy_from_slice(&gates[3]);
+                    c.copy_from_slice(&c0);
+                    for r in (0..rows * n).step_by(n) {
+                        let row = r..r + n;
+                        // SAFETY: the level's CPU features were detected.
+                        unsafe {
+                            forward(
+                                &mut i[row.clone()],
+                                &mut f[row.clone()],
+                                &mut g[row.clone()],
+                                &mut o[row.clone()],
+                                &mut c[row.clone()],
+                                &mut h[row],
+                            )
+                        };
+                    }
+                }));
+                let (mut dh, mut dc) = (dh0.clone(), dh0.clone());
+                let mut d: [Vec<f32>; 4] = std::array::from_fn(|_| vec![0.0; rows * n]);
+                tb.push(per_unit(&mut || {
+                    dh.copy_from_slice(&dh0);
+                    let [di, df, dg, d_o] = d.each_mut();
+                    for r in (0..rows * n).step_by(n) {
+                        let row = r..r + n;
+                        // SAFETY: as above.
+                        unsafe {
+                            backward(
+                                &i[row.clone()],
+                                &f[row.clone()],
+                                &g[row.clone()],
+                                &o[row.clone()],
+                                &c0[row.clone()],
+                                &mut dh[row.clone()],
+                                &mut dc[row.clone()],
+                                &mut di[row.clone()],
+                                &mut df[row.clone()],
+                                &mut dg[row.clone()],
+                                &mut d_o[row],
+                            )
+                        };
+                    }
+                }));
             }
-        });
-        let (mut dh, mut dc) = (dh0.clone(), dh0.clone());
-        let mut d = [
-            vec![0.0f32; rows * n],
-            vec![0.0; rows * n],
-            vec![0.0; rows * n],
-            vec![0.0; rows * n],
-        ];
-        let backward = median(&mut || {
-            dh.copy_from_slice(&dh0);
-            let [di, df, dg, d_o] = d.each_mut();
-            for r in (0..rows * n).step_by(n) {
-                let row = r..r + n;
-                // SAFETY: as above.
-                unsafe {
-                    lstm_backward(
-                        &i[row.clone()],
-                        &f[row.clone()],
-                        &g[row.clone()],
-                        &o[row.clone()],
-                        &c0[row.clone()],
-                        &mut dh[row.clone()],
-                        &mut dc[row.clone()],
-                        &mut di[row.clone()],
-                        &mut df[row.clone()],
-                        &mut dg[row.clone()],
-                        &mut d_o[row],
-                    )
-                };
-            }
-        });
-        println!("LSTM cell, ns per unit (copies of the inputs included): forward {forward:.2}, backward {backward:.2}");
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        for ((name, ..), (tf, tb)) in levels.iter().zip(&mut times) {
+            let (f, b) = (median(tf), median(tb));
+            println!("LSTM cell {name}, ns per unit (copies of the inputs included): forward {f:.2}, backward {b:.2}");
+        }
     }
 }
