@@ -43,7 +43,7 @@
 use crate::model::Config;
 use crate::sequence::CHUNK_STEPS;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -234,7 +234,8 @@ pub struct CallPlan {
 /// Decides where a call runs (as [`run`] does) and reads the idle CPUs now, on the thread
 /// that asks for the call: before the pool's threads wake for it, and before the caller
 /// hands the call to another thread (the bindings' call thread), so that neither the
-/// waking threads nor the handing-over caller count as another program's. Run it with
+/// waking threads nor the handing-over caller count as another program's. A reading
+/// less than [`IDLE_REUSE`] old is used again ([`idle_cpus_for_call`]). Run it with
 /// [`CallPlan::run`], on any thread.
 pub fn plan_call(parallel: bool) -> CallPlan {
     let pool = if parallel && num_threads() > 1 {
@@ -242,8 +243,34 @@ pub fn plan_call(parallel: bool) -> CallPlan {
     } else {
         None
     };
-    let idle = pool.as_ref().and_then(|_| idle_cpus());
+    let idle = pool.as_ref().and_then(|_| idle_cpus_for_call());
     CallPlan { pool, idle }
+}
+
+/// How long a call on the pool uses the idle CPUs read for an earlier one. Right after a
+/// call the pool's threads still spin, so a reading then reads them too (some tens of
+/// microseconds) and often waits out [`SETTLE`]: measured in a loop of 2-thread calls of
+/// one LSTM step (16 × 128), [`idle_cpus`] took 22% of the process's CPU time, ~75 µs a
+/// call. A program that starts keeping a core busy is seen within this time.
+const IDLE_REUSE: Duration = Duration::from_millis(10);
+
+/// The process clock at the last reading [`idle_cpus_for_call`] took (0: none yet), and
+/// that reading (`usize::MAX`: unknown).
+static IDLE_READ_AT: AtomicU64 = AtomicU64::new(0);
+static IDLE_READ: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// [`idle_cpus`] for a call: read afresh at most every [`IDLE_REUSE`] (concurrent calls
+/// may both read; either reading is kept).
+fn idle_cpus_for_call() -> Option<usize> {
+    let at = IDLE_READ_AT.load(Ordering::Acquire);
+    if at != 0 && clock_ns().saturating_sub(at) < IDLE_REUSE.as_nanos() as u64 {
+        let idle = IDLE_READ.load(Ordering::Relaxed);
+        return (idle != usize::MAX).then_some(idle);
+    }
+    let idle = idle_cpus();
+    IDLE_READ.store(idle.unwrap_or(usize::MAX), Ordering::Relaxed);
+    IDLE_READ_AT.store(clock_ns().max(1), Ordering::Release);
+    idle
 }
 
 impl CallPlan {
