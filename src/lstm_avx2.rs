@@ -156,23 +156,6 @@ fn pow2_scalef(_t: __m256, k: __m256, em1: __m256, is_tanh: bool) -> __m256 {
     }
 }
 
-/// Logistic sigmoid of `N` vectors (see [`activate`]; the LSTM kernels call `activate`
-/// with their own mix of gates).
-#[cfg(test)]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn sigmoid<const N: usize>(x: [__m256; N]) -> [__m256; N] {
-    activate(x, |_| false)
-}
-
-/// `tanh` of `N` vectors (see [`activate`]).
-#[cfg(test)]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn tanh<const N: usize>(x: [__m256; N]) -> [__m256; N] {
-    activate(x, |_| true)
-}
-
 /// Zero for lanes below `min_positive / epsilon` in magnitude (see `cell::ftz`); NaN stays.
 #[inline]
 #[target_feature(enable = "avx2,fma")]

@@ -22,12 +22,12 @@ fn one_lane(f: unsafe fn(__m256) -> __m256, x: f32) -> f32 {
 
 #[target_feature(enable = "avx2,fma")]
 fn sigmoid_v(x: __m256) -> __m256 {
-    sigmoid([x])[0]
+    activate([x], |_| false)[0]
 }
 
 #[target_feature(enable = "avx2,fma")]
 fn tanh_v(x: __m256) -> __m256 {
-    tanh([x])[0]
+    activate([x], |_| true)[0]
 }
 
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]

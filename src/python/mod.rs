@@ -84,18 +84,13 @@ fn run_released<R: Send>(
     let call = move || {
         let _ = tx.send(plan.run(|| work(ctl)));
     };
-    if let Some(pool) = pool {
-        // A call on the pool is spawned there from here: handed over through the call
-        // thread, a worker of another rayon pool, that thread would wait for the pool's
-        // work as a rayon worker does, yielding its core some dozens of times on the way
-        // to sleep, to the pool's threads' cost (small LSTM inference on 2 threads 7%).
-        return pool.in_place_scope(|s| {
-            s.spawn(move |_| call());
-            wait_polling(py, rx, ctl)
-        });
-    }
-    match parallel::claim_call_thread() {
-        Some(claim) => claim.pool().in_place_scope(|s| {
+    // A call on the pool is spawned there from here: handed over through the call thread,
+    // a worker of another rayon pool, that thread would wait for the pool's work as a
+    // rayon worker does, yielding its core some dozens of times on the way to sleep, to
+    // the pool's threads' cost (small LSTM inference on 2 threads up to 7%).
+    let claim = pool.is_none().then(parallel::claim_call_thread).flatten();
+    match pool.as_deref().or(claim.as_ref().map(|c| c.pool())) {
+        Some(target) => target.in_place_scope(|s| {
             s.spawn(move |_| call());
             wait_polling(py, rx, ctl)
         }),
