@@ -11,6 +11,7 @@ fn by_tiles<T: Float, W: RecurrentWeights<T>>(
     base: Base<'_, T>,
     rows_per: usize,
     units_per: usize,
+    order: Order,
 ) {
     let (m, n) = (a.nrows(), w.dims().1 / w.groups());
     let (lda, ldc) = (a.ncols(), c.ncols());
@@ -26,6 +27,7 @@ fn by_tiles<T: Float, W: RecurrentWeights<T>>(
                     r0..(r0 + rows_per).min(m),
                     u0..(u0 + units_per).min(n),
                     base,
+                    order,
                 )
             }
         }
@@ -72,9 +74,11 @@ fn packed_product_is_exact_and_identical_at_every_level_and_tiling() {
                 p.apply(&a.view(), &mut got.view_mut(), true);
                 assert_eq!(got, want, "{m}x{k}x{n} at {level:?}, {} columns", p.sub);
                 for (rows_per, units_per) in [(3, UNIT_ALIGN), (8, 2 * UNIT_ALIGN), (1, n)] {
-                    let mut fresh = Array2::from_elem((m, n), 7.0f32);
-                    by_tiles(&p, &a, &mut fresh, Base::Zero, rows_per, units_per);
-                    assert_eq!(fresh, &want - 1.0, "tiles {rows_per}x{units_per}");
+                    for order in [Order::Ascending, Order::Descending] {
+                        let mut fresh = Array2::from_elem((m, n), 7.0f32);
+                        by_tiles(&p, &a, &mut fresh, Base::Zero, rows_per, units_per, order);
+                        assert_eq!(fresh, &want - 1.0, "tiles {rows_per}x{units_per} {order:?}");
+                    }
                 }
             }
             set_level(None).unwrap();
@@ -90,6 +94,7 @@ fn then_by_tiles<T: Float>(
     c: &mut Array2<T>,
     base: Base<'_, T>,
     rows_per: usize,
+    order: Order,
 ) {
     let (m, n) = (a.0.nrows(), w.0.dims().1 / w.0.groups());
     for r0 in (0..m).step_by(rows_per) {
@@ -105,6 +110,7 @@ fn then_by_tiles<T: Float>(
                     r0..(r0 + rows_per).min(m),
                     u0..(u0 + UNIT_ALIGN).min(n),
                     base,
+                    order,
                 )
             }
         }
@@ -145,7 +151,8 @@ fn two_parts_are_one_product<T: Float>() {
                 );
                 for rows_per in [1, 2, 5, m] {
                     let mut got = Array2::from_elem((m, n), f(9.0));
-                    then_by_tiles::<T>((&p, &p2), (&a, &a2), &mut got, Base::Row(&row), rows_per);
+                    let (base, order) = (Base::Row(&row), Order::of_step(rows_per));
+                    then_by_tiles::<T>((&p, &p2), (&a, &a2), &mut got, base, rows_per, order);
                     assert_eq!(got, want, "{m}x({k}+{k2})x{n} {level:?} {rows_per} rows");
                 }
             }
@@ -159,7 +166,15 @@ fn two_parts_are_one_product<T: Float>() {
                 );
                 for rows_per in [1, 2, 5, m] {
                     let mut got = Array2::from_elem((m, n), f(9.0));
-                    then_by_tiles::<T>((&p, &p2), (&ra, &ra2), &mut got, Base::Zero, rows_per);
+                    let order = Order::of_step(rows_per);
+                    then_by_tiles::<T>(
+                        (&p, &p2),
+                        (&ra, &ra2),
+                        &mut got,
+                        Base::Zero,
+                        rows_per,
+                        order,
+                    );
                     let want = baseline.get_or_insert_with(|| got.clone());
                     assert_eq!(
                         &got, want,
@@ -212,7 +227,13 @@ fn rounding_is_the_same<T: Float>() {
                     for (rows_per, layout) in [(1, 1), (2, 1), (5, m), (m, m), (1, m)] {
                         let p = T::Recurrent::prepare(&b.view(), 2, layout);
                         let mut got = c0.clone();
-                        by_tiles(&p, &a, &mut got, base, rows_per, UNIT_ALIGN);
+                        // One-row tiles over all units, their panels descending (as every
+                        // other step of a product of one row).
+                        let (units, order) = match rows_per {
+                            1 => (n, Order::Descending),
+                            _ => (UNIT_ALIGN, Order::Ascending),
+                        };
+                        by_tiles(&p, &a, &mut got, base, rows_per, units, order);
                         assert_eq!(
                             got,
                             want,
@@ -268,6 +289,7 @@ fn f64_weights_compute_the_same_product_by_tiles() {
                 r0..(r0 + 3).min(m),
                 0..32,
                 Base::Out,
+                Order::Descending,
             )
         };
     }

@@ -19,7 +19,7 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::linalg::{gemm, gemm_in_row_blocks, par, TransposedSum};
 use crate::model::LayerGrads;
-use crate::recurrent::{Base, RecurrentWeights, UNIT_ALIGN};
+use crate::recurrent::{Base, Order, RecurrentWeights, UNIT_ALIGN};
 use crate::team::{self, Shared, StateTile};
 use faer::Par;
 use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut3, Axis};
@@ -476,6 +476,8 @@ impl<T: Float> ChunkGrad<'_, '_, T> {
                             tile.rows.clone(),
                             tile.units.clone(),
                             Base::Out,
+                            // Consecutive steps in opposite orders (see [`Order`]).
+                            Order::of_step(i),
                         );
                     }
                 }

@@ -26,7 +26,7 @@ use crate::cell::{step_forward, CellKind, StepRow};
 use crate::error::Result;
 use crate::float::Float;
 use crate::linalg::{gemm, par};
-use crate::recurrent::{Base, RecurrentWeights};
+use crate::recurrent::{Base, Order, RecurrentWeights};
 use crate::team::{self, Shared, StateTile};
 use ndarray::{s, Array2, Array3, ArrayView3, ArrayViewMut3, Axis};
 use std::mem::MaybeUninit;
@@ -413,6 +413,7 @@ unsafe fn project<T: Float>(
             tile.rows.clone(),
             tile.units.clone(),
             base,
+            Order::of_step(local),
         );
     }
 }
@@ -434,6 +435,8 @@ unsafe fn forward_tile<T: Float>(
     let (cur, next) = (&sh.h[at.cur], &sh.h[1 - at.cur]);
     let u = tile.units.clone();
     let gru = cx.kind == CellKind::Gru;
+    // Consecutive steps visit the weights' panels in opposite orders (see [`Order`]).
+    let order = Order::of_step(at.local);
     let state = |b: usize| b * n + u.start..b * n + u.end;
     let at_step =
         |b: usize| (at.local * b_all + b) * n + u.start..(at.local * b_all + b) * n + u.end;
@@ -465,6 +468,7 @@ unsafe fn forward_tile<T: Float>(
                 tile.rows.clone(),
                 u.clone(),
                 cx.base,
+                order,
             ),
             _ => {
                 if let Some(w_ih) = cx.w_ih {
@@ -475,7 +479,8 @@ unsafe fn forward_tile<T: Float>(
                 } else {
                     (gates_t, Base::Out)
                 };
-                cx.w.apply_tile(cur.ptr(), n, dst, gh, tile.rows.clone(), u.clone(), base);
+                let rows = tile.rows.clone();
+                cx.w.apply_tile(cur.ptr(), n, dst, gh, rows, u.clone(), base, order);
             }
         }
         for b in tile.rows.clone() {
