@@ -151,6 +151,7 @@ fn two_parts_are_one_product<T: Float>() {
                 );
                 for rows_per in [1, 2, 5, m] {
                     let mut got = Array2::from_elem((m, n), f(9.0));
+                    // Both panel orders across the tilings.
                     let (base, order) = (Base::Row(&row), Order::of_step(rows_per));
                     then_by_tiles::<T>((&p, &p2), (&a, &a2), &mut got, base, rows_per, order);
                     assert_eq!(got, want, "{m}x({k}+{k2})x{n} {level:?} {rows_per} rows");
@@ -166,7 +167,7 @@ fn two_parts_are_one_product<T: Float>() {
                 );
                 for rows_per in [1, 2, 5, m] {
                     let mut got = Array2::from_elem((m, n), f(9.0));
-                    let order = Order::of_step(rows_per);
+                    let order = Order::of_step(rows_per); // both orders, as above
                     then_by_tiles::<T>(
                         (&p, &p2),
                         (&ra, &ra2),
