@@ -351,6 +351,14 @@ struct StepAt {
     slab: usize,
 }
 
+impl StepAt {
+    /// The order in which the step's products visit the weights' panels: opposite on
+    /// consecutive steps (see [`Order`]).
+    fn order(&self) -> Order {
+        Order::of_step(self.local)
+    }
+}
+
 fn shared_opt<T>(a: Option<&mut ArrayViewMut3<'_, T>>) -> Shared<T> {
     Shared::new(a.map_or(&mut [][..], |a| {
         a.as_slice_mut().expect("contiguous tape buffer")
@@ -386,7 +394,7 @@ fn shared_strided<T>(v: &mut ArrayViewMut3<'_, MaybeUninit<T>>) -> (Shared<T>, [
 
 /// The GRU's input projection of one step for one tile (its recurrent product goes apart:
 /// the reset gate scales a part of it): the tile's gates in slab `slab` receive
-/// `base + x_t · W_ihᵀ`, `x_t` the inputs of the chunk's step `local` (see
+/// `base + x_t · W_ihᵀ`, `x_t` the inputs of the chunk's step `at.local` (see
 /// [`StepCtx::base`]).
 ///
 /// # Safety
@@ -396,8 +404,7 @@ unsafe fn project<T: Float>(
     cx: &StepCtx<'_, T>,
     w_ih: &T::Recurrent,
     tile: &StateTile,
-    local: usize,
-    slab: usize,
+    at: StepAt,
 ) {
     let b_all = cx.batch;
     let gh = cx.kind.gates() * cx.hidden;
@@ -406,14 +413,14 @@ unsafe fn project<T: Float>(
     // member's (the caller's contract); the inputs are only read.
     unsafe {
         w_ih.apply_tile(
-            cx.input.as_ptr().add(local * b_all * cx.in_size),
+            cx.input.as_ptr().add(at.local * b_all * cx.in_size),
             cx.in_size,
-            sh.gates.ptr().add(slab * b_all * gh),
+            sh.gates.ptr().add(at.slab * b_all * gh),
             gh,
             tile.rows.clone(),
             tile.units.clone(),
             base,
-            Order::of_step(local),
+            at.order(),
         );
     }
 }
@@ -435,8 +442,7 @@ unsafe fn forward_tile<T: Float>(
     let (cur, next) = (&sh.h[at.cur], &sh.h[1 - at.cur]);
     let u = tile.units.clone();
     let gru = cx.kind == CellKind::Gru;
-    // Consecutive steps visit the weights' panels in opposite orders (see [`Order`]).
-    let order = Order::of_step(at.local);
+    let order = at.order();
     let state = |b: usize| b * n + u.start..b * n + u.end;
     let at_step =
         |b: usize| (at.local * b_all + b) * n + u.start..(at.local * b_all + b) * n + u.end;
@@ -472,7 +478,7 @@ unsafe fn forward_tile<T: Float>(
             ),
             _ => {
                 if let Some(w_ih) = cx.w_ih {
-                    project(sh, cx, w_ih, tile, at.local, at.slab);
+                    project(sh, cx, w_ih, tile, at);
                 }
                 let (dst, base) = if gru {
                     (sh.rec.ptr(), Base::Zero)
